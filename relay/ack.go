@@ -1,0 +1,176 @@
+package relay
+
+import (
+	"sync"
+)
+
+// Tracker turns out-of-order broker confirms into the one position that is
+// safe to confirm to PostgreSQL.
+//
+// The source numbers every event it hands on (Add) and, at each transaction
+// end, records a mark: "once every event added so far is confirmed, this LSN
+// is safe" (Mark). Sinks confirm events in any order (Ack). Safe returns the
+// LSN of the latest mark whose events form a fully confirmed prefix of the
+// stream; a received-but-unconfirmed position is never returned.
+//
+// The tracker also bounds what is in flight, by count and by bytes: Add
+// refuses an event while the window is full, and Space signals when an Ack
+// has made room. This is the relay's backpressure.
+type Tracker struct {
+	mu       sync.Mutex
+	acked    []bool // ring, indexed by seq % len
+	head     uint64 // lowest unconfirmed seq
+	next     uint64 // next seq to hand out
+	bytes    int
+	maxBytes int
+	marks    []mark
+	safe     LSN
+	space    chan struct{}
+	failed   chan struct{}
+	err      error
+	sizes    []int // ring, parallel to acked
+}
+
+type mark struct {
+	upTo uint64 // every seq below upTo must be confirmed
+	lsn  LSN
+}
+
+// NewTracker returns a tracker that allows maxEvents and maxBytes in flight
+// (an event larger than maxBytes is still admitted when nothing else is in
+// flight) and starts from start, the position already confirmed.
+func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
+	if maxEvents < 1 {
+		maxEvents = 1
+	}
+	return &Tracker{
+		acked:    make([]bool, maxEvents),
+		sizes:    make([]int, maxEvents),
+		maxBytes: maxBytes,
+		safe:     start,
+		space:    make(chan struct{}, 1),
+		failed:   make(chan struct{}),
+	}
+}
+
+// Add admits ev into the window and wires its Done to this tracker. It
+// returns false, admitting nothing, while the window is full.
+func (t *Tracker) Add(ev *Event) bool {
+	size := ev.Size()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	inFlight := t.next - t.head
+	if inFlight >= uint64(len(t.acked)) || inFlight > 0 && t.bytes+size > t.maxBytes {
+		return false
+	}
+	ev.seq = t.next
+	ev.size = size
+	ev.done = t.done
+	i := t.next % uint64(len(t.acked))
+	t.acked[i] = false
+	t.sizes[i] = size
+	t.bytes += size
+	t.next++
+	return true
+}
+
+// Mark records that lsn becomes safe once every event added so far is
+// confirmed. Marks must be added in non-decreasing LSN order.
+func (t *Tracker) Mark(lsn LSN) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if lsn <= t.safe {
+		return
+	}
+	if t.head == t.next {
+		t.safe = lsn
+		t.marks = t.marks[:0]
+		return
+	}
+	if n := len(t.marks); n > 0 && t.marks[n-1].upTo == t.next {
+		t.marks[n-1].lsn = lsn
+		return
+	}
+	t.marks = append(t.marks, mark{upTo: t.next, lsn: lsn})
+}
+
+// Ack records the broker's confirm of ev.
+func (t *Tracker) Ack(ev *Event) {
+	t.mu.Lock()
+	if ev.seq < t.head || ev.seq >= t.next {
+		t.mu.Unlock()
+		return // from an earlier session or a duplicate confirm
+	}
+	t.acked[ev.seq%uint64(len(t.acked))] = true
+	advanced := false
+	for t.head < t.next {
+		i := t.head % uint64(len(t.acked))
+		if !t.acked[i] {
+			break
+		}
+		t.acked[i] = false
+		t.bytes -= t.sizes[i]
+		t.head++
+		advanced = true
+	}
+	if advanced {
+		k := 0
+		for k < len(t.marks) && t.marks[k].upTo <= t.head {
+			t.safe = t.marks[k].lsn
+			k++
+		}
+		t.marks = t.marks[k:]
+	}
+	t.mu.Unlock()
+	if advanced {
+		select {
+		case t.space <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (t *Tracker) done(ev *Event, err error) {
+	if err != nil {
+		t.Fail(err)
+		return
+	}
+	t.Ack(ev)
+}
+
+// Fail records the first error that must stop the stream and closes Failed.
+func (t *Tracker) Fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err == nil {
+		t.err = err
+		close(t.failed)
+	}
+}
+
+// Failed is closed once Fail has been called.
+func (t *Tracker) Failed() <-chan struct{} { return t.failed }
+
+// Err returns the error given to Fail, if any.
+func (t *Tracker) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// Space receives a value after an Ack has freed room in the window.
+func (t *Tracker) Space() <-chan struct{} { return t.space }
+
+// Safe returns the position that may be confirmed to PostgreSQL.
+func (t *Tracker) Safe() LSN {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.safe
+}
+
+// InFlight returns how many added events are not yet confirmed.
+func (t *Tracker) InFlight() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return int(t.next - t.head)
+}

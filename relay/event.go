@@ -1,0 +1,109 @@
+package relay
+
+import "time"
+
+// Event is one committed outbox row on its way to a broker.
+//
+// An event's position in the stream is (CommitLSN, Index): rows of one
+// transaction can share WAL positions (multi-row INSERT, COPY), so a per-row
+// LSN would not identify a row across restarts.
+type Event struct {
+	// ID is the outbox row's id, the dedup key consumers use.
+	ID string
+	// Table is the schema-qualified source table, e.g. public.outbox.
+	Table         string
+	AggregateType string
+	AggregateID   string
+	EventType     string
+	// Payload is the message body: the payload column's bytes, unchanged
+	// (bytea decoded from its text form).
+	Payload []byte
+	// ContentType is application/json for json and jsonb payloads, empty otherwise.
+	ContentType string
+	// Headers are the keys of the headers column, sorted by key.
+	Headers []Header
+	// CreatedAt is the created_at column, or the commit time when the table has none.
+	CreatedAt time.Time
+	// CommitLSN is the LSN of the commit record of the row's transaction.
+	CommitLSN LSN
+	// CommitTime is when the source transaction committed.
+	CommitTime time.Time
+	// Index is the row's position within its transaction, from 0.
+	Index int
+	// Row holds every column of the row in text form, for routing templates.
+	Row Row
+
+	seq  uint64
+	size int
+	done func(*Event, error)
+}
+
+// Header is one key of the outbox headers column.
+type Header struct {
+	Key   string
+	Value string
+}
+
+// Row is a decoded row: column names (shared by all rows of a relation) and
+// their text values; a nil value is SQL NULL.
+type Row struct {
+	Names  []string
+	Values [][]byte
+}
+
+// Get returns the text value of the named column.
+func (r Row) Get(name string) (string, bool) {
+	for i, n := range r.Names {
+		if n == name && i < len(r.Values) && r.Values[i] != nil {
+			return string(r.Values[i]), true
+		}
+	}
+	return "", false
+}
+
+// Field resolves a template placeholder: the logical outbox fields first
+// (id, aggregate_type, aggregate_id, event_type, table), then any column of
+// the row by its own name.
+func (e *Event) Field(name string) (string, bool) {
+	switch name {
+	case "id":
+		return e.ID, true
+	case "aggregate_type":
+		return e.AggregateType, true
+	case "aggregate_id":
+		return e.AggregateID, true
+	case "event_type":
+		return e.EventType, true
+	case "table":
+		return e.Table, true
+	}
+	return e.Row.Get(name)
+}
+
+// Done reports the broker's verdict on the event: nil once the broker has
+// confirmed it, or the error that stops the stream. A sink calls it exactly
+// once per published event, from any goroutine.
+func (e *Event) Done(err error) {
+	if e.done != nil {
+		e.done(e, err)
+	}
+}
+
+// OnDone installs the function Done calls. The relay installs its acker;
+// tests of sinks install their own.
+func (e *Event) OnDone(f func(*Event, error)) { e.done = f }
+
+// Size is the event's approximate memory footprint, for the in-flight byte budget.
+func (e *Event) Size() int {
+	n := len(e.ID) + len(e.Table) + len(e.AggregateType) + len(e.AggregateID) + len(e.EventType) + len(e.Payload) + 256
+	for _, h := range e.Headers {
+		n += len(h.Key) + len(h.Value) + 32
+	}
+	for _, v := range e.Row.Values {
+		n += len(v) + 24
+	}
+	return n
+}
+
+// ContentTypeJSON is the content type of json and jsonb payloads.
+const ContentTypeJSON = "application/json"
