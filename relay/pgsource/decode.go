@@ -1,0 +1,249 @@
+package pgsource
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/relay-dev/relay/relay"
+)
+
+// Type OIDs the decoder gives meaning to; any other type is passed on as
+// its text form.
+const (
+	oidBytea       = 17
+	oidText        = 25
+	oidJSON        = 114
+	oidBpchar      = 1042
+	oidVarchar     = 1043
+	oidTimestamp   = 1114
+	oidTimestamptz = 1184
+	oidUUID        = 2950
+	oidJSONB       = 3802
+)
+
+// relation is a published table as the stream describes it, with the
+// positions of the outbox fields among its columns (-1 when absent).
+type relation struct {
+	table                               string // schema.name
+	names                               []string
+	types                               []uint32
+	id, aggType, aggID, evType, payload int
+	headers, createdAt                  int
+}
+
+// newRelation maps a Relation message onto the configured columns. A
+// missing required column is an error: the table changed under the relay.
+func newRelation(namespace, name string, cols []column, m Columns) (*relation, error) {
+	r := &relation{table: namespace + "." + name}
+	for _, c := range cols {
+		r.names = append(r.names, c.name)
+		r.types = append(r.types, c.typ)
+	}
+	var missing []string
+	find := func(col string, required bool) int {
+		if col == "" {
+			return -1
+		}
+		if i := slices.Index(r.names, col); i >= 0 {
+			return i
+		}
+		if required {
+			missing = append(missing, col)
+		}
+		return -1
+	}
+	r.id = find(m.ID, true)
+	r.aggType = find(m.AggregateType, true)
+	r.aggID = find(m.AggregateID, true)
+	r.evType = find(m.EventType, true)
+	r.payload = find(m.Payload, true)
+	r.headers = find(m.Headers, false)
+	r.createdAt = find(m.CreatedAt, false)
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("table %s has no column %s", r.table, strings.Join(missing, ", "))
+	}
+	if r.payload >= 0 && !payloadTypeOK(r.types[r.payload]) {
+		return nil, fmt.Errorf("table %s: payload column %s must be jsonb, json, text, varchar or bytea", r.table, m.Payload)
+	}
+	return r, nil
+}
+
+type column struct {
+	name string
+	typ  uint32
+}
+
+func payloadTypeOK(oid uint32) bool {
+	switch oid {
+	case oidJSONB, oidJSON, oidText, oidVarchar, oidBpchar, oidBytea:
+		return true
+	}
+	return false
+}
+
+// errBadRow is wrapped by errors that describe an outbox row the relay
+// cannot turn into a message.
+var errBadRow = errors.New("bad outbox row")
+
+// decodeInsert turns an Insert message (data starts at its 'I' byte) into
+// an event. Column values are slices of data, which the caller must not
+// reuse.
+func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) {
+	if len(data) < 8 {
+		return nil, fmt.Errorf("insert message of %d bytes", len(data))
+	}
+	relID := binary.BigEndian.Uint32(data[1:])
+	rel := rels[relID]
+	if rel == nil {
+		return nil, fmt.Errorf("insert for relation %d before its relation message", relID)
+	}
+	if data[5] != 'N' {
+		return nil, fmt.Errorf("insert into %s: tuple kind %q, want 'N'", rel.table, data[5])
+	}
+	n := int(binary.BigEndian.Uint16(data[6:]))
+	if n != len(rel.names) {
+		return nil, fmt.Errorf("insert into %s: %d columns, relation has %d", rel.table, n, len(rel.names))
+	}
+	values := make([][]byte, n)
+	p := 8
+	for i := range n {
+		if p >= len(data) {
+			return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
+		}
+		kind := data[p]
+		p++
+		switch kind {
+		case 'n':
+			// NULL: values[i] stays nil.
+		case 't':
+			if p+4 > len(data) {
+				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
+			}
+			l := int(binary.BigEndian.Uint32(data[p:]))
+			p += 4
+			if l < 0 || p+l > len(data) {
+				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
+			}
+			values[i] = data[p : p+l : p+l]
+			p += l
+		default:
+			// 'u' (unchanged TOAST) only occurs in updates and 'b' only
+			// with the binary option, which the relay does not request.
+			return nil, fmt.Errorf("insert into %s: column %s has tuple data kind %q", rel.table, rel.names[i], kind)
+		}
+	}
+	return rel.event(values)
+}
+
+// event builds the event for one row of rel.
+func (rel *relation) event(values [][]byte) (*relay.Event, error) {
+	ev := &relay.Event{Table: rel.table, Row: relay.Row{Names: rel.names, Values: values}}
+	if values[rel.id] == nil {
+		return nil, fmt.Errorf("%w in %s: id column %s is null", errBadRow, rel.table, rel.names[rel.id])
+	}
+	ev.ID = string(values[rel.id])
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w %s in %s: %s", errBadRow, ev.ID, rel.table, fmt.Sprintf(format, args...))
+	}
+	for _, f := range []struct {
+		i   int
+		dst *string
+	}{{rel.aggType, &ev.AggregateType}, {rel.aggID, &ev.AggregateID}, {rel.evType, &ev.EventType}} {
+		if values[f.i] == nil {
+			return nil, bad("column %s is null", rel.names[f.i])
+		}
+		*f.dst = string(values[f.i])
+	}
+	// A NULL payload is an empty body (a tombstone in Kafka), as with
+	// Debezium's outbox router.
+	payload := values[rel.payload]
+	switch {
+	case payload == nil:
+	case rel.types[rel.payload] == oidBytea:
+		b, err := decodeBytea(payload)
+		if err != nil {
+			return nil, bad("payload column %s: %v", rel.names[rel.payload], err)
+		}
+		ev.Payload = b
+	case rel.types[rel.payload] == oidJSON || rel.types[rel.payload] == oidJSONB:
+		ev.Payload = payload
+		ev.ContentType = relay.ContentTypeJSON
+	default:
+		ev.Payload = payload
+	}
+	if rel.headers >= 0 && values[rel.headers] != nil {
+		h, err := decodeHeaders(values[rel.headers])
+		if err != nil {
+			return nil, bad("headers column %s: %v", rel.names[rel.headers], err)
+		}
+		ev.Headers = h
+	}
+	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
+		t, err := decodeTimestamp(values[rel.createdAt])
+		if err != nil {
+			return nil, bad("created_at column %s: %v", rel.names[rel.createdAt], err)
+		}
+		ev.CreatedAt = t
+	}
+	return ev, nil
+}
+
+// decodeBytea decodes bytea's hex output format (\x…), which the relay
+// requests with bytea_output=hex.
+func decodeBytea(b []byte) ([]byte, error) {
+	if len(b) < 2 || b[0] != '\\' || b[1] != 'x' {
+		return nil, errors.New("bytea not in hex format")
+	}
+	out := make([]byte, hex.DecodedLen(len(b)-2))
+	if _, err := hex.Decode(out, b[2:]); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeHeaders reads a JSON object into headers sorted by key. String
+// values are taken as they are; any other value as its JSON text, so a
+// header never silently disappears.
+func decodeHeaders(b []byte) ([]relay.Header, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if m == nil {
+		return nil, nil // JSON null
+	}
+	hs := make([]relay.Header, 0, len(m))
+	for k, v := range m {
+		s := string(v)
+		if len(v) > 0 && v[0] == '"' {
+			if err := json.Unmarshal(v, &s); err != nil {
+				return nil, fmt.Errorf("header %q: %w", k, err)
+			}
+		}
+		hs = append(hs, relay.Header{Key: k, Value: s})
+	}
+	slices.SortFunc(hs, func(a, b relay.Header) int { return strings.Compare(a.Key, b.Key) })
+	return hs, nil
+}
+
+// decodeTimestamp parses timestamptz and timestamp text in the ISO DateStyle
+// with TimeZone=UTC, both of which the replication session sets; a
+// timestamp without time zone is taken as UTC.
+func decodeTimestamp(b []byte) (time.Time, error) {
+	s := string(b)
+	if strings.HasSuffix(s, " BC") {
+		return time.Time{}, fmt.Errorf("timestamp %q before the common era", s)
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05.999999999Z07:00:00", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("cannot parse timestamp %q", s)
+}

@@ -1,0 +1,446 @@
+// Package pgsource reads committed outbox rows from PostgreSQL through
+// logical replication (pgoutput, protocol version 1) and confirms to the
+// replication slot only positions whose rows the broker has confirmed.
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/relay-dev/relay/relay"
+)
+
+// Columns names the outbox table's columns. Headers and CreatedAt are
+// optional: when the table has no such column, events carry no headers and
+// the commit time as their timestamp.
+type Columns struct {
+	ID, AggregateType, AggregateID, EventType, Payload, Headers, CreatedAt string
+}
+
+// StandardColumns is the layout of schema/outbox.sql.
+var StandardColumns = Columns{
+	ID: "id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "event_type",
+	Payload: "payload", Headers: "headers", CreatedAt: "created_at",
+}
+
+// DebeziumColumns is the layout Debezium's outbox event router expects, so
+// its users can switch without a migration.
+var DebeziumColumns = Columns{
+	ID: "id", AggregateType: "aggregatetype", AggregateID: "aggregateid", EventType: "type",
+	Payload: "payload",
+}
+
+// Config configures a Source.
+type Config struct {
+	// ConnString is a PostgreSQL URL or keyword/value string; the
+	// replication connection is derived from it.
+	ConnString string
+	// Tables are the outbox tables, in one publication and one slot.
+	Tables []Table
+	// Columns maps the outbox fields onto every table's columns.
+	Columns Columns
+	// Slot and Publication are created when missing.
+	Slot, Publication string
+	// StatusInterval is the longest time between two standby status
+	// updates. Default 10s; it must stay well below the server's
+	// wal_sender_timeout (60s by default).
+	StatusInterval time.Duration
+	// ShutdownTimeout bounds how long shutdown waits for in-flight events to
+	// be confirmed before the final status update. Default 10s.
+	ShutdownTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// Source is a relay.Source over PostgreSQL logical replication.
+type Source struct {
+	cfg      Config
+	log      *slog.Logger
+	slotSeen bool
+	// streaming is read by readiness checks from other goroutines.
+	streaming chan bool
+}
+
+// New returns a Source; it connects only when streaming.
+func New(cfg Config) (*Source, error) {
+	if _, err := pgconn.ParseConfig(cfg.ConnString); err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Source{cfg: cfg, log: log.With("component", "pgsource"), streaming: make(chan bool, 1)}
+	s.streaming <- false
+	return s, nil
+}
+
+// Streaming reports whether a replication session is currently streaming.
+func (s *Source) Streaming() bool {
+	v := <-s.streaming
+	s.streaming <- v
+	return v
+}
+
+func (s *Source) setStreaming(v bool) {
+	<-s.streaming
+	s.streaming <- v
+}
+
+// Stream implements relay.Source.
+func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.Tracker) error {
+	closeOut := sync.OnceFunc(func() { close(out) })
+	defer closeOut()
+
+	repl, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		repl.Close(cctx)
+	}()
+
+	slot, err := s.prepare(ctx, repl)
+	if err != nil {
+		return err
+	}
+	args := []string{"proto_version '1'", "publication_names '" + s.cfg.Publication + "'"}
+	err = pglogrepl.StartReplication(ctx, repl, s.cfg.Slot, pglogrepl.LSN(slot.confirmed), pglogrepl.StartReplicationOptions{PluginArgs: args})
+	if err != nil {
+		if isCode(err, codeObjectInUse) {
+			return fmt.Errorf("replication slot %s is in use by another process: %w", s.cfg.Slot, err)
+		}
+		return classify(fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err))
+	}
+	s.log.Info("streaming", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from_lsn", slot.confirmed.String())
+	s.setStreaming(true)
+	defer s.setStreaming(false)
+
+	st := &stream{
+		src:      s,
+		conn:     repl,
+		out:      out,
+		tr:       tr,
+		rels:     make(map[uint32]*relation),
+		start:    slot.confirmed,
+		sent:     slot.confirmed,
+		sentAt:   time.Now(),
+		closeOut: closeOut,
+	}
+	err = st.run(ctx)
+	if ctx.Err() != nil {
+		return st.shutdown(ctx)
+	}
+	return err
+}
+
+// connect opens the replication connection. The session settings fix the
+// text formats the decoder reads: pgoutput renders values with the
+// walsender's own DateStyle, TimeZone and bytea_output.
+func (s *Source) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(s.cfg.ConnString)
+	if err != nil {
+		return nil, relay.Permanent(fmt.Errorf("parse database url: %w", err))
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "relay"
+	}
+	cfg.RuntimeParams["DateStyle"] = "ISO"
+	cfg.RuntimeParams["TimeZone"] = "UTC"
+	cfg.RuntimeParams["bytea_output"] = "hex"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect for replication to %s: %w", relay.RedactURL(s.cfg.ConnString), err)
+	}
+	return conn, nil
+}
+
+// stream is one replication session; only its goroutine touches conn.
+type stream struct {
+	src      *Source
+	conn     *pgconn.PgConn
+	out      chan<- *relay.Event
+	tr       *relay.Tracker
+	rels     map[uint32]*relation
+	closeOut func()
+
+	start  relay.LSN // the slot's confirmed position; never report less
+	sent   relay.LSN // last position reported
+	sentAt time.Time
+
+	inTxn      bool
+	commitLSN  relay.LSN
+	commitTime time.Time
+	index      int
+}
+
+// tick is how often the loop looks up from reading to report status and
+// notice shutdown or a failed sink.
+const tick = 100 * time.Millisecond
+
+func (st *stream) run(ctx context.Context) error {
+	netConn := st.conn.Conn()
+	var nextTick time.Time
+	for {
+		if now := time.Now(); !now.Before(nextTick) {
+			if err := st.periodic(ctx, now); err != nil {
+				return err
+			}
+			nextTick = now.Add(tick)
+			// A read deadline rather than a context per receive: pgconn
+			// keeps the connection usable after a read timeout, and
+			// watching a context costs a goroutine handoff per message.
+			if err := netConn.SetReadDeadline(nextTick); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+		}
+		msg, err := st.conn.ReceiveMessage(context.Background())
+		if err != nil {
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := st.copyData(ctx, msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("server ended replication (CopyDone)")
+		default:
+			return fmt.Errorf("unexpected message %T during replication", msg)
+		}
+	}
+}
+
+// periodic reports progress and notices shutdown or a failed sink.
+func (st *stream) periodic(ctx context.Context, now time.Time) error {
+	select {
+	case <-st.tr.Failed():
+		return st.tr.Err()
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return st.status(now, false)
+}
+
+// status reports the tracker's safe position: when it moved (at most once a
+// second), when forced (the server asked, shutdown) and at least every
+// StatusInterval so the server does not time the session out.
+func (st *stream) status(now time.Time, force bool) error {
+	safe := max(st.tr.Safe(), st.start)
+	since := now.Sub(st.sentAt)
+	due := since >= st.src.cfg.StatusInterval
+	if !force && !(safe > st.sent && since >= time.Second) && !due {
+		return nil
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), st.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: pglogrepl.LSN(safe),
+		WALFlushPosition: pglogrepl.LSN(safe),
+		WALApplyPosition: pglogrepl.LSN(safe),
+		ClientTime:       now,
+		// The walsender answers with a keepalive carrying its WAL end,
+		// which lets an idle outbox confirm WAL written by other tables
+		// every interval instead of every wal_sender_timeout/2.
+		ReplyRequested: due && !force,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	st.sent, st.sentAt = safe, now
+	return nil
+}
+
+func (st *stream) copyData(ctx context.Context, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("empty CopyData message")
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		// Every transaction committed before the keepalive's WAL end has
+		// been sent (or skipped as irrelevant), so once everything received
+		// is confirmed, that end is safe: an outbox without traffic does not
+		// hold WAL back. Not inside a transaction, whose rest is still to come.
+		if !st.inTxn {
+			st.tr.Mark(relay.LSN(ka.ServerWALEnd))
+		}
+		if ka.ReplyRequested {
+			return st.status(time.Now(), true)
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse xlogdata: %w", err)
+		}
+		// The receive buffer is reused by the next read; events keep slices
+		// of this copy.
+		return st.logical(ctx, xld.WALStart, append([]byte(nil), xld.WALData...))
+	default:
+		return fmt.Errorf("unknown replication message %q", data[0])
+	}
+}
+
+// logical handles one pgoutput message. Every type protocol version 1 can
+// send is handled or refused explicitly: skipping one silently could
+// advance the slot past rows.
+func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []byte) error {
+	if len(data) == 0 {
+		return errors.New("empty pgoutput message")
+	}
+	if data[0] == byte(pglogrepl.MessageTypeInsert) {
+		if !st.inTxn {
+			return errors.New("insert outside a transaction")
+		}
+		ev, err := decodeInsert(data, st.rels)
+		if err != nil {
+			if errors.Is(err, errBadRow) {
+				return relay.Permanent(fmt.Errorf("commit %s: %w", st.commitLSN, err))
+			}
+			return fmt.Errorf("decode insert at %s: %w", relay.LSN(walStart), err)
+		}
+		ev.CommitLSN, ev.CommitTime, ev.Index = st.commitLSN, st.commitTime, st.index
+		if ev.CreatedAt.IsZero() {
+			ev.CreatedAt = st.commitTime
+		}
+		st.index++
+		return st.emit(ctx, ev)
+	}
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("parse pgoutput message %q at %s: %w", data[0], relay.LSN(walStart), err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.BeginMessage:
+		st.inTxn = true
+		st.commitLSN = relay.LSN(m.FinalLSN)
+		st.commitTime = m.CommitTime
+		st.index = 0
+	case *pglogrepl.CommitMessage:
+		if !st.inTxn {
+			return errors.New("commit outside a transaction")
+		}
+		st.inTxn = false
+		// A restart resumes after the confirmed position and skips any
+		// transaction whose commit record starts before it, so the end of
+		// this transaction becomes safe only once all its rows are confirmed.
+		st.tr.Mark(relay.LSN(m.TransactionEndLSN))
+	case *pglogrepl.RelationMessage:
+		cols := make([]column, len(m.Columns))
+		for i, c := range m.Columns {
+			cols[i] = column{name: c.Name, typ: c.DataType}
+		}
+		if !st.src.published(m.Namespace, m.RelationName) {
+			return relay.Permanent(fmt.Errorf("publication %s streams table %s.%s, which is not in RELAY_TABLES", st.src.cfg.Publication, m.Namespace, m.RelationName))
+		}
+		rel, err := newRelation(m.Namespace, m.RelationName, cols, st.src.cfg.Columns)
+		if err != nil {
+			return relay.Permanent(err)
+		}
+		st.rels[m.RelationID] = rel
+	case *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage, *pglogrepl.TruncateMessage:
+		// The relay publishes inserts only; deleting or updating outbox rows
+		// (the insert-and-delete pattern, cleanup) is not an event. A
+		// publication created by the relay does not even send these.
+	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
+		// Type metadata for user-defined types and replication origins:
+		// values are decoded from their text form and origins do not matter.
+	case *pglogrepl.LogicalDecodingMessage:
+		return fmt.Errorf("unexpected logical decoding message with prefix %q at %s: messages were not requested", m.Prefix, relay.LSN(walStart))
+	default:
+		return fmt.Errorf("unhandled pgoutput message %T at %s", msg, relay.LSN(walStart))
+	}
+	return nil
+}
+
+// emit admits ev into the in-flight window, waiting while it is full, and
+// hands it on.
+func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
+	for !st.tr.Add(ev) {
+		timer := time.NewTimer(tick)
+		select {
+		case <-st.tr.Space():
+		case <-timer.C:
+			if err := st.periodic(ctx, time.Now()); err != nil {
+				return err
+			}
+		case <-st.tr.Failed():
+			timer.Stop()
+			return st.tr.Err()
+		case <-ctx.Done():
+			timer.Stop()
+			return ctx.Err()
+		}
+		timer.Stop()
+	}
+	select {
+	case st.out <- ev:
+		return nil
+	case <-st.tr.Failed():
+		return st.tr.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// shutdown stops handing on events, waits a bounded time for what is in
+// flight to be confirmed while still reporting progress, and sends the
+// final status.
+func (st *stream) shutdown(ctx context.Context) error {
+	st.closeOut()
+	deadline := time.Now().Add(st.src.cfg.ShutdownTimeout)
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for st.tr.InFlight() > 0 && st.tr.Err() == nil && time.Now().Before(deadline) {
+		select {
+		case <-st.tr.Space():
+		case <-st.tr.Failed():
+		case <-ticker.C:
+		}
+		if err := st.status(time.Now(), false); err != nil {
+			return err
+		}
+	}
+	if n := st.tr.InFlight(); n > 0 {
+		st.src.log.Warn("stopping with unconfirmed events; they will be published again on restart", "in_flight", n)
+	}
+	if err := st.status(time.Now(), true); err != nil {
+		return err
+	}
+	st.src.log.Info("stopped", "confirmed_lsn", st.sent.String())
+	return ctx.Err()
+}
+
+func (s *Source) published(schema, name string) bool {
+	for _, t := range s.cfg.Tables {
+		if t.Schema == schema && t.Name == name {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,349 @@
+//go:build linux
+
+package pgsource_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relay-dev/relay/integration/services"
+	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgsource"
+)
+
+var (
+	pg     *services.Postgres
+	dbSeq  atomic.Int64
+	startM sync.Mutex
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pg != nil {
+		pg.Close()
+	}
+	os.Exit(code)
+}
+
+// postgres starts one throwaway server for the package on first use; a
+// failure to start fails the test.
+func postgres(t *testing.T) *services.Postgres {
+	t.Helper()
+	startM.Lock()
+	defer startM.Unlock()
+	if pg == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		p, err := services.StartPostgres(ctx, services.PostgresOptions{Fast: true})
+		if err != nil {
+			t.Fatalf("start postgres: %v", err)
+		}
+		pg = p
+	}
+	return pg
+}
+
+// recorder is a sink that confirms every event at once (or fails the ones
+// reject picks) and keeps them.
+type recorder struct {
+	mu     sync.Mutex
+	events []*relay.Event
+	reject func(*relay.Event) error
+}
+
+func (r *recorder) Publish(_ context.Context, ev *relay.Event) error {
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mu.Unlock()
+	if r.reject != nil {
+		if err := r.reject(ev); err != nil {
+			ev.Done(err)
+			return nil
+		}
+	}
+	ev.Done(nil)
+	return nil
+}
+
+func (r *recorder) Close(context.Context) error { return nil }
+
+func (r *recorder) got() []*relay.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*relay.Event(nil), r.events...)
+}
+
+func (r *recorder) wait(t *testing.T, n int) []*relay.Event {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs := r.got()
+		if len(evs) >= n {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d events, want %d", len(evs), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type fixture struct {
+	db   *pgx.Conn
+	url  string
+	slot string
+}
+
+func newFixture(t *testing.T, ddl string) *fixture {
+	t.Helper()
+	p := postgres(t)
+	name := fmt.Sprintf("src_%d", dbSeq.Add(1))
+	if err := p.CreateDatabase(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	db, err := pgx.Connect(t.Context(), p.URL(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close(context.Background()) })
+	if _, err := db.Exec(t.Context(), ddl); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{db: db, url: p.URL(name), slot: "slot_" + name}
+}
+
+// run starts a relay over the source in the background; the returned
+// channel receives Run's result, and the relay is stopped at cleanup.
+func (f *fixture) run(t *testing.T, cols pgsource.Columns, sink relay.Sink, tables ...string) <-chan error {
+	t.Helper()
+	var ts []pgsource.Table
+	for _, s := range tables {
+		tb, err := pgsource.ParseTable(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, tb)
+	}
+	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- relay.New(relay.Config{Source: src, Sink: sink}).Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-finished
+	})
+	return done
+}
+
+const standardDDL = `CREATE TABLE outbox (
+	id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+	aggregate_type text NOT NULL, aggregate_id text NOT NULL, event_type text NOT NULL,
+	payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}', created_at timestamptz NOT NULL DEFAULT now())`
+
+func TestDecodesStandardRows(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "public.outbox")
+	// The slot is created by the source; rows committed after that arrive.
+	waitSlot(t, f)
+	_, err := f.db.Exec(t.Context(), `INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers, created_at) VALUES
+		('00000000-0000-0000-0000-000000000001', 'örder', 'ä-1', 'created', '{"b": 2, "a": "ü✓🚀"}', '{"z": "last", "a": 1, "t": "x y"}', '2026-01-02 03:04:05.123456+02'),
+		('00000000-0000-0000-0000-000000000002', 'order', 'a-1', 'paid', '[1,2]', '{}', '2026-01-02 03:04:06+00')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := rec.wait(t, 2)
+	e := evs[0]
+	if e.ID != "00000000-0000-0000-0000-000000000001" || e.AggregateType != "örder" || e.AggregateID != "ä-1" || e.EventType != "created" || e.Table != "public.outbox" {
+		t.Errorf("fields: %+v", e)
+	}
+	if string(e.Payload) != `{"a": "ü✓🚀", "b": 2}` || e.ContentType != relay.ContentTypeJSON {
+		t.Errorf("payload %q content type %q", e.Payload, e.ContentType)
+	}
+	want := []relay.Header{{Key: "a", Value: "1"}, {Key: "t", Value: "x y"}, {Key: "z", Value: "last"}}
+	if fmt.Sprint(e.Headers) != fmt.Sprint(want) {
+		t.Errorf("headers %v, want %v", e.Headers, want)
+	}
+	if !e.CreatedAt.Equal(time.Date(2026, 1, 2, 1, 4, 5, 123456000, time.UTC)) {
+		t.Errorf("created_at %s", e.CreatedAt)
+	}
+	if e.CommitLSN == 0 || e.CommitLSN != evs[1].CommitLSN || e.Index != 0 || evs[1].Index != 1 {
+		t.Errorf("positions: %s/%d and %s/%d", e.CommitLSN, e.Index, evs[1].CommitLSN, evs[1].Index)
+	}
+	if v, ok := e.Field("event_type"); !ok || v != "created" {
+		t.Errorf("Field(event_type) = %q", v)
+	}
+}
+
+func TestDebeziumLayoutAndPayloadTypes(t *testing.T) {
+	f := newFixture(t, `
+		CREATE TABLE outboxevent (id uuid PRIMARY KEY, aggregatetype varchar(255) NOT NULL, aggregateid varchar(255) NOT NULL, type varchar(255) NOT NULL, payload jsonb);
+		CREATE TABLE blobs (id text PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL, type text NOT NULL, payload bytea);
+		CREATE TABLE texts (id text PRIMARY KEY, aggregatetype text NOT NULL, aggregateid text NOT NULL, type text NOT NULL, payload text)`)
+	rec := &recorder{}
+	f.run(t, pgsource.DebeziumColumns, rec, "outboxevent", "public.blobs", "texts")
+	waitSlot(t, f)
+	_, err := f.db.Exec(t.Context(), `
+		INSERT INTO outboxevent VALUES ('00000000-0000-0000-0000-00000000000a', 'Order', '7', 'OrderCreated', '{"x": 1}');
+		INSERT INTO blobs VALUES ('b1', 'Blob', '8', 'Stored', '\x00ff4142'::bytea);
+		INSERT INTO texts VALUES ('t1', 'Text', '9', 'Said', 'plain ✓ text');
+		INSERT INTO outboxevent VALUES ('00000000-0000-0000-0000-00000000000b', 'Order', '7', 'OrderDeleted', NULL)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := rec.wait(t, 4)
+	if string(evs[0].Payload) != `{"x": 1}` || evs[0].ContentType != relay.ContentTypeJSON || evs[0].EventType != "OrderCreated" || evs[0].AggregateType != "Order" {
+		t.Errorf("debezium row: %+v", evs[0])
+	}
+	if string(evs[1].Payload) != "\x00\xffAB" || evs[1].ContentType != "" || evs[1].Table != "public.blobs" {
+		t.Errorf("bytea payload %q content type %q", evs[1].Payload, evs[1].ContentType)
+	}
+	if string(evs[2].Payload) != "plain ✓ text" || evs[2].ContentType != "" {
+		t.Errorf("text payload %q", evs[2].Payload)
+	}
+	if evs[3].Payload != nil {
+		t.Errorf("NULL payload became %q", evs[3].Payload)
+	}
+	// Without created_at the timestamp is the commit time.
+	if evs[0].CreatedAt.IsZero() || !evs[0].CreatedAt.Equal(evs[0].CommitTime) {
+		t.Errorf("created_at %s, commit time %s", evs[0].CreatedAt, evs[0].CommitTime)
+	}
+}
+
+func TestBadRowStopsWithItsID(t *testing.T) {
+	f := newFixture(t, `CREATE TABLE outbox (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload jsonb, headers jsonb, created_at timestamptz)`)
+	done := f.run(t, pgsource.StandardColumns, &recorder{}, "outbox")
+	waitSlot(t, f)
+	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('bad-1', 'order', NULL, 'x', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	err := waitErr(t, done)
+	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "bad-1") || !strings.Contains(err.Error(), "aggregate_id") {
+		t.Fatalf("error %v: want a permanent error naming the row and the column", err)
+	}
+	// Nothing past the bad row was confirmed: a restart meets it again.
+	var confirmed, end pgLSN
+	f.db.QueryRow(t.Context(), "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&confirmed)
+	f.db.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&end)
+	if confirmed >= end {
+		t.Fatalf("slot confirmed %s past the bad row (WAL end %s)", confirmed, end)
+	}
+}
+
+func TestBrokerFailureKeepsSlot(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	failing := &recorder{reject: func(ev *relay.Event) error { return relay.Permanent(fmt.Errorf("broker refused %s", ev.ID)) }}
+	done := f.run(t, pgsource.StandardColumns, failing, "outbox")
+	waitSlot(t, f)
+	var before pgLSN
+	f.db.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&before)
+	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('o', '1', 'x', '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	err := waitErr(t, done)
+	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "broker refused") {
+		t.Fatalf("error %v", err)
+	}
+	var confirmed pgLSN
+	f.db.QueryRow(t.Context(), "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&confirmed)
+	if confirmed > before {
+		t.Fatalf("slot confirmed %s, past the refused row's transaction (which starts after %s)", confirmed, before)
+	}
+	// A new relay on the same slot gets the row again.
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	if evs := rec.wait(t, 1); evs[0].AggregateID != "1" {
+		t.Fatalf("redelivered %+v", evs[0])
+	}
+}
+
+func TestWalLevelReplicaIsAClearError(t *testing.T) {
+	ctx := t.Context()
+	p, err := services.StartPostgres(ctx, services.PostgresOptions{Fast: true, ExtraConf: map[string]string{"wal_level": "replica"}})
+	if err != nil {
+		t.Fatalf("start postgres: %v", err)
+	}
+	defer p.Close()
+	src, err := pgsource.New(pgsource.Config{ConnString: p.URL("postgres"), Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}}, Columns: pgsource.StandardColumns, Slot: "s", Publication: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = relay.New(relay.Config{Source: src, Sink: &recorder{}}).Run(ctx)
+	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "wal_level") || !strings.Contains(err.Error(), "ALTER SYSTEM SET wal_level = logical") {
+		t.Fatalf("error %v: want one that says how to set wal_level", err)
+	}
+}
+
+func TestMissingTableAndColumnsAreNamed(t *testing.T) {
+	f := newFixture(t, `CREATE TABLE outbox (id uuid PRIMARY KEY, aggregate_type text, payload jsonb)`)
+	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}, {Schema: "sales", Name: "outbox"}}, Columns: pgsource.StandardColumns, Slot: f.slot, Publication: f.slot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = relay.New(relay.Config{Source: src, Sink: &recorder{}}).Run(t.Context())
+	for _, want := range []string{"aggregate_id", "event_type", "sales.outbox does not exist"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %q", err, want)
+		}
+	}
+	if !relay.IsPermanent(err) {
+		t.Errorf("error %v is not permanent", err)
+	}
+}
+
+type pgLSN uint64
+
+func (l *pgLSN) Scan(src any) error {
+	s, ok := src.(string)
+	if !ok {
+		return fmt.Errorf("lsn: %T", src)
+	}
+	v, err := relay.ParseLSN(s)
+	*l = pgLSN(v)
+	return err
+}
+
+func (l pgLSN) String() string { return relay.LSN(l).String() }
+
+func waitSlot(t *testing.T, f *fixture) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var active bool
+		err := f.db.QueryRow(t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&active)
+		if err == nil && active {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot %s not active: %v", f.slot, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitErr waits for Run to return on its own.
+func waitErr(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay did not stop")
+		return nil
+	}
+}

@@ -1,0 +1,254 @@
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/relay-dev/relay/relay"
+)
+
+// SQLSTATE codes the source acts on.
+const (
+	codeDuplicateObject   = "42710"
+	codeUndefinedObject   = "42704"
+	codeObjectInUse       = "55006"
+	codeInsufficientPriv  = "42501"
+	codeFeatureNotSupport = "0A000"
+)
+
+// Table is a configured outbox table.
+type Table struct {
+	Schema, Name string
+}
+
+// ParseTable reads "schema.name" or "name" (schema public). Names are taken
+// as stored in the catalog: unquoted, case-sensitive.
+func ParseTable(s string) (Table, error) {
+	s = strings.TrimSpace(s)
+	schema, name, ok := strings.Cut(s, ".")
+	if !ok {
+		schema, name = "public", s
+	}
+	if schema == "" || name == "" || strings.Contains(name, ".") {
+		return Table{}, fmt.Errorf("table %q: want schema.name", s)
+	}
+	return Table{Schema: schema, Name: name}, nil
+}
+
+func (t Table) String() string { return t.Schema + "." + t.Name }
+
+func (t Table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
+
+// slotInfo is what the source needs to know about its replication slot.
+type slotInfo struct {
+	confirmed relay.LSN
+	created   bool
+}
+
+// prepare checks the database and creates what is missing: it runs on a
+// normal connection before each replication session.
+func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, error) {
+	conn, err := pgx.Connect(ctx, s.cfg.ConnString)
+	if err != nil {
+		return slotInfo{}, fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	var walLevel string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return slotInfo{}, fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return slotInfo{}, relay.Permanent(fmt.Errorf("wal_level is %q, logical replication needs \"logical\": run ALTER SYSTEM SET wal_level = logical; as a superuser and restart PostgreSQL", walLevel))
+	}
+	if err := s.checkTables(ctx, conn); err != nil {
+		return slotInfo{}, err
+	}
+	if err := s.ensurePublication(ctx, conn); err != nil {
+		return slotInfo{}, err
+	}
+	return s.ensureSlot(ctx, conn, repl)
+}
+
+// checkTables verifies that every table exists with the mapped columns, so
+// a misconfiguration fails at start with a clear message instead of at the
+// first row.
+func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) error {
+	var problems []string
+	for _, t := range s.cfg.Tables {
+		rows, err := conn.Query(ctx, `
+			SELECT a.attname, a.atttypid
+			FROM pg_class c
+			JOIN pg_namespace n ON n.oid = c.relnamespace
+			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+			ORDER BY a.attnum`, t.Schema, t.Name)
+		if err != nil {
+			return fmt.Errorf("read columns of %s: %w", t, err)
+		}
+		var cols []column
+		for rows.Next() {
+			var c column
+			if err := rows.Scan(&c.name, &c.typ); err != nil {
+				return fmt.Errorf("read columns of %s: %w", t, err)
+			}
+			cols = append(cols, c)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read columns of %s: %w", t, err)
+		}
+		if len(cols) == 0 {
+			problems = append(problems, fmt.Sprintf("table %s does not exist (create it with schema/outbox.sql, or fix RELAY_TABLES)", t))
+			continue
+		}
+		if _, err := newRelation(t.Schema, t.Name, cols, s.cfg.Columns); err != nil {
+			problems = append(problems, err.Error()+" (set RELAY_COLUMN_PRESET or the RELAY_COLUMN_* variables)")
+		}
+	}
+	if len(problems) > 0 {
+		return relay.Permanent(errors.New(strings.Join(problems, "; ")))
+	}
+	return nil
+}
+
+// ensurePublication creates the publication, or checks that an existing
+// one publishes inserts of exactly the configured tables, adding any that
+// are missing. A publication with other tables is refused: their rows would
+// arrive and there is nothing correct to do with them.
+func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
+	pub := pgx.Identifier{s.cfg.Publication}.Sanitize()
+	var allTables, inserts bool
+	err := conn.QueryRow(ctx, "SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1", s.cfg.Publication).Scan(&allTables, &inserts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		idents := make([]string, len(s.cfg.Tables))
+		for i, t := range s.cfg.Tables {
+			idents[i] = t.ident()
+		}
+		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(idents, ", ")))
+		if err != nil && !isCode(err, codeDuplicateObject) {
+			return classify(fmt.Errorf("create publication %s: %w", s.cfg.Publication, err))
+		}
+		s.log.Info("created publication", "publication", s.cfg.Publication, "tables", s.tableNames())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+	}
+	if allTables {
+		return relay.Permanent(fmt.Errorf("publication %s is FOR ALL TABLES; the relay needs one that lists only its outbox tables (RELAY_PUBLICATION)", s.cfg.Publication))
+	}
+	if !inserts {
+		return relay.Permanent(fmt.Errorf("publication %s does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", s.cfg.Publication, pub))
+	}
+	rows, err := conn.Query(ctx, "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", s.cfg.Publication)
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+	}
+	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Table, error) {
+		var t Table
+		err := r.Scan(&t.Schema, &t.Name)
+		return t, err
+	})
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+	}
+	for _, t := range have {
+		if !slices.Contains(s.cfg.Tables, t) {
+			return relay.Permanent(fmt.Errorf("publication %s also publishes %s, which is not in RELAY_TABLES: add it there or ALTER PUBLICATION %s DROP TABLE %s", s.cfg.Publication, t, pub, t.ident()))
+		}
+	}
+	for _, t := range s.cfg.Tables {
+		if slices.Contains(have, t) {
+			continue
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, t.ident())); err != nil {
+			return classify(fmt.Errorf("add %s to publication %s: %w", t, s.cfg.Publication, err))
+		}
+		s.log.Info("added table to publication", "publication", s.cfg.Publication, "table", t.String())
+	}
+	return nil
+}
+
+// ensureSlot reuses the slot or creates it. A slot this process has
+// streamed from that is now gone or lost is fatal: recreating it would
+// silently skip every row committed in between.
+func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.PgConn) (slotInfo, error) {
+	for attempt := 0; ; attempt++ {
+		var plugin, slotType, db string
+		var walStatus *string
+		var confirmed *pglogrepl.LSN
+		err := conn.QueryRow(ctx, `
+			SELECT plugin, slot_type, database, wal_status, confirmed_flush_lsn
+			FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&plugin, &slotType, &db, &walStatus, &confirmed)
+		if err == nil {
+			var current string
+			if err := conn.QueryRow(ctx, "SELECT current_database()").Scan(&current); err != nil {
+				return slotInfo{}, fmt.Errorf("read current database: %w", err)
+			}
+			switch {
+			case slotType != "logical" || plugin != "pgoutput":
+				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is a %s slot with plugin %q; the relay needs a logical pgoutput slot (RELAY_SLOT)", s.cfg.Slot, slotType, plugin))
+			case db != current:
+				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s belongs to database %s, not %s (RELAY_SLOT)", s.cfg.Slot, db, current))
+			case walStatus != nil && *walStatus == "lost":
+				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is lost (wal_status lost): PostgreSQL removed WAL it still needed, so rows may be missing; drop the slot and recreate it deliberately", s.cfg.Slot))
+			case confirmed == nil:
+				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s has no confirmed_flush_lsn", s.cfg.Slot))
+			}
+			s.slotSeen = true
+			return slotInfo{confirmed: relay.LSN(*confirmed)}, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return slotInfo{}, fmt.Errorf("read replication slot %s: %w", s.cfg.Slot, err)
+		}
+		if s.slotSeen {
+			return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s disappeared while the relay was using it; rows committed since its last confirmed position may be missing: recreate it deliberately and restart", s.cfg.Slot))
+		}
+		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+			Mode:           pglogrepl.LogicalReplication,
+			SnapshotAction: "NOEXPORT_SNAPSHOT",
+		})
+		if isCode(err, codeDuplicateObject) && attempt == 0 {
+			continue // created concurrently: read it again
+		}
+		if err != nil {
+			return slotInfo{}, classify(fmt.Errorf("create replication slot %s: %w", s.cfg.Slot, err))
+		}
+		lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+		if err != nil {
+			return slotInfo{}, fmt.Errorf("create replication slot %s: consistent point: %w", s.cfg.Slot, err)
+		}
+		s.slotSeen = true
+		s.log.Info("created replication slot", "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)
+		return slotInfo{confirmed: relay.LSN(lsn), created: true}, nil
+	}
+}
+
+func (s *Source) tableNames() []string {
+	names := make([]string, len(s.cfg.Tables))
+	for i, t := range s.cfg.Tables {
+		names[i] = t.String()
+	}
+	return names
+}
+
+func isCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// classify marks errors that a retry cannot fix: missing privileges and
+// unsupported features need an operator.
+func classify(err error) error {
+	if isCode(err, codeInsufficientPriv) || isCode(err, codeFeatureNotSupport) {
+		return relay.Permanent(err)
+	}
+	return err
+}
