@@ -2,6 +2,7 @@ package relay
 
 import (
 	"sync"
+	"sync/atomic"
 )
 
 // Tracker turns out-of-order broker confirms into the one position that is
@@ -36,6 +37,15 @@ type mark struct {
 	lsn  LSN
 }
 
+// trackerEpoch gives every tracker its own range of sequence numbers, so that
+// Ack can tell this tracker's events from those of another tracker (an
+// earlier session) or from events never added, whose seq is 0: a seq in
+// [head, next) then identifies one of this tracker's events.
+var trackerEpoch atomic.Uint64
+
+// trackerSeqBits is the size of each tracker's range: 2^40 events.
+const trackerSeqBits = 40
+
 // NewTracker returns a tracker that allows maxEvents and maxBytes in flight
 // (an event larger than maxBytes is still admitted when nothing else is in
 // flight) and starts from start, the position already confirmed.
@@ -43,7 +53,10 @@ func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
 	if maxEvents < 1 {
 		maxEvents = 1
 	}
+	base := trackerEpoch.Add(1) << trackerSeqBits
 	return &Tracker{
+		head:     base,
+		next:     base,
 		acked:    make([]bool, maxEvents),
 		sizes:    make([]int, maxEvents),
 		maxBytes: maxBytes,

@@ -5,7 +5,12 @@ import (
 	"regexp"
 )
 
-var passwordKV = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+var (
+	// A password in key=value form, quoted (possibly unterminated) or not.
+	passwordKV = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+)`)
+	// user:password@ in a URL that net/url cannot parse.
+	userinfo = regexp.MustCompile(`(://[^/@]*?):[^@]*@`)
+)
 
 // RedactURL hides the password in a URL (amqp://user:secret@host) or a
 // PostgreSQL keyword/value string (password=secret), for logs and errors.
@@ -18,5 +23,6 @@ func RedactURL(s string) string {
 		}
 		return u.Redacted()
 	}
+	s = userinfo.ReplaceAllString(s, "${1}:xxxxx@")
 	return passwordKV.ReplaceAllString(s, "${1}xxxxx")
 }

@@ -41,6 +41,10 @@ type relation struct {
 // missing required column is an error: the table changed under the relay.
 func newRelation(namespace, name string, cols []column, m Columns) (*relation, error) {
 	r := &relation{table: namespace + "." + name}
+	if m.ID == "" || m.AggregateType == "" || m.AggregateID == "" || m.EventType == "" || m.Payload == "" {
+		// event indexes these columns unconditionally.
+		return nil, fmt.Errorf("table %s: the id, aggregate type, aggregate id, event type and payload columns must all be named", r.table)
+	}
 	for _, c := range cols {
 		r.names = append(r.names, c.name)
 		r.types = append(r.types, c.typ)
