@@ -1,0 +1,463 @@
+// Package rabbitmq is relay's RabbitMQ sink with publisher confirms.
+//
+// Events are published persistent and mandatory to one topic exchange on a
+// channel in confirm mode, with up to ConfirmWindow of them awaiting a
+// confirm at once. An event is done only when the broker acked it without
+// returning it first. Anything else (a nack, a basic.return, a closed channel
+// or connection) stops the line: the sink opens a new channel, reconnecting
+// if needed, and republishes every unconfirmed event in its original order
+// before publishing anything newer, so one aggregate's events reach the
+// broker in commit order.
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/relay-dev/relay/relay"
+)
+
+const (
+	defaultExchange = "outbox"
+	defaultWindow   = 256
+
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 10 * time.Second
+
+	dialTimeout = 10 * time.Second
+	// closeTimeout bounds connection.close when the broker does not answer.
+	closeTimeout = 5 * time.Second
+
+	// maxShortstr is the AMQP limit for routing keys, property strings and
+	// header names; the client library fails the whole connection on a longer
+	// one, so they are checked before publishing.
+	maxShortstr = 255
+)
+
+// Config configures a Sink.
+type Config struct {
+	// URL is the broker's amqp:// or amqps:// URL. Required.
+	URL string
+	// Exchange is the exchange events are published to, declared as a
+	// durable topic exchange when absent. Default "outbox".
+	Exchange string
+	// RoutingKey renders each event's routing key. Required.
+	RoutingKey *relay.Template
+	// ConfirmWindow is the most publishes awaiting a broker confirm. Default 256.
+	ConfirmWindow int
+	// Logger receives connection failures and recoveries. Default: discard.
+	Logger *slog.Logger
+}
+
+// Sink publishes events to RabbitMQ. It implements relay.Sink.
+type Sink struct {
+	exchange string
+	key      *relay.Template
+	window   int
+	log      *slog.Logger
+	url      string // holds the password: never log it, log redacted
+	redacted string
+
+	// sem holds one token per published event whose Done is still due, so
+	// Publish blocks while the window is full and Close knows it has drained
+	// once it owns every token.
+	sem chan struct{}
+	// wire is a one-slot lock held while writing publishes (pubMu). It keeps
+	// the order of inflight equal to the order on the wire, and, unlike a
+	// sync.Mutex, can be waited for with a context.
+	wire chan struct{}
+	// kick wakes the recovery goroutine.
+	kick chan struct{}
+	// life ends when the sink is torn down; it stops every goroutine.
+	life   context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	closeMu sync.Mutex // serialises Close
+
+	mu       sync.Mutex // guards the state below; never held during network I/O
+	conn     *amqp.Connection
+	ch       *amqp.Channel
+	gen      uint64 // generation of ch; confirms of older generations are stale
+	healthy  bool   // ch works and every inflight event has been written to it
+	failed   bool   // ch (generation gen) must be replaced
+	blocked  bool   // the broker sent connection.blocked
+	stopped  bool   // torn down: a freshly dialled connection must be closed
+	inflight []*pending
+	byTag    map[uint64]*pending // delivery tag on ch → event
+	maxSize  int                 // the broker's max_message_size, once a 406 told us
+	backoff  *relay.Backoff
+}
+
+// pending is an event published or queued for publishing and not yet done.
+type pending struct {
+	ev  *relay.Event
+	key string
+	msg amqp.Publishing
+
+	gen      uint64 // generation it was last written in; 0: not written since the last recovery
+	tag      uint64
+	returned bool // the broker returned it in generation gen
+	done     bool
+}
+
+var errClosed = errors.New("rabbitmq sink is closed")
+
+// New connects to the broker, opens a confirm-mode channel and declares the
+// exchange. While the broker is unreachable it retries with backoff, logging
+// each failure, until ctx ends; a malformed URL or config fails at once.
+// The sink lives until Close, not until ctx ends.
+func New(ctx context.Context, cfg Config) (*Sink, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		// url.Error repeats the URL, password included.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("rabbitmq: invalid URL: %v", err)
+	}
+	redacted := u.Redacted()
+	if _, err := amqp.ParseURI(cfg.URL); err != nil {
+		return nil, fmt.Errorf("rabbitmq: invalid URL %s: %w", redacted, err)
+	}
+	if cfg.RoutingKey == nil {
+		return nil, errors.New("rabbitmq: routing key template is required")
+	}
+	if cfg.Exchange == "" {
+		cfg.Exchange = defaultExchange
+	}
+	if len(cfg.Exchange) > maxShortstr {
+		return nil, fmt.Errorf("rabbitmq: exchange name is %d bytes, AMQP allows at most %d", len(cfg.Exchange), maxShortstr)
+	}
+	if cfg.ConfirmWindow <= 0 {
+		cfg.ConfirmWindow = defaultWindow
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	life, stop := context.WithCancel(context.Background())
+	s := &Sink{
+		exchange: cfg.Exchange,
+		key:      cfg.RoutingKey,
+		window:   cfg.ConfirmWindow,
+		log:      log.With("component", "rabbitmq"),
+		url:      cfg.URL,
+		redacted: redacted,
+		sem:      make(chan struct{}, cfg.ConfirmWindow),
+		wire:     make(chan struct{}, 1),
+		kick:     make(chan struct{}, 1),
+		life:     life,
+		stop:     stop,
+		failed:   true,
+		byTag:    map[uint64]*pending{},
+		backoff:  relay.NewBackoff(minBackoff, maxBackoff),
+	}
+
+	// The relay calls New once at startup, so a broker that is still
+	// starting (or briefly down) must not fail the process.
+	connectCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for {
+		err := s.recover(connectCtx)
+		if err == nil {
+			break
+		}
+		wait := s.nextBackoff()
+		s.log.Warn("cannot connect to RabbitMQ; retrying", "url", s.redacted, "error", err, "retry_in", wait.String())
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.teardown()
+			return nil, fmt.Errorf("rabbitmq: connect to %s: %w (last error: %v)", s.redacted, ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+	s.mu.Lock()
+	s.backoff.Reset()
+	s.mu.Unlock()
+	s.log.Info("connected to RabbitMQ", "url", s.redacted, "exchange", s.exchange, "confirm_window", s.window)
+
+	s.wg.Add(1)
+	go s.supervise()
+	return s, nil
+}
+
+// Publish writes ev to the broker, or queues it behind a recovery in
+// progress, and returns without waiting for the confirm; ev.Done reports the
+// outcome. It blocks while ConfirmWindow events await their confirm and
+// returns ctx's error, leaving ev unpublished, if ctx ends first. Events that
+// AMQP cannot carry (an over-long routing key, a body over the broker's known
+// size limit) fail with a relay.Permanent error and are not published.
+func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
+	if s.closed.Load() {
+		return errClosed
+	}
+	p, err := s.pending(ev)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	limit := s.maxSize
+	s.mu.Unlock()
+	if limit > 0 && len(p.msg.Body) > limit {
+		return relay.Permanent(tooLarge(ev, limit))
+	}
+
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.life.Done():
+		return errClosed
+	}
+	if err := s.lockWire(ctx); err != nil {
+		<-s.sem
+		return err
+	}
+	defer s.unlockWire()
+
+	s.mu.Lock()
+	s.inflight = append(s.inflight, p)
+	if !s.healthy {
+		// Stop the line: recovery republishes everything unconfirmed in
+		// order, this event last, before anything is written directly again.
+		s.mu.Unlock()
+		return nil
+	}
+	ch, gen := s.ch, s.gen
+	s.mu.Unlock()
+	s.assignTag(p, ch, gen)
+
+	if err := ch.Publish(s.exchange, p.key, true, false, p.msg); err != nil {
+		s.mu.Lock()
+		s.unassignTagLocked(p, gen)
+		first := s.failLocked(gen)
+		s.mu.Unlock()
+		if first {
+			s.log.Warn("publish failed; republishing after recovery", "event_id", ev.ID, "error", err)
+		}
+	}
+	return nil
+}
+
+// Close waits until every published event's Done has been called or ctx
+// ends, then closes the channel and connection and stops the sink's
+// goroutines. It returns ctx's error if events were still unconfirmed; their
+// Done is then never called. Close is idempotent.
+func (s *Sink) Close(ctx context.Context) error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed.Swap(true) {
+		return nil
+	}
+	var err error
+	// Every event awaiting Done holds a token, so owning all of them means
+	// nothing is in flight. Publish must not run concurrently with Close.
+drain:
+	for range s.window {
+		select {
+		case s.sem <- struct{}{}:
+		case <-ctx.Done():
+			s.mu.Lock()
+			n := len(s.inflight)
+			s.mu.Unlock()
+			err = fmt.Errorf("rabbitmq: close with %d events unconfirmed: %w", n, ctx.Err())
+			break drain
+		}
+	}
+	s.teardown()
+	return err
+}
+
+// Connected reports whether the sink can publish right now: it holds a
+// connection and a working confirm channel, and the broker has not blocked
+// the connection (a memory or disk alarm).
+func (s *Sink) Connected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.healthy && !s.blocked
+}
+
+// teardown stops the goroutines and closes the connection.
+func (s *Sink) teardown() {
+	s.mu.Lock()
+	s.stopped = true
+	s.healthy = false
+	conn := s.conn
+	s.mu.Unlock()
+	s.stop()
+	if conn != nil {
+		// The deadline also frees a publish stuck writing to a blocked
+		// connection, which the recovery goroutine may be doing.
+		_ = conn.CloseDeadline(time.Now().Add(closeTimeout))
+	}
+	// Channel watchers end when their channel closes, which closing the
+	// connection guarantees.
+	s.wg.Wait()
+}
+
+// pending builds the AMQP message for ev.
+func (s *Sink) pending(ev *relay.Event) (*pending, error) {
+	key, err := s.key.Execute(ev)
+	if err != nil {
+		return nil, relay.Permanent(fmt.Errorf("routing key of event %s: %w", ev.ID, err))
+	}
+	for _, f := range []struct{ name, value string }{
+		{"routing key", key},
+		{"id (message_id)", ev.ID},
+		{"event type (type)", ev.EventType},
+		{"content type", ev.ContentType},
+	} {
+		if len(f.value) > maxShortstr {
+			return nil, relay.Permanent(fmt.Errorf("event %s: %s is %d bytes, AMQP allows at most %d", ev.ID, f.name, len(f.value), maxShortstr))
+		}
+	}
+	headers := make(amqp.Table, len(ev.Headers)+3)
+	for _, h := range ev.Headers {
+		if len(h.Key) > maxShortstr {
+			return nil, relay.Permanent(fmt.Errorf("event %s: header name is %d bytes, AMQP allows at most %d", ev.ID, len(h.Key), maxShortstr))
+		}
+		headers[h.Key] = h.Value
+	}
+	// The built-ins come last so a header column cannot forge them.
+	headers["aggregate_type"] = ev.AggregateType
+	headers["aggregate_id"] = ev.AggregateID
+	headers["x-relay-lsn"] = ev.CommitLSN.String()
+	return &pending{
+		ev:  ev,
+		key: key,
+		msg: amqp.Publishing{
+			Headers:      headers,
+			ContentType:  ev.ContentType,
+			DeliveryMode: amqp.Persistent,
+			MessageId:    ev.ID,
+			Type:         ev.EventType,
+			Timestamp:    ev.CreatedAt,
+			Body:         ev.Payload,
+		},
+	}, nil
+}
+
+func (s *Sink) lockWire(ctx context.Context) error {
+	select {
+	case s.wire <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Sink) unlockWire() { <-s.wire }
+
+// assignTag records p under the delivery tag its publish on ch will get.
+// It runs before the publish, so the confirm cannot arrive unmatched; the
+// wire lock, held by the caller, makes the tag exact, as nothing else
+// publishes on ch and no recovery can replace ch meanwhile. The tag is read
+// outside mu: the library's reader holds the same lock while it hands
+// confirms to the watcher, which needs mu.
+func (s *Sink) assignTag(p *pending, ch *amqp.Channel, gen uint64) {
+	tag := ch.GetNextPublishSeqNo()
+	s.mu.Lock()
+	p.gen, p.tag, p.returned = gen, tag, false
+	s.byTag[tag] = p
+	s.mu.Unlock()
+}
+
+// unassignTagLocked undoes assignTag after a failed publish (the library
+// gives the tag back), leaving p for recovery to republish.
+func (s *Sink) unassignTagLocked(p *pending, gen uint64) {
+	if p.gen == gen {
+		delete(s.byTag, p.tag)
+		p.gen = 0
+	}
+}
+
+// failLocked marks channel generation gen as broken and wakes recovery. It
+// reports whether this was the first failure of gen, to log it once.
+func (s *Sink) failLocked(gen uint64) bool {
+	if gen != s.gen || s.failed {
+		return false
+	}
+	s.failed = true
+	s.healthy = false
+	select {
+	case s.kick <- struct{}{}:
+	default: // a wake-up is already pending
+	}
+	return true
+}
+
+// finishLocked takes p out of the in-flight set. It reports false if p was
+// finished already, so that Done runs once per event.
+func (s *Sink) finishLocked(p *pending, acked bool) bool {
+	if p.done {
+		return false
+	}
+	p.done = true
+	if i := slices.Index(s.inflight, p); i == 0 {
+		// Confirms arrive in publish order, so this is the common case.
+		s.inflight[0] = nil
+		s.inflight = s.inflight[1:]
+	} else if i > 0 {
+		s.inflight = slices.Delete(s.inflight, i, i+1)
+	}
+	if acked {
+		s.backoff.Reset()
+	}
+	return true
+}
+
+// complete reports a finished event's outcome and frees its window token,
+// in that order, so that Close, once it owns every token, knows every Done
+// has been called.
+func (s *Sink) complete(p *pending, err error) {
+	p.ev.Done(err)
+	<-s.sem
+}
+
+func (s *Sink) nextBackoff() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backoff.Next()
+}
+
+// dial connects with a handshake deadline; ctx aborts the TCP connect.
+func (s *Sink) dial(ctx context.Context) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	props.SetClientConnectionName("relay")
+	return amqp.DialConfig(s.url, amqp.Config{
+		Properties: props,
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: dialTimeout}
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The library clears the deadline once the handshake is done;
+			// heartbeats take over from there.
+			if err := c.SetDeadline(time.Now().Add(dialTimeout)); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+	})
+}
+
+func tooLarge(ev *relay.Event, limit int) error {
+	return fmt.Errorf("event %s: body of %d bytes exceeds the broker's max_message_size of %d bytes", ev.ID, len(ev.Payload), limit)
+}
