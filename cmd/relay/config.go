@@ -1,0 +1,308 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgsource"
+)
+
+// config is every setting of the relay. It is the only place with env tags;
+// `relay --help` and README's table are generated from / checked against it.
+type config struct {
+	DatabaseURL string   `env:"RELAY_DATABASE_URL,required,notEmpty" help:"PostgreSQL URL of the outbox database; the replication connection is derived from it (required)"`
+	Tables      []string `env:"RELAY_TABLES" envDefault:"public.outbox" help:"comma-separated outbox tables, schema.table"`
+	Slot        string   `env:"RELAY_SLOT" envDefault:"outbox_relay" help:"logical replication slot, created when missing"`
+	Publication string   `env:"RELAY_PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox tables, created when missing"`
+	Sink        string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq"`
+
+	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps:// (required for rabbitmq)"`
+	AMQPExchange      string `env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
+	AMQPRoutingKey    string `env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
+	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"256" help:"publishes awaiting a broker confirm at most"`
+
+	ColumnPreset        string `env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
+	ColumnID            string `env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
+	ColumnAggregateType string `env:"RELAY_COLUMN_AGGREGATE_TYPE" help:"column of the aggregate type (default from the preset)"`
+	ColumnAggregateID   string `env:"RELAY_COLUMN_AGGREGATE_ID" help:"column of the aggregate id (default from the preset)"`
+	ColumnEventType     string `env:"RELAY_COLUMN_EVENT_TYPE" help:"column of the event type (default from the preset)"`
+	ColumnPayload       string `env:"RELAY_COLUMN_PAYLOAD" help:"column of the payload: jsonb, json, text or bytea (default from the preset)"`
+	ColumnHeaders       string `env:"RELAY_COLUMN_HEADERS" help:"JSON object column of extra headers; optional (default from the preset)"`
+	ColumnCreatedAt     string `env:"RELAY_COLUMN_CREATED_AT" help:"timestamp column of the message timestamp; optional, else the commit time (default from the preset)"`
+
+	MaxInFlight      int           `env:"RELAY_MAX_IN_FLIGHT" envDefault:"4096" help:"events handed to the broker and not yet confirmed, at most"`
+	MaxInFlightBytes int           `env:"RELAY_MAX_IN_FLIGHT_BYTES" envDefault:"67108864" help:"approximate bytes of those events, at most"`
+	StatusInterval   time.Duration `env:"RELAY_STATUS_INTERVAL" envDefault:"10s" help:"longest time between two standby status updates to PostgreSQL"`
+	ShutdownTimeout  time.Duration `env:"RELAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"on SIGINT/SIGTERM, how long to wait for in-flight confirms"`
+
+	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat string `env:"RELAY_LOG_FORMAT" envDefault:"json" help:"json or text"`
+	HTTPAddr  string `env:"RELAY_HTTP_ADDR" envDefault:":8080" help:"address of the HTTP server for /healthz and /readyz; empty disables it"`
+}
+
+// configError lists every bad variable, one per line.
+type configError []string
+
+func (e configError) Error() string { return strings.Join(e, "\n") }
+
+var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// loadConfig parses the environment and validates every setting, so that
+// all problems are reported at once, before connecting anywhere.
+func loadConfig(environ map[string]string) (config, error) {
+	var cfg config
+	var bad configError
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ}); err != nil {
+		var agg env.AggregateError
+		if !errors.As(err, &agg) {
+			return cfg, configError{err.Error()}
+		}
+		for _, e := range agg.Errors {
+			bad = append(bad, describeEnvError(e))
+		}
+	}
+	// env substitutes envDefault for a variable set to the empty string, but
+	// an empty RELAY_HTTP_ADDR is documented to disable the HTTP server.
+	if v, ok := environ["RELAY_HTTP_ADDR"]; ok && v == "" {
+		cfg.HTTPAddr = ""
+	}
+	reported := map[string]bool{}
+	for _, line := range bad {
+		key, _, _ := strings.Cut(line, ":")
+		reported[key] = true
+	}
+	for _, line := range cfg.validate() {
+		// A variable that did not parse holds its zero value: it is
+		// reported already, with the value given.
+		if key, _, _ := strings.Cut(line, ":"); !reported[key] {
+			bad = append(bad, line)
+		}
+	}
+	if len(bad) > 0 {
+		return cfg, bad
+	}
+	return cfg, nil
+}
+
+func describeEnvError(err error) string {
+	var parseErr env.ParseError
+	if errors.As(err, &parseErr) {
+		if f, ok := reflect.TypeFor[config]().FieldByName(parseErr.Name); ok {
+			key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+			return fmt.Sprintf("%s: cannot parse as %s: %v", key, parseErr.Type, parseErr.Err)
+		}
+	}
+	var notSet env.VarIsNotSetError
+	if errors.As(err, &notSet) {
+		return fmt.Sprintf("%s: required, not set", notSet.Key)
+	}
+	var empty env.EmptyVarError
+	if errors.As(err, &empty) {
+		return fmt.Sprintf("%s: must not be empty", empty.Key)
+	}
+	return err.Error()
+}
+
+func (c *config) validate() []string {
+	var bad []string
+	add := func(key, format string, args ...any) {
+		bad = append(bad, key+": "+fmt.Sprintf(format, args...))
+	}
+	if c.DatabaseURL != "" {
+		if _, err := pgsource.New(pgsource.Config{ConnString: c.DatabaseURL}); err != nil {
+			add("RELAY_DATABASE_URL", "not a PostgreSQL connection string: %v", errors.Unwrap(err))
+		}
+	}
+	if len(c.Tables) == 0 {
+		add("RELAY_TABLES", "at least one table is required")
+	}
+	seen := map[pgsource.Table]bool{}
+	for _, s := range c.Tables {
+		t, err := pgsource.ParseTable(s)
+		if err != nil {
+			add("RELAY_TABLES", "%v", err)
+			continue
+		}
+		if seen[t] {
+			add("RELAY_TABLES", "table %s listed twice", t)
+		}
+		seen[t] = true
+	}
+	if !identRE.MatchString(c.Slot) {
+		add("RELAY_SLOT", "%q: use lower-case letters, digits and _, at most 63", c.Slot)
+	}
+	if !identRE.MatchString(c.Publication) {
+		add("RELAY_PUBLICATION", "%q: use lower-case letters, digits and _, at most 63", c.Publication)
+	}
+	if c.Sink != "rabbitmq" {
+		add("RELAY_SINK", "%q: want rabbitmq", c.Sink)
+	}
+	// The RabbitMQ settings are checked even when RELAY_SINK is wrong, so
+	// that fixing it does not reveal a second round of problems.
+	if c.AMQPURL == "" {
+		if c.Sink == "rabbitmq" {
+			add("RELAY_AMQP_URL", "required when RELAY_SINK=rabbitmq")
+		}
+	} else if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		add("RELAY_AMQP_URL", "want amqp://user:password@host:port/vhost or amqps://…")
+	}
+	if c.AMQPExchange == "" {
+		add("RELAY_AMQP_EXCHANGE", "must not be empty")
+	}
+	if _, err := relay.ParseTemplate(c.AMQPRoutingKey); err != nil {
+		add("RELAY_AMQP_ROUTING_KEY", "%v", err)
+	}
+	if c.AMQPConfirmWindow < 1 || c.AMQPConfirmWindow > 65535 {
+		add("RELAY_AMQP_CONFIRM_WINDOW", "%d: want 1 to 65535", c.AMQPConfirmWindow)
+	}
+	if c.ColumnPreset != "standard" && c.ColumnPreset != "debezium" {
+		add("RELAY_COLUMN_PRESET", "%q: want standard or debezium", c.ColumnPreset)
+	}
+	if c.MaxInFlight < 1 {
+		add("RELAY_MAX_IN_FLIGHT", "%d: must be at least 1", c.MaxInFlight)
+	}
+	if c.MaxInFlightBytes < 1<<16 {
+		add("RELAY_MAX_IN_FLIGHT_BYTES", "%d: must be at least 65536", c.MaxInFlightBytes)
+	}
+	if c.StatusInterval < 100*time.Millisecond || c.StatusInterval > 50*time.Second {
+		add("RELAY_STATUS_INTERVAL", "%s: want 100ms to 50s (below wal_sender_timeout)", c.StatusInterval)
+	}
+	if c.ShutdownTimeout < 0 {
+		add("RELAY_SHUTDOWN_TIMEOUT", "%s: must not be negative", c.ShutdownTimeout)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		add("RELAY_LOG_LEVEL", "%v", err)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		add("RELAY_LOG_FORMAT", "%q: want json or text", c.LogFormat)
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			add("RELAY_HTTP_ADDR", "%q: want host:port or :port", c.HTTPAddr)
+		}
+	}
+	return bad
+}
+
+// columns resolves the preset and the per-column overrides.
+func (c *config) columns() pgsource.Columns {
+	cols := pgsource.StandardColumns
+	if c.ColumnPreset == "debezium" {
+		cols = pgsource.DebeziumColumns
+	}
+	for _, o := range []struct {
+		v   string
+		dst *string
+	}{
+		{c.ColumnID, &cols.ID}, {c.ColumnAggregateType, &cols.AggregateType}, {c.ColumnAggregateID, &cols.AggregateID},
+		{c.ColumnEventType, &cols.EventType}, {c.ColumnPayload, &cols.Payload}, {c.ColumnHeaders, &cols.Headers},
+		{c.ColumnCreatedAt, &cols.CreatedAt},
+	} {
+		if o.v != "" {
+			*o.dst = o.v
+		}
+	}
+	return cols
+}
+
+func (c *config) tables() []pgsource.Table {
+	ts := make([]pgsource.Table, 0, len(c.Tables))
+	for _, s := range c.Tables {
+		if t, err := pgsource.ParseTable(s); err == nil {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// logAttrs is the effective configuration for the startup log line, with
+// passwords redacted.
+func (c *config) logAttrs() []any {
+	var attrs []any
+	v := reflect.ValueOf(*c)
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		val := fmt.Sprint(v.Field(i).Interface())
+		if strings.HasSuffix(key, "_URL") {
+			val = relay.RedactURL(val)
+		}
+		if val == "" || val == "[]" {
+			continue
+		}
+		attrs = append(attrs, strings.ToLower(strings.TrimPrefix(key, "RELAY_")), val)
+	}
+	return attrs
+}
+
+// variable is one documented environment variable.
+type variable struct {
+	Name, Default, Help string
+	Required            bool
+}
+
+// variables lists the configuration's variables in declaration order.
+func variables() []variable {
+	t := reflect.TypeFor[config]()
+	vars := make([]variable, 0, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
+		vars = append(vars, variable{
+			Name:     name,
+			Default:  f.Tag.Get("envDefault"),
+			Help:     f.Tag.Get("help"),
+			Required: slices.Contains(strings.Split(opts, ","), "required"),
+		})
+	}
+	return vars
+}
+
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `relay publishes committed PostgreSQL outbox rows to RabbitMQ, at least once,
+in order per aggregate, with the outbox id as the dedup key.
+
+Usage:
+  relay            run until SIGINT or SIGTERM
+  relay version    print the version
+  relay --help     print this help
+
+Configuration is read from the environment only:
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  VARIABLE\tDEFAULT\tDESCRIPTION")
+	for _, v := range variables() {
+		def := v.Default
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
+	}
+	tw.Flush()
+	fmt.Fprint(w, `
+Exit codes: 0 after a clean stop, 1 on an error retrying cannot fix,
+2 on invalid configuration (before connecting).
+`)
+}
