@@ -122,7 +122,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			return err
 		}
 		defer srv.Close()
-		log.Info("http listening", "addr", cfg.HTTPAddr)
+		log.Info("http listening", "addr", srv.ln.Addr().String())
 		httpErr = make(chan error, 1)
 		go func() { httpErr <- srv.Serve() }()
 	}

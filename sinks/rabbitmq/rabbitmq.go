@@ -175,6 +175,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		if err == nil {
 			break
 		}
+		if ctx.Err() != nil {
+			s.teardown()
+			return nil, fmt.Errorf("rabbitmq: connect to %s: %w", s.redacted, ctx.Err())
+		}
 		wait := s.nextBackoff()
 		s.log.Warn("cannot connect to RabbitMQ; retrying", "url", s.redacted, "error", err, "retry_in", wait.String())
 		t := time.NewTimer(wait)

@@ -1,0 +1,489 @@
+//go:build linux
+
+// Package integration runs the built relay binary against real PostgreSQL
+// and RabbitMQ processes, as a user would, and checks what a consumer
+// receives. Nothing here is mocked, and nothing is skipped for want of a
+// service: a service that cannot be started fails the run.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/relay-dev/relay/integration/services"
+)
+
+var (
+	relayBin string
+	pg       *services.Postgres
+	// amqpURL is the shared broker: RELAY_TEST_AMQP_URL or a throwaway node.
+	amqpURL string
+	// ownRabbit is set when amqpURL is our own throwaway node.
+	ownRabbit *services.Rabbit
+	dbCounter atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "relay-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+
+	relayBin = filepath.Join(dir, "relay")
+	build := exec.CommandContext(ctx, "go", "build", "-o", relayBin, "../cmd/relay")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build relay:", err)
+		return 1
+	}
+
+	var wg sync.WaitGroup
+	var pgErr, rabbitErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pg, pgErr = services.StartPostgres(ctx, services.PostgresOptions{})
+	}()
+	if u := os.Getenv("RELAY_TEST_AMQP_URL"); u != "" {
+		amqpURL = u
+	} else {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ownRabbit, rabbitErr = services.StartRabbit(ctx)
+			if rabbitErr == nil {
+				amqpURL = ownRabbit.URL()
+			}
+		}()
+	}
+	wg.Wait()
+	if pg != nil {
+		defer pg.Close()
+	}
+	if ownRabbit != nil {
+		defer ownRabbit.Close()
+	}
+	if err := errors.Join(pgErr, rabbitErr); err != nil {
+		fmt.Fprintln(os.Stderr, "start services:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// env is one test's world: its own database, slot, publication and
+// exchange, so tests cannot see each other's events.
+type env struct {
+	t         *testing.T
+	name      string
+	dbURL     string
+	db        *pgxpool.Pool
+	amqpURL   string
+	exchange  string
+	slot      string
+	extraVars map[string]string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := t.Context()
+	name := fmt.Sprintf("t%d_%d", os.Getpid(), dbCounter.Add(1))
+	if err := pg.CreateDatabase(ctx, name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	e := &env{t: t, name: name, dbURL: pg.URL(name), amqpURL: amqpURL, exchange: "outbox_" + name, slot: "slot_" + name}
+	db, err := pgxpool.New(ctx, e.dbURL)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() {
+		db.Close()
+		// Slots are per cluster: drop this test's so it holds no WAL.
+		c, err := pgxpool.New(context.Background(), pg.URL("postgres"))
+		if err == nil {
+			c.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", e.slot)
+			c.Close()
+		}
+	})
+	e.db = db
+	schema, err := os.ReadFile("../schema/outbox.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec(string(schema))
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	if _, err := e.db.Exec(e.t.Context(), sql, args...); err != nil {
+		e.t.Fatalf("%s: %v", firstLine(sql), err)
+	}
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// vars is the relay's whole environment: only documented variables.
+func (e *env) vars() []string {
+	v := map[string]string{
+		"RELAY_DATABASE_URL":    e.dbURL,
+		"RELAY_AMQP_URL":        e.amqpURL,
+		"RELAY_AMQP_EXCHANGE":   e.exchange,
+		"RELAY_SLOT":            e.slot,
+		"RELAY_PUBLICATION":     "pub_" + e.name,
+		"RELAY_HTTP_ADDR":       "127.0.0.1:0",
+		"RELAY_LOG_FORMAT":      "text",
+		"RELAY_STATUS_INTERVAL": "500ms",
+	}
+	for k, val := range e.extraVars {
+		v[k] = val
+	}
+	out := []string{"PATH=" + os.Getenv("PATH")}
+	for k, val := range v {
+		out = append(out, k+"="+val)
+	}
+	return out
+}
+
+// relayProc is a running relay binary.
+type relayProc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{}
+	err  error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startRelay runs the relay binary and returns once it streams from its
+// slot, so that rows inserted afterwards are certain to be published (rows
+// committed before a new slot exists are not in its stream). Its log is
+// printed if the test fails.
+func (e *env) startRelay() *relayProc {
+	e.t.Helper()
+	p := startRelayWith(e.t, e.vars())
+	eventually(e.t, time.Minute, func() error {
+		if p.exited() {
+			e.t.Fatalf("relay exited with %v before streaming; log:\n%s", p.err, p.log.String())
+		}
+		var active bool
+		err := e.db.QueryRow(e.t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&active)
+		if err != nil || !active {
+			return fmt.Errorf("slot %s not streaming yet (%v)", e.slot, err)
+		}
+		return nil
+	})
+	return p
+}
+
+func startRelayWith(t *testing.T, vars []string, args ...string) *relayProc {
+	t.Helper()
+	p := &relayProc{t: t, log: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(relayBin, args...)
+	p.cmd.Env = vars
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start relay: %v", err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("relay log:\n%s", p.log.String())
+		}
+	})
+	return p
+}
+
+// kill sends SIGKILL: no shutdown path runs.
+func (p *relayProc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM and returns the exit code.
+func (p *relayProc) stop(timeout time.Duration) int {
+	p.t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	return p.wait(timeout)
+}
+
+// wait returns the exit code once the process ends.
+func (p *relayProc) wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.kill()
+		p.t.Fatalf("relay did not exit within %s; log:\n%s", timeout, p.log.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// exited reports whether the process has ended.
+func (p *relayProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// message is what a consumer received.
+type message struct {
+	RoutingKey string
+	amqp.Delivery
+}
+
+// consumer collects every message routed to its queue. The queue is
+// durable so that it outlives broker restarts.
+type consumer struct {
+	t     *testing.T
+	url   string
+	queue string
+	mu    sync.Mutex
+	msgs  []message
+	conn  *amqp.Connection
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// bindQueue declares a durable queue bound to the test's exchange with
+// binding key and returns a consumer of it. The exchange is declared like
+// the relay declares it, so the binding can exist before the relay runs.
+func (e *env) bindQueue(binding string) *consumer {
+	e.t.Helper()
+	return bindQueueAt(e.t, e.amqpURL, e.exchange, "q_"+e.name+"_"+strings.NewReplacer("#", "all", "*", "any").Replace(binding), binding)
+}
+
+func bindQueueAt(t *testing.T, url, exchange, queue, binding string) *consumer {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("dial rabbitmq: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatalf("declare exchange: %v", err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatalf("declare queue: %v", err)
+	}
+	if err := ch.QueueBind(queue, binding, exchange, false, nil); err != nil {
+		t.Fatalf("bind queue: %v", err)
+	}
+	c := &consumer{t: t, url: url, queue: queue, stop: make(chan struct{}), done: make(chan struct{})}
+	go c.run()
+	t.Cleanup(c.close)
+	return c
+}
+
+// run consumes, reconnecting after broker restarts until closed.
+func (c *consumer) run() {
+	defer close(c.done)
+	for {
+		c.consumeOnce()
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (c *consumer) consumeOnce() {
+	conn, err := amqp.Dial(c.url)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	if err := ch.Qos(1000, 0, false); err != nil {
+		return
+	}
+	deliveries, err := ch.Consume(c.queue, "", false, false, false, false, nil)
+	if err != nil {
+		return
+	}
+	for {
+		select {
+		case <-c.stop:
+			return
+		case d, ok := <-deliveries:
+			if !ok {
+				return
+			}
+			c.mu.Lock()
+			c.msgs = append(c.msgs, message{RoutingKey: d.RoutingKey, Delivery: d})
+			c.mu.Unlock()
+			// Acked after recording: a message is counted at least once.
+			d.Ack(false)
+		}
+	}
+}
+
+func (c *consumer) close() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	<-c.done
+}
+
+// messages returns a copy of what was received so far.
+func (c *consumer) messages() []message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]message(nil), c.msgs...)
+}
+
+// waitDistinct waits until n distinct message ids arrived.
+func (c *consumer) waitDistinct(n int, timeout time.Duration) []message {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		msgs := c.messages()
+		ids := make(map[string]bool, len(msgs))
+		for _, m := range msgs {
+			ids[m.MessageId] = true
+		}
+		if len(ids) >= n {
+			return msgs
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("received %d distinct of %d messages (%d in all) within %s", len(ids), n, len(msgs), timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// eventually polls check until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// slotLSN returns the slot's confirmed_flush_lsn as a number.
+func (e *env) slotLSN() uint64 {
+	e.t.Helper()
+	var lsn uint64
+	err := e.db.QueryRow(e.t.Context(), "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&lsn)
+	if err != nil {
+		e.t.Fatalf("read slot %s: %v", e.slot, err)
+	}
+	return lsn
+}
+
+// currentLSN returns pg_current_wal_lsn() as a number.
+func (e *env) currentLSN() uint64 {
+	e.t.Helper()
+	var lsn uint64
+	if err := e.db.QueryRow(e.t.Context(), "SELECT (pg_current_wal_lsn() - '0/0')::bigint").Scan(&lsn); err != nil {
+		e.t.Fatal(err)
+	}
+	return lsn
+}
+
+// insertEvents commits n outbox rows in transactions of perTx rows, spread
+// over aggregates; each payload carries its aggregate and sequence number
+// within the aggregate, so order can be checked on the consumer side.
+// It returns the ids in commit order.
+func (e *env) insertEvents(n, perTx, aggregates int) []string {
+	e.t.Helper()
+	ctx := e.t.Context()
+	ids := make([]string, 0, n)
+	seq := make([]int, aggregates)
+	for done := 0; done < n; {
+		tx, err := e.db.Begin(ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for i := 0; i < perTx && done < n; i++ {
+			agg := done % aggregates
+			seq[agg]++
+			var id string
+			err := tx.QueryRow(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+				VALUES ('order', $1, 'order.created', jsonb_build_object('agg', $1::text, 'seq', $2::int), jsonb_build_object('tenant', 'acme', 'n', $2::int))
+				RETURNING id`, fmt.Sprintf("agg-%d", agg), seq[agg]).Scan(&id)
+			if err != nil {
+				e.t.Fatal(err)
+			}
+			ids = append(ids, id)
+			done++
+		}
+		if err := tx.Commit(ctx); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	return ids
+}

@@ -1,0 +1,245 @@
+//go:build linux
+
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+type payload struct {
+	Agg string `json:"agg"`
+	Seq int    `json:"seq"`
+}
+
+// checkOrder asserts that each aggregate's events arrived in commit order,
+// judging the first delivery of each id (redeliveries may repeat older ones).
+func checkOrder(t *testing.T, msgs []message) {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]int{}
+	for _, m := range msgs {
+		if seen[m.MessageId] {
+			continue
+		}
+		seen[m.MessageId] = true
+		var p payload
+		if err := json.Unmarshal(m.Body, &p); err != nil {
+			t.Fatalf("message %s: body %q: %v", m.MessageId, m.Body, err)
+		}
+		if p.Seq != last[p.Agg]+1 {
+			t.Fatalf("aggregate %s: event %d arrived after %d", p.Agg, p.Seq, last[p.Agg])
+		}
+		last[p.Agg] = p.Seq
+	}
+}
+
+// checkAll asserts that every id arrived, and that repeated deliveries of
+// an id carry the same body.
+func checkAll(t *testing.T, ids []string, msgs []message) {
+	t.Helper()
+	bodies := map[string]string{}
+	for _, m := range msgs {
+		if b, ok := bodies[m.MessageId]; ok && b != string(m.Body) {
+			t.Fatalf("message %s delivered twice with different bodies", m.MessageId)
+		}
+		bodies[m.MessageId] = string(m.Body)
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := bodies[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d of %d events never arrived, e.g. %v", len(missing), len(ids), missing[:min(5, len(missing))])
+	}
+	if len(bodies) != len(ids) {
+		t.Fatalf("received %d distinct ids, inserted %d", len(bodies), len(ids))
+	}
+}
+
+var lsnRE = regexp.MustCompile(`^[0-9A-F]+/[0-9A-F]+$`)
+
+func TestManyRowsArriveWithTheirProperties(t *testing.T) {
+	e := newEnv(t)
+	q := e.bindQueue("#")
+	e.startRelay()
+	const n = 20000
+	ids := e.insertEvents(n, 100, 37)
+	msgs := q.waitDistinct(n, 2*time.Minute)
+	checkAll(t, ids, msgs)
+	checkOrder(t, msgs)
+
+	var createdAt time.Time
+	err := e.db.QueryRow(t.Context(), "SELECT created_at FROM outbox WHERE id = $1", ids[0]).Scan(&createdAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.MessageId != ids[0] {
+			continue
+		}
+		if m.RoutingKey != "order.order.created" {
+			t.Errorf("routing key %q, want order.order.created", m.RoutingKey)
+		}
+		if m.Type != "order.created" || m.ContentType != "application/json" || m.DeliveryMode != 2 {
+			t.Errorf("type %q content type %q delivery mode %d", m.Type, m.ContentType, m.DeliveryMode)
+		}
+		if !m.Timestamp.Equal(createdAt.Truncate(time.Second)) {
+			t.Errorf("timestamp %s, want created_at %s", m.Timestamp, createdAt)
+		}
+		var p payload
+		if err := json.Unmarshal(m.Body, &p); err != nil || p.Agg != "agg-0" || p.Seq != 1 {
+			t.Errorf("body %s", m.Body)
+		}
+		want := map[string]string{"aggregate_type": "order", "aggregate_id": "agg-0", "tenant": "acme", "n": "1"}
+		for k, v := range want {
+			if got, _ := m.Headers[k].(string); got != v {
+				t.Errorf("header %s = %#v, want %q", k, m.Headers[k], v)
+			}
+		}
+		lsn, _ := m.Headers["x-relay-lsn"].(string)
+		if !lsnRE.MatchString(lsn) {
+			t.Errorf("x-relay-lsn %q is not an LSN", lsn)
+		}
+		return
+	}
+	t.Fatalf("first event %s not found", ids[0])
+}
+
+func TestSIGKILLMidStreamLosesNothing(t *testing.T) {
+	e := newEnv(t)
+	q := e.bindQueue("#")
+	p := e.startRelay()
+	const n = 20000
+	inserted := make(chan []string, 1)
+	go func() { inserted <- e.insertEvents(n, 50, 11) }()
+
+	// Kill while rows are flowing, twice, restarting each time.
+	for round, at := range []int{2000, 9000} {
+		eventually(t, time.Minute, func() error {
+			if got := len(q.messages()); got < at {
+				return fmt.Errorf("round %d: %d messages, waiting for %d", round, got, at)
+			}
+			return nil
+		})
+		p.kill()
+		p = e.startRelay()
+	}
+	ids := <-inserted
+	msgs := q.waitDistinct(n, 2*time.Minute)
+	checkAll(t, ids, msgs)
+	checkOrder(t, msgs)
+	t.Logf("%d events, %d deliveries (%d redelivered after kills)", n, len(msgs), len(msgs)-n)
+}
+
+func TestSIGTERMConfirmsAndExitsZero(t *testing.T) {
+	e := newEnv(t)
+	q := e.bindQueue("#")
+	p := e.startRelay()
+	ids := e.insertEvents(500, 10, 5)
+	q.waitDistinct(len(ids), time.Minute)
+	end := e.currentLSN()
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0; log:\n%s", code, p.log.String())
+	}
+	// The final status update confirmed everything that was published.
+	if got := e.slotLSN(); got < end {
+		t.Fatalf("slot confirmed %X after a clean stop, want at least %X (all published rows)", got, end)
+	}
+	// A restart finds nothing to republish.
+	before := len(q.messages())
+	e.startRelay()
+	more := e.insertEvents(1, 1, 1)
+	msgs := q.waitDistinct(len(ids)+1, time.Minute)
+	if extra := len(msgs) - before - 1; extra != 0 {
+		t.Fatalf("restart after a clean stop redelivered %d events", extra)
+	}
+	checkAll(t, append(ids, more...), msgs)
+}
+
+func TestUnroutableMessagesAreNotDropped(t *testing.T) {
+	e := newEnv(t)
+	// Only order.* is bound: the invoice events are unroutable at first.
+	orders := e.bindQueue("order.#")
+	e.startRelay()
+	e.exec(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('invoice', 'i-1', 'issued', '{"n":1}')`)
+	before := e.currentLSN()
+	e.exec(`INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', 'o-1', 'created', '{"n":2}')`)
+	time.Sleep(3 * time.Second) // several status intervals
+	if got := e.slotLSN(); got > before {
+		t.Fatalf("slot advanced to %X past the unroutable event's transaction (ends before %X)", got, before)
+	}
+	invoices := e.bindQueue("invoice.#")
+	msgs := invoices.waitDistinct(1, 30*time.Second)
+	if msgs[0].RoutingKey != "invoice.issued" || string(msgs[0].Body) != `{"n": 1}` {
+		t.Fatalf("got %q %s", msgs[0].RoutingKey, msgs[0].Body)
+	}
+	// Order is kept on the wire: the order event follows the retried invoice.
+	orders.waitDistinct(1, 30*time.Second)
+	eventually(t, 10*time.Second, func() error {
+		if got := e.slotLSN(); got <= before {
+			return fmt.Errorf("slot at %X, not past %X after both were confirmed", got, before)
+		}
+		return nil
+	})
+}
+
+func TestIdleOutboxDoesNotHoldWAL(t *testing.T) {
+	e := newEnv(t)
+	e.bindQueue("#")
+	e.startRelay()
+	e.insertEvents(1, 1, 1)
+	// Traffic on an unpublished table only: the slot must keep up anyway.
+	e.exec("CREATE TABLE other (id bigserial PRIMARY KEY, data text)")
+	for range 20 {
+		e.exec("INSERT INTO other (data) SELECT repeat('x', 500) FROM generate_series(1, 2000)")
+	}
+	written := e.currentLSN()
+	eventually(t, 30*time.Second, func() error {
+		if got := e.slotLSN(); got < written {
+			return fmt.Errorf("slot confirmed %X, WAL is at %X: %d bytes held", got, written, written-got)
+		}
+		return nil
+	})
+}
+
+func TestInvalidConfigurationExitsTwoNamingEachVariable(t *testing.T) {
+	p := startRelayWith(t, []string{
+		"RELAY_DATABASE_URL=postgres://u:pw@127.0.0.1:1/db",
+		"RELAY_SINK=rabbitmq",
+		"RELAY_MAX_IN_FLIGHT=lots",
+		"RELAY_LOG_FORMAT=xml",
+		"RELAY_AMQP_ROUTING_KEY={aggregate_type",
+	})
+	if code := p.wait(10 * time.Second); code != 2 {
+		t.Fatalf("exit code %d, want 2", code)
+	}
+	out := p.log.String()
+	for _, v := range []string{"RELAY_AMQP_URL", "RELAY_MAX_IN_FLIGHT", "RELAY_LOG_FORMAT", "RELAY_AMQP_ROUTING_KEY"} {
+		if !strings.Contains(out, v) {
+			t.Errorf("output does not name %s:\n%s", v, out)
+		}
+	}
+	if strings.Contains(out, "pw@") {
+		t.Errorf("output shows the password:\n%s", out)
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	p := startRelayWith(t, nil, "--help")
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	out := p.log.String()
+	for _, v := range []string{"RELAY_DATABASE_URL", "RELAY_TABLES", "RELAY_SLOT", "RELAY_PUBLICATION", "RELAY_SINK", "RELAY_AMQP_URL", "RELAY_AMQP_EXCHANGE", "RELAY_AMQP_ROUTING_KEY", "RELAY_LOG_LEVEL", "RELAY_LOG_FORMAT", "RELAY_HTTP_ADDR"} {
+		if !strings.Contains(out, v) {
+			t.Errorf("--help does not list %s", v)
+		}
+	}
+}
