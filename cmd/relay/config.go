@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/sinks/kafka"
 )
 
 // config is every setting of the relay. It is the only place with env tags;
@@ -27,12 +29,25 @@ type config struct {
 	Tables      []string `env:"RELAY_TABLES" envDefault:"public.outbox" help:"comma-separated outbox tables, schema.table"`
 	Slot        string   `env:"RELAY_SLOT" envDefault:"outbox_relay" help:"logical replication slot, created when missing"`
 	Publication string   `env:"RELAY_PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox tables, created when missing"`
-	Sink        string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq"`
+	Sink        string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq or kafka"`
 
 	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps:// (required for rabbitmq)"`
 	AMQPExchange      string `env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
 	AMQPRoutingKey    string `env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
 	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"256" help:"publishes awaiting a broker confirm at most"`
+
+	KafkaBrokers           []string `env:"RELAY_KAFKA_BROKERS" help:"comma-separated Kafka seed brokers, host:port (required for kafka)"`
+	KafkaTopic             string   `env:"RELAY_KAFKA_TOPIC" envDefault:"outbox.event.{aggregate_type}" help:"topic template of {column} placeholders"`
+	KafkaCreateTopics      bool     `env:"RELAY_KAFKA_CREATE_TOPICS" envDefault:"false" help:"create missing topics; else the cluster must have them or auto-create them"`
+	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
+	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
+	KafkaTLS               bool     `env:"RELAY_KAFKA_TLS" envDefault:"false" help:"connect with TLS, trusting the system roots unless RELAY_KAFKA_TLS_CA_FILE is set (implied by the TLS file variables)"`
+	KafkaTLSCAFile         string   `env:"RELAY_KAFKA_TLS_CA_FILE" help:"PEM file of the CAs to trust instead of the system roots"`
+	KafkaTLSCertFile       string   `env:"RELAY_KAFKA_TLS_CERT_FILE" help:"PEM client certificate for mutual TLS (with RELAY_KAFKA_TLS_KEY_FILE)"`
+	KafkaTLSKeyFile        string   `env:"RELAY_KAFKA_TLS_KEY_FILE" help:"PEM private key of the client certificate"`
+	KafkaSASLMechanism     string   `env:"RELAY_KAFKA_SASL_MECHANISM" help:"PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL"`
+	KafkaSASLUsername      string   `env:"RELAY_KAFKA_SASL_USERNAME" help:"SASL user name"`
+	KafkaSASLPassword      string   `env:"RELAY_KAFKA_SASL_PASSWORD" secret:"true" help:"SASL password (never logged)"`
 
 	ColumnPreset        string `env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
 	ColumnID            string `env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
@@ -147,8 +162,8 @@ func (c *config) validate() []string {
 	if !identRE.MatchString(c.Publication) {
 		add("RELAY_PUBLICATION", "%q: use lower-case letters, digits and _, at most 63", c.Publication)
 	}
-	if c.Sink != "rabbitmq" {
-		add("RELAY_SINK", "%q: want rabbitmq", c.Sink)
+	if c.Sink != "rabbitmq" && c.Sink != "kafka" {
+		add("RELAY_SINK", "%q: want rabbitmq or kafka", c.Sink)
 	}
 	// The RabbitMQ settings are checked even when RELAY_SINK is wrong, so
 	// that fixing it does not reveal a second round of problems.
@@ -168,6 +183,7 @@ func (c *config) validate() []string {
 	if c.AMQPConfirmWindow < 1 || c.AMQPConfirmWindow > 65535 {
 		add("RELAY_AMQP_CONFIRM_WINDOW", "%d: want 1 to 65535", c.AMQPConfirmWindow)
 	}
+	bad = append(bad, c.validateKafka()...)
 	if c.ColumnPreset != "standard" && c.ColumnPreset != "debezium" {
 		add("RELAY_COLUMN_PRESET", "%q: want standard or debezium", c.ColumnPreset)
 	}
@@ -195,6 +211,70 @@ func (c *config) validate() []string {
 		}
 	}
 	return bad
+}
+
+// validateKafka checks the Kafka settings; like the RabbitMQ ones, they are
+// checked whatever the sink, except for what only the Kafka sink requires.
+func (c *config) validateKafka() []string {
+	var bad []string
+	add := func(key, format string, args ...any) {
+		bad = append(bad, key+": "+fmt.Sprintf(format, args...))
+	}
+	if len(c.KafkaBrokers) == 0 && c.Sink == "kafka" {
+		add("RELAY_KAFKA_BROKERS", "required when RELAY_SINK=kafka")
+	}
+	for _, b := range c.KafkaBrokers {
+		if _, port, err := net.SplitHostPort(b); err != nil || port == "" {
+			add("RELAY_KAFKA_BROKERS", "%q: want host:port", b)
+		}
+	}
+	if _, err := relay.ParseTemplate(c.KafkaTopic); err != nil {
+		add("RELAY_KAFKA_TOPIC", "%v", err)
+	}
+	if c.KafkaPartitions == 0 || c.KafkaPartitions < -1 {
+		add("RELAY_KAFKA_PARTITIONS", "%d: want -1 (the broker's default) or at least 1", c.KafkaPartitions)
+	}
+	if c.KafkaReplicationFactor == 0 || c.KafkaReplicationFactor < -1 {
+		add("RELAY_KAFKA_REPLICATION_FACTOR", "%d: want -1 (the broker's default) or at least 1", c.KafkaReplicationFactor)
+	}
+	for _, f := range []struct{ key, path string }{
+		{"RELAY_KAFKA_TLS_CA_FILE", c.KafkaTLSCAFile},
+		{"RELAY_KAFKA_TLS_CERT_FILE", c.KafkaTLSCertFile},
+		{"RELAY_KAFKA_TLS_KEY_FILE", c.KafkaTLSKeyFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.ReadFile(f.path); err != nil {
+			add(f.key, "cannot read: %v", errors.Unwrap(err))
+		}
+	}
+	if (c.KafkaTLSCertFile == "") != (c.KafkaTLSKeyFile == "") {
+		if c.KafkaTLSCertFile == "" {
+			add("RELAY_KAFKA_TLS_CERT_FILE", "required with RELAY_KAFKA_TLS_KEY_FILE")
+		} else {
+			add("RELAY_KAFKA_TLS_KEY_FILE", "required with RELAY_KAFKA_TLS_CERT_FILE")
+		}
+	}
+	if c.KafkaSASLMechanism != "" {
+		if _, err := kafka.SASLMechanism(c.KafkaSASLMechanism, "", ""); err != nil {
+			add("RELAY_KAFKA_SASL_MECHANISM", "%q: want one of %s", c.KafkaSASLMechanism, strings.Join(kafka.SASLMechanisms, ", "))
+		}
+		if c.KafkaSASLUsername == "" {
+			add("RELAY_KAFKA_SASL_USERNAME", "required with RELAY_KAFKA_SASL_MECHANISM")
+		}
+		if c.KafkaSASLPassword == "" {
+			add("RELAY_KAFKA_SASL_PASSWORD", "required with RELAY_KAFKA_SASL_MECHANISM")
+		}
+	} else if c.KafkaSASLUsername != "" || c.KafkaSASLPassword != "" {
+		add("RELAY_KAFKA_SASL_MECHANISM", "required with RELAY_KAFKA_SASL_USERNAME and RELAY_KAFKA_SASL_PASSWORD")
+	}
+	return bad
+}
+
+// kafkaTLS reports whether the Kafka connection uses TLS.
+func (c *config) kafkaTLS() bool {
+	return c.KafkaTLS || c.KafkaTLSCAFile != "" || c.KafkaTLSCertFile != ""
 }
 
 // columns resolves the preset and the per-column overrides.
@@ -245,11 +325,14 @@ func (c *config) logAttrs() []any {
 		f := v.Type().Field(i)
 		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 		val := fmt.Sprint(v.Field(i).Interface())
-		if strings.HasSuffix(key, "_URL") {
-			val = relay.RedactURL(val)
-		}
 		if val == "" || val == "[]" {
 			continue
+		}
+		switch {
+		case f.Tag.Get("secret") == "true":
+			val = "xxxxx"
+		case strings.HasSuffix(key, "_URL"):
+			val = relay.RedactURL(val)
 		}
 		attrs = append(attrs, strings.ToLower(strings.TrimPrefix(key, "RELAY_")), val)
 	}
@@ -280,7 +363,7 @@ func variables() []variable {
 }
 
 func printHelp(w io.Writer) {
-	fmt.Fprint(w, `relay publishes committed PostgreSQL outbox rows to RabbitMQ, at least once,
+	fmt.Fprint(w, `relay publishes committed PostgreSQL outbox rows to RabbitMQ or Kafka, at least once,
 in order per aggregate, with the outbox id as the dedup key.
 
 Usage:

@@ -20,6 +20,7 @@ import (
 
 	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/sinks/kafka"
 	"github.com/relay-dev/relay/sinks/rabbitmq"
 )
 
@@ -127,24 +128,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		go func() { httpErr <- srv.Serve() }()
 	}
 
-	routingKey, err := relay.ParseTemplate(cfg.AMQPRoutingKey)
-	if err != nil {
-		return err
-	}
-	rmq, err := rabbitmq.New(ctx, rabbitmq.Config{
-		URL:           cfg.AMQPURL,
-		Exchange:      cfg.AMQPExchange,
-		RoutingKey:    routingKey,
-		ConfirmWindow: cfg.AMQPConfirmWindow,
-		Logger:        log,
-	})
+	sink, err := newSink(ctx, cfg, log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	var sink connectedSink = rmq
 	current.Store(sink)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
@@ -168,6 +158,48 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		return err
 	case err := <-httpErr:
 		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// newSink connects to the configured broker, retrying until ctx ends.
+func newSink(ctx context.Context, cfg config, log *slog.Logger) (connectedSink, error) {
+	switch cfg.Sink {
+	case "kafka":
+		topic, err := relay.ParseTemplate(cfg.KafkaTopic)
+		if err != nil {
+			return nil, err
+		}
+		kc := kafka.Config{
+			Brokers:           cfg.KafkaBrokers,
+			Topic:             topic,
+			CreateTopics:      cfg.KafkaCreateTopics,
+			Partitions:        cfg.KafkaPartitions,
+			ReplicationFactor: cfg.KafkaReplicationFactor,
+			Logger:            log,
+		}
+		if cfg.kafkaTLS() {
+			if kc.TLS, err = kafka.TLSConfig(cfg.KafkaTLSCAFile, cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile); err != nil {
+				return nil, relay.Permanent(err)
+			}
+		}
+		if cfg.KafkaSASLMechanism != "" {
+			if kc.SASL, err = kafka.SASLMechanism(cfg.KafkaSASLMechanism, cfg.KafkaSASLUsername, cfg.KafkaSASLPassword); err != nil {
+				return nil, relay.Permanent(err)
+			}
+		}
+		return kafka.New(ctx, kc)
+	default:
+		routingKey, err := relay.ParseTemplate(cfg.AMQPRoutingKey)
+		if err != nil {
+			return nil, err
+		}
+		return rabbitmq.New(ctx, rabbitmq.Config{
+			URL:           cfg.AMQPURL,
+			Exchange:      cfg.AMQPExchange,
+			RoutingKey:    routingKey,
+			ConfirmWindow: cfg.AMQPConfirmWindow,
+			Logger:        log,
+		})
 	}
 }
 

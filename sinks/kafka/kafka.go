@@ -1,0 +1,366 @@
+// Package kafka is relay's Kafka sink, built on franz-go's kgo client.
+//
+// Records are produced by an idempotent producer with acks=all, batched and
+// pipelined by kgo (up to five produce requests in flight per broker, which
+// idempotence keeps in order). The record key is the aggregate id, so one
+// aggregate's events land in one partition in commit order. kgo retries
+// retriable errors without limit; an error that reaches a record's promise
+// is one retrying cannot fix (a record over the broker's size limit, a
+// missing authorization, a topic that does not exist) and is reported as a
+// relay.Permanent error naming the event.
+package kafka
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl"
+
+	"github.com/relay-dev/relay/relay"
+)
+
+// DefaultTopic is Debezium's outbox event router convention, so consumers
+// of Debezium's outbox topics can switch without changes.
+const DefaultTopic = "outbox.event.{aggregate_type}"
+
+// Config configures a Sink.
+type Config struct {
+	// Brokers are the seed brokers, host:port. Required.
+	Brokers []string
+	// Topic renders each event's topic. Required.
+	Topic *relay.Template
+	// CreateTopics creates a topic the first time an event is routed to it,
+	// with Partitions and ReplicationFactor (-1: the broker's default).
+	// Without it the cluster must have the topic or create it itself
+	// (auto.create.topics.enable).
+	CreateTopics      bool
+	Partitions        int32
+	ReplicationFactor int16
+	// TLS, when set, encrypts every broker connection.
+	TLS *tls.Config
+	// SASL, when set, authenticates every broker connection.
+	SASL sasl.Mechanism
+	// Logger receives connection trouble and data loss warnings. Default: discard.
+	Logger *slog.Logger
+}
+
+// Sink produces events to Kafka. It implements relay.Sink.
+type Sink struct {
+	cl      *kgo.Client
+	topic   *relay.Template
+	create  bool
+	parts   int32
+	repl    int16
+	log     *slog.Logger
+	healthy atomic.Bool
+
+	mu     sync.Mutex
+	known  map[string]bool  // topics prepared for producing
+	limits map[string]int32 // each known topic's max.message.bytes
+}
+
+// defaultBatchMax is kgo's default batch limit, just under Kafka's default
+// message.max.bytes; it applies when a topic's limit cannot be read.
+const defaultBatchMax = 1000012
+
+// New connects to the cluster and returns once one broker answered. While
+// no broker is reachable it retries, logging each failure, until ctx ends.
+// The sink lives until Close, not until ctx ends.
+func New(ctx context.Context, cfg Config) (*Sink, error) {
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("kafka: no brokers")
+	}
+	if cfg.Topic == nil {
+		return nil, errors.New("kafka: topic template is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Sink{
+		topic:  cfg.Topic,
+		create: cfg.CreateTopics,
+		parts:  cfg.Partitions,
+		repl:   cfg.ReplicationFactor,
+		log:    log.With("component", "kafka"),
+		known:  map[string]bool{},
+		limits: map[string]int32{},
+	}
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.ClientID("relay"),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		// Batches never exceed the topic's max.message.bytes: the broker
+		// rejects an oversized batch whole, failing every record in it,
+		// while kgo fails a single record over the limit on its own, so the
+		// error names the row that is too large and no other.
+		kgo.ProducerBatchMaxBytesFn(s.batchMax),
+		kgo.WithLogger(logAdapter{s.log}),
+		kgo.WithHooks(health{s}),
+		// Data loss here means the broker lost records it had acknowledged
+		// (an unclean leader election); the relay cannot bring them back,
+		// as the slot has moved past them, so it says so loudly.
+		kgo.ProducerOnDataLossDetected(func(topic string, partition int32) {
+			s.log.Error("the broker lost acknowledged records (unclean leader election?); consumers may miss events", "topic", topic, "partition", partition)
+		}),
+	}
+	if cfg.CreateTopics {
+		// The topic was just created; give metadata time to propagate
+		// across the cluster instead of failing after four lookups.
+		opts = append(opts, kgo.UnknownTopicRetries(30))
+	} else {
+		// Let a cluster with auto.create.topics.enable create the topic on
+		// the first metadata request, as the Java producer does.
+		opts = append(opts, kgo.AllowAutoTopicCreation())
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, kgo.DialTLSConfig(cfg.TLS))
+	}
+	if cfg.SASL != nil {
+		opts = append(opts, kgo.SASL(cfg.SASL))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	s.cl = cl
+
+	backoff := relay.NewBackoff(100*time.Millisecond, 10*time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := cl.Ping(pctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			cl.Close()
+			return nil, fmt.Errorf("kafka: connect to %s: %w", strings.Join(cfg.Brokers, ","), ctx.Err())
+		}
+		wait := backoff.Next()
+		s.log.Warn("cannot reach a Kafka broker; retrying", "brokers", cfg.Brokers, "error", err, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	s.healthy.Store(true)
+	s.log.Info("connected to Kafka", "brokers", cfg.Brokers, "create_topics", cfg.CreateTopics)
+	return s, nil
+}
+
+// Publish hands ev to the producer and returns; ev.Done reports the
+// broker's acknowledgement. It blocks while the producer's buffer is full.
+func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
+	topic, err := s.topic.Execute(ev)
+	if err != nil {
+		return relay.Permanent(fmt.Errorf("topic of event %s: %w", ev.ID, err))
+	}
+	if err := s.prepare(ctx, topic); err != nil {
+		if relay.IsPermanent(err) {
+			return relay.Permanent(fmt.Errorf("event %s: %w", ev.ID, err))
+		}
+		return err
+	}
+	r := record(ev, topic)
+	s.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
+		if err != nil {
+			ev.Done(produceError(ev, r.Topic, err))
+			return
+		}
+		ev.Done(nil)
+	})
+	return nil
+}
+
+// record builds the Kafka record of ev. The header column's keys come
+// first and the relay's own headers last, so that a consumer reading the
+// last value of a header (as Java's Headers.lastHeader does) cannot be
+// fooled by a header column forging them.
+func record(ev *relay.Event, topic string) *kgo.Record {
+	headers := make([]kgo.RecordHeader, 0, len(ev.Headers)+4)
+	for _, h := range ev.Headers {
+		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
+	}
+	headers = append(headers,
+		kgo.RecordHeader{Key: "id", Value: []byte(ev.ID)},
+		kgo.RecordHeader{Key: "event_type", Value: []byte(ev.EventType)},
+		kgo.RecordHeader{Key: "aggregate_type", Value: []byte(ev.AggregateType)},
+		kgo.RecordHeader{Key: "x-relay-lsn", Value: []byte(ev.CommitLSN.String())},
+	)
+	return &kgo.Record{
+		Topic:     topic,
+		Key:       []byte(ev.AggregateID),
+		Value:     ev.Payload,
+		Headers:   headers,
+		Timestamp: ev.CreatedAt,
+	}
+}
+
+// produceError classifies a failed record. kgo retries retriable errors
+// itself without limit, so what reaches a promise is final, except when the
+// client is shutting down.
+func produceError(ev *relay.Event, topic string, err error) error {
+	err = fmt.Errorf("kafka: event %s (%d bytes) to topic %s: %w", ev.ID, len(ev.Payload), topic, err)
+	if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return relay.Permanent(err)
+}
+
+// prepare readies topic before its first record: creates it when asked
+// to and learns its size limit. kgo reads the limit once per partition, when
+// it first sees the topic, so it must be known before the first Produce.
+func (s *Sink) prepare(ctx context.Context, topic string) error {
+	s.mu.Lock()
+	known := s.known[topic]
+	s.mu.Unlock()
+	if known {
+		return nil
+	}
+	if s.create {
+		if err := s.createTopic(ctx, topic); err != nil {
+			return err
+		}
+	}
+	limit := s.topicLimit(ctx, topic)
+	s.mu.Lock()
+	s.known[topic] = true
+	if limit > 0 {
+		s.limits[topic] = limit
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// topicLimit reads the topic's max.message.bytes, or returns 0 when it
+// cannot (no DescribeConfigs permission, a topic the cluster creates on
+// first use): kgo's default limit then applies.
+func (s *Sink) topicLimit(ctx context.Context, topic string) int32 {
+	req := kmsg.NewPtrDescribeConfigsRequest()
+	res := kmsg.NewDescribeConfigsRequestResource()
+	res.ResourceType = kmsg.ConfigResourceTypeTopic
+	res.ResourceName = topic
+	res.ConfigNames = []string{"max.message.bytes"}
+	req.Resources = append(req.Resources, res)
+	resp, err := req.RequestWith(ctx, s.cl)
+	if err == nil && len(resp.Resources) == 1 {
+		err = kerr.ErrorForCode(resp.Resources[0].ErrorCode)
+	}
+	if err != nil {
+		s.log.Debug("cannot read the topic's max.message.bytes; using the default limit", "topic", topic, "error", err)
+		return 0
+	}
+	for _, c := range resp.Resources[0].Configs {
+		if c.Name != "max.message.bytes" || c.Value == nil {
+			continue
+		}
+		n, err := strconv.ParseInt(*c.Value, 10, 32)
+		if err != nil {
+			return 0
+		}
+		// kgo refuses limits outside [512, 1 GiB].
+		return int32(min(max(n, 512), 1<<30))
+	}
+	return 0
+}
+
+func (s *Sink) batchMax(topic string) int32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, ok := s.limits[topic]; ok {
+		return n
+	}
+	return defaultBatchMax
+}
+
+// createTopic creates topic, treating one that exists as created.
+func (s *Sink) createTopic(ctx context.Context, topic string) error {
+	req := kmsg.NewPtrCreateTopicsRequest()
+	rt := kmsg.NewCreateTopicsRequestTopic()
+	rt.Topic = topic
+	rt.NumPartitions = s.parts
+	rt.ReplicationFactor = s.repl
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 30000
+	resp, err := req.RequestWith(ctx, s.cl)
+	if err != nil {
+		return fmt.Errorf("kafka: create topic %s: %w", topic, err)
+	}
+	if len(resp.Topics) != 1 {
+		return fmt.Errorf("kafka: create topic %s: %d topics in the response", topic, len(resp.Topics))
+	}
+	t := resp.Topics[0]
+	switch err := kerr.ErrorForCode(t.ErrorCode); {
+	case err == nil:
+		s.log.Info("created topic", "topic", topic, "partitions", t.NumPartitions, "replication_factor", t.ReplicationFactor)
+	case errors.Is(err, kerr.TopicAlreadyExists):
+	case kerr.IsRetriable(err):
+		return fmt.Errorf("kafka: create topic %s: %w", topic, err)
+	default:
+		msg := ""
+		if t.ErrorMessage != nil {
+			msg = ": " + *t.ErrorMessage
+		}
+		return relay.Permanent(fmt.Errorf("kafka: create topic %s: %w%s", topic, err, msg))
+	}
+	return nil
+}
+
+// Close waits until every produced record is acknowledged or failed, or
+// ctx ends, then closes the client. Records still buffered when ctx ends
+// fail with kgo.ErrClientClosed, which is not a permanent error.
+func (s *Sink) Close(ctx context.Context) error {
+	err := s.cl.Flush(ctx)
+	s.cl.Close()
+	if err != nil {
+		return fmt.Errorf("kafka: flush: %w", err)
+	}
+	return nil
+}
+
+// Connected reports whether the last request to a broker succeeded.
+func (s *Sink) Connected() bool { return s.healthy.Load() }
+
+// health tracks broker reachability from every request's outcome; idle
+// connections that kgo closes do not count as failures.
+type health struct{ s *Sink }
+
+func (h health) OnBrokerE2E(_ kgo.BrokerMetadata, _ int16, e2e kgo.BrokerE2E) {
+	h.s.healthy.Store(e2e.Err() == nil)
+}
+
+func (h health) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	if err != nil {
+		h.s.healthy.Store(false)
+	}
+}
+
+// logAdapter sends kgo's warnings and errors to slog; its info and debug
+// lines are per-request chatter.
+type logAdapter struct{ l *slog.Logger }
+
+func (a logAdapter) Level() kgo.LogLevel { return kgo.LogLevelWarn }
+
+func (a logAdapter) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	switch level {
+	case kgo.LogLevelError:
+		a.l.Error(msg, keyvals...)
+	case kgo.LogLevelWarn:
+		a.l.Warn(msg, keyvals...)
+	default:
+		a.l.Debug(msg, keyvals...)
+	}
+}
