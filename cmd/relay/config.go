@@ -41,6 +41,9 @@ type config struct {
 	KafkaCreateTopics      bool     `env:"RELAY_KAFKA_CREATE_TOPICS" envDefault:"false" help:"create missing topics; else the cluster must have them or auto-create them"`
 	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
 	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
+	KafkaExactlyOnce       bool     `env:"RELAY_KAFKA_EXACTLY_ONCE" envDefault:"false" help:"produce in Kafka transactions with a checkpoint, so read_committed consumers see each event exactly once"`
+	KafkaTransactionalID   string   `env:"RELAY_KAFKA_TRANSACTIONAL_ID" help:"transactional id for exactly-once; one relay per id (default relay-<RELAY_SLOT>)"`
+	KafkaCheckpointTopic   string   `env:"RELAY_KAFKA_CHECKPOINT_TOPIC" envDefault:"relay.checkpoints" help:"compacted topic of exactly-once checkpoints, created when missing"`
 	KafkaTLS               bool     `env:"RELAY_KAFKA_TLS" envDefault:"false" help:"connect with TLS, trusting the system roots unless RELAY_KAFKA_TLS_CA_FILE is set (implied by the TLS file variables)"`
 	KafkaTLSCAFile         string   `env:"RELAY_KAFKA_TLS_CA_FILE" help:"PEM file of the CAs to trust instead of the system roots"`
 	KafkaTLSCertFile       string   `env:"RELAY_KAFKA_TLS_CERT_FILE" help:"PEM client certificate for mutual TLS (with RELAY_KAFKA_TLS_KEY_FILE)"`
@@ -231,6 +234,12 @@ func (c *config) validateKafka() []string {
 	if _, err := relay.ParseTemplate(c.KafkaTopic); err != nil {
 		add("RELAY_KAFKA_TOPIC", "%v", err)
 	}
+	if id := c.transactionalID(); c.KafkaExactlyOnce && (len(id) > 249 || strings.ContainsAny(id, " \t\n")) {
+		add("RELAY_KAFKA_TRANSACTIONAL_ID", "%q: at most 249 characters, no whitespace", id)
+	}
+	if !topicRE.MatchString(c.KafkaCheckpointTopic) {
+		add("RELAY_KAFKA_CHECKPOINT_TOPIC", "%q: want 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-'", c.KafkaCheckpointTopic)
+	}
 	if c.KafkaPartitions == 0 || c.KafkaPartitions < -1 {
 		add("RELAY_KAFKA_PARTITIONS", "%d: want -1 (the broker's default) or at least 1", c.KafkaPartitions)
 	}
@@ -270,6 +279,18 @@ func (c *config) validateKafka() []string {
 		add("RELAY_KAFKA_SASL_MECHANISM", "required with RELAY_KAFKA_SASL_USERNAME and RELAY_KAFKA_SASL_PASSWORD")
 	}
 	return bad
+}
+
+// topicRE is what Kafka accepts as a topic name.
+var topicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
+
+// transactionalID is the exactly-once transactional id: by default derived
+// from the slot, as one slot is read by one relay at a time.
+func (c *config) transactionalID() string {
+	if c.KafkaTransactionalID != "" {
+		return c.KafkaTransactionalID
+	}
+	return "relay-" + c.Slot
 }
 
 // kafkaTLS reports whether the Kafka connection uses TLS.

@@ -175,7 +175,13 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger) (connectedSink, 
 			CreateTopics:      cfg.KafkaCreateTopics,
 			Partitions:        cfg.KafkaPartitions,
 			ReplicationFactor: cfg.KafkaReplicationFactor,
-			Logger:            log,
+			ExactlyOnce:       cfg.KafkaExactlyOnce,
+			TransactionalID:   cfg.transactionalID(),
+			CheckpointTopic:   cfg.KafkaCheckpointTopic,
+			// A transaction cannot hold more events than the relay lets
+			// into flight; half keeps the next one filling meanwhile.
+			TransactionMaxEvents: max(cfg.MaxInFlight/2, 1),
+			Logger:               log,
 		}
 		if cfg.kafkaTLS() {
 			if kc.TLS, err = kafka.TLSConfig(cfg.KafkaTLSCAFile, cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile); err != nil {

@@ -11,12 +11,14 @@
 package kafka
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +54,15 @@ type Config struct {
 	TLS *tls.Config
 	// SASL, when set, authenticates every broker connection.
 	SASL sasl.Mechanism
+	// ExactlyOnce produces in Kafka transactions under TransactionalID,
+	// each also writing its end position to CheckpointTopic (created
+	// compacted when missing); see txn.go. A transaction ends after
+	// TransactionMaxEvents events or TransactionLinger, whichever is first.
+	ExactlyOnce          bool
+	TransactionalID      string
+	CheckpointTopic      string
+	TransactionMaxEvents int
+	TransactionLinger    time.Duration
 	// Logger receives connection trouble and data loss warnings. Default: discard.
 	Logger *slog.Logger
 }
@@ -65,6 +76,11 @@ type Sink struct {
 	repl    int16
 	log     *slog.Logger
 	healthy atomic.Bool
+
+	txn  *txn // nil unless exactly-once
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
 
 	mu     sync.Mutex
 	known  map[string]bool  // topics prepared for producing
@@ -98,16 +114,24 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		known:  map[string]bool{},
 		limits: map[string]int32{},
 	}
-	opts := []kgo.Opt{
+	conn := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID("relay"),
+		kgo.WithLogger(logAdapter{s.log}),
+	}
+	if cfg.TLS != nil {
+		conn = append(conn, kgo.DialTLSConfig(cfg.TLS))
+	}
+	if cfg.SASL != nil {
+		conn = append(conn, kgo.SASL(cfg.SASL))
+	}
+	opts := append(slices.Clip(conn),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		// Batches never exceed the topic's max.message.bytes: the broker
 		// rejects an oversized batch whole, failing every record in it,
 		// while kgo fails a single record over the limit on its own, so the
 		// error names the row that is too large and no other.
 		kgo.ProducerBatchMaxBytesFn(s.batchMax),
-		kgo.WithLogger(logAdapter{s.log}),
 		kgo.WithHooks(health{s}),
 		// Data loss here means the broker lost records it had acknowledged
 		// (an unclean leader election); the relay cannot bring them back,
@@ -115,7 +139,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		kgo.ProducerOnDataLossDetected(func(topic string, partition int32) {
 			s.log.Error("the broker lost acknowledged records (unclean leader election?); consumers may miss events", "topic", topic, "partition", partition)
 		}),
-	}
+	)
 	if cfg.CreateTopics {
 		// The topic was just created; give metadata time to propagate
 		// across the cluster instead of failing after four lookups.
@@ -125,11 +149,11 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		// the first metadata request, as the Java producer does.
 		opts = append(opts, kgo.AllowAutoTopicCreation())
 	}
-	if cfg.TLS != nil {
-		opts = append(opts, kgo.DialTLSConfig(cfg.TLS))
-	}
-	if cfg.SASL != nil {
-		opts = append(opts, kgo.SASL(cfg.SASL))
+	if cfg.ExactlyOnce {
+		if cfg.TransactionalID == "" || cfg.CheckpointTopic == "" {
+			return nil, errors.New("kafka: exactly-once needs a transactional id and a checkpoint topic")
+		}
+		opts = append(opts, kgo.TransactionalID(cfg.TransactionalID))
 	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -157,8 +181,52 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		}
 	}
 	s.healthy.Store(true)
-	s.log.Info("connected to Kafka", "brokers", cfg.Brokers, "create_topics", cfg.CreateTopics)
+	s.log.Info("connected to Kafka", "brokers", cfg.Brokers, "create_topics", cfg.CreateTopics, "exactly_once", cfg.ExactlyOnce)
+	s.life, s.stop = context.WithCancel(context.Background())
+	if cfg.ExactlyOnce {
+		if err := s.startTxn(ctx, cfg, conn); err != nil {
+			s.stop()
+			cl.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// startTxn prepares exactly-once producing: the checkpoint topic, the
+// producer id (whose initialisation fences any other relay with the same
+// transactional id and aborts what it left open), then the checkpoint.
+func (s *Sink) startTxn(ctx context.Context, cfg Config, conn []kgo.Opt) error {
+	if err := s.createTopic(ctx, cfg.CheckpointTopic, 1, s.repl, map[string]string{"cleanup.policy": "compact"}); err != nil {
+		return err
+	}
+	if _, _, err := s.cl.ProducerID(ctx); err != nil {
+		return fmt.Errorf("kafka: initialise transactional id %q: %w", cfg.TransactionalID, err)
+	}
+	t := &txn{
+		s:         s,
+		id:        cfg.TransactionalID,
+		topic:     cfg.CheckpointTopic,
+		maxEvents: cmp.Or(cfg.TransactionMaxEvents, 1000),
+		linger:    cmp.Or(cfg.TransactionLinger, 100*time.Millisecond),
+	}
+	t.readCommit = func(ctx context.Context) (position, bool, error) {
+		return readCheckpoint(ctx, conn, s.cl, t.topic, t.id)
+	}
+	t.mu.Lock()
+	err := t.reloadLocked(ctx)
+	t.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.log.Info("exactly-once producing", "transactional_id", t.id, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
+	s.txn = t
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t.run(s.life)
+	}()
+	return nil
 }
 
 // Publish hands ev to the producer and returns; ev.Done reports the
@@ -175,6 +243,9 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		return err
 	}
 	r := record(ev, topic)
+	if s.txn != nil {
+		return s.txn.publish(ctx, ev, r)
+	}
 	s.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
 		if err != nil {
 			ev.Done(produceError(ev, r.Topic, err))
@@ -231,7 +302,7 @@ func (s *Sink) prepare(ctx context.Context, topic string) error {
 		return nil
 	}
 	if s.create {
-		if err := s.createTopic(ctx, topic); err != nil {
+		if err := s.createTopic(ctx, topic, s.parts, s.repl, nil); err != nil {
 			return err
 		}
 	}
@@ -287,12 +358,17 @@ func (s *Sink) batchMax(topic string) int32 {
 }
 
 // createTopic creates topic, treating one that exists as created.
-func (s *Sink) createTopic(ctx context.Context, topic string) error {
+func (s *Sink) createTopic(ctx context.Context, topic string, parts int32, repl int16, configs map[string]string) error {
 	req := kmsg.NewPtrCreateTopicsRequest()
 	rt := kmsg.NewCreateTopicsRequestTopic()
 	rt.Topic = topic
-	rt.NumPartitions = s.parts
-	rt.ReplicationFactor = s.repl
+	rt.NumPartitions = parts
+	rt.ReplicationFactor = repl
+	for k, v := range configs {
+		c := kmsg.NewCreateTopicsRequestTopicConfig()
+		c.Name, c.Value = k, kmsg.StringPtr(v)
+		rt.Configs = append(rt.Configs, c)
+	}
 	req.Topics = append(req.Topics, rt)
 	req.TimeoutMillis = 30000
 	resp, err := req.RequestWith(ctx, s.cl)
@@ -323,6 +399,11 @@ func (s *Sink) createTopic(ctx context.Context, topic string) error {
 // ctx ends, then closes the client. Records still buffered when ctx ends
 // fail with kgo.ErrClientClosed, which is not a permanent error.
 func (s *Sink) Close(ctx context.Context) error {
+	if s.txn != nil {
+		s.txn.close(ctx)
+	}
+	s.stop()
+	s.wg.Wait()
 	err := s.cl.Flush(ctx)
 	s.cl.Close()
 	if err != nil {
