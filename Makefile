@@ -8,6 +8,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 BUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 PG_BIN    := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb 2>/dev/null))
 RABBIT    := $(firstword $(wildcard /usr/lib/rabbitmq/bin/rabbitmq-server) $(shell command -v rabbitmq-server 2>/dev/null))
+SINK      ?= rabbitmq
 
 .PHONY: build test unit integration demo deps vet clean
 
@@ -43,9 +44,10 @@ unit:
 integration: deps
 	$(GO) test -count=1 -timeout 30m ./integration/...
 
-## demo: the whole path on throwaway local services, then clean up
+## demo: the whole path on throwaway local services, then clean up;
+## SINK=kafka publishes to a throwaway Kafka-protocol broker (kfake) instead
 demo: deps build
-	$(GO) run ./integration/demo -relay bin/relay
+	$(GO) run ./integration/demo -relay bin/relay -sink $(SINK)
 
 clean:
 	rm -rf bin

@@ -1,9 +1,10 @@
 //go:build linux
 
 // Package integration runs the built relay binary against real PostgreSQL
-// and RabbitMQ processes, as a user would, and checks what a consumer
-// receives. Nothing here is mocked, and nothing is skipped for want of a
-// service: a service that cannot be started fails the run.
+// and RabbitMQ processes and a Kafka-protocol broker (kfake, run as a
+// process), as a user would, and checks what a consumer receives. Nothing
+// here is mocked, and nothing is skipped for want of a service: a service
+// that cannot be started fails the run.
 package integration
 
 import (
@@ -34,6 +35,11 @@ var (
 	amqpURL string
 	// ownRabbit is set when amqpURL is our own throwaway node.
 	ownRabbit *services.Rabbit
+	// kafkaBrokers is the shared Kafka cluster: RELAY_TEST_KAFKA_BROKERS or
+	// a throwaway kfake.
+	kafkaBrokers string
+	// ownKafka is set when kafkaBrokers is our own throwaway kfake.
+	ownKafka  *services.Kafka
 	dbCounter atomic.Int64
 )
 
@@ -60,7 +66,7 @@ func testMain(m *testing.M) int {
 	}
 
 	var wg sync.WaitGroup
-	var pgErr, rabbitErr error
+	var pgErr, rabbitErr, kafkaErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -78,6 +84,18 @@ func testMain(m *testing.M) int {
 			}
 		}()
 	}
+	if b := os.Getenv("RELAY_TEST_KAFKA_BROKERS"); b != "" {
+		kafkaBrokers = b
+	} else {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ownKafka, kafkaErr = services.StartKafka(ctx, services.KafkaOptions{})
+			if kafkaErr == nil {
+				kafkaBrokers = ownKafka.Brokers()
+			}
+		}()
+	}
 	wg.Wait()
 	if pg != nil {
 		defer pg.Close()
@@ -85,7 +103,10 @@ func testMain(m *testing.M) int {
 	if ownRabbit != nil {
 		defer ownRabbit.Close()
 	}
-	if err := errors.Join(pgErr, rabbitErr); err != nil {
+	if ownKafka != nil {
+		defer ownKafka.Close()
+	}
+	if err := errors.Join(pgErr, rabbitErr, kafkaErr); err != nil {
 		fmt.Fprintln(os.Stderr, "start services:", err)
 		return 1
 	}
@@ -93,16 +114,21 @@ func testMain(m *testing.M) int {
 }
 
 // env is one test's world: its own database, slot, publication and
-// exchange, so tests cannot see each other's events.
+// exchange or topics, so tests cannot see each other's events.
 type env struct {
-	t         *testing.T
-	name      string
-	dbURL     string
-	db        *pgxpool.Pool
-	amqpURL   string
-	exchange  string
-	slot      string
-	extraVars map[string]string
+	t        *testing.T
+	name     string
+	dbURL    string
+	db       *pgxpool.Pool
+	amqpURL  string
+	exchange string
+	slot     string
+	// sink is the relay's RELAY_SINK; "" is rabbitmq.
+	sink         string
+	kafkaBrokers string
+	// kafkaTopic is RELAY_KAFKA_TOPIC; "" leaves the relay's default.
+	kafkaTopic string
+	extraVars  map[string]string
 }
 
 func newEnv(t *testing.T) *env {
@@ -135,6 +161,23 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// newKafkaEnv is newEnv with the relay publishing to the shared Kafka
+// cluster, to topics of this test only: named after aggregate_type, like
+// the default template's, with the env's name appended.
+func newKafkaEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.useKafka(kafkaBrokers, "outbox.{aggregate_type}."+e.name)
+	return e
+}
+
+// useKafka makes the relay publish to Kafka at brokers with topic
+// template topic ("" for the relay's default), creating topics of three
+// partitions.
+func (e *env) useKafka(brokers, topic string) {
+	e.sink, e.kafkaBrokers, e.kafkaTopic = "kafka", brokers, topic
+}
+
 func (e *env) exec(sql string, args ...any) {
 	e.t.Helper()
 	if _, err := e.db.Exec(e.t.Context(), sql, args...); err != nil {
@@ -161,6 +204,17 @@ func (e *env) vars() []string {
 		"RELAY_HTTP_ADDR":       "127.0.0.1:0",
 		"RELAY_LOG_FORMAT":      "text",
 		"RELAY_STATUS_INTERVAL": "500ms",
+	}
+	if e.sink == "kafka" {
+		delete(v, "RELAY_AMQP_URL")
+		delete(v, "RELAY_AMQP_EXCHANGE")
+		v["RELAY_SINK"] = "kafka"
+		v["RELAY_KAFKA_BROKERS"] = e.kafkaBrokers
+		v["RELAY_KAFKA_CREATE_TOPICS"] = "true"
+		v["RELAY_KAFKA_PARTITIONS"] = "3"
+		if e.kafkaTopic != "" {
+			v["RELAY_KAFKA_TOPIC"] = e.kafkaTopic
+		}
 	}
 	for k, val := range e.extraVars {
 		v[k] = val

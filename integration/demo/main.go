@@ -1,11 +1,12 @@
 //go:build linux
 
 // Command demo shows the relay end to end on throwaway local services: it
-// starts PostgreSQL and RabbitMQ, applies schema/outbox.sql, runs the relay
-// binary, commits a few orders together with their outbox events, prints
-// what a consumer receives, and removes everything it started.
+// starts PostgreSQL and RabbitMQ (or, with -sink kafka, a Kafka-protocol
+// broker: kfake), applies schema/outbox.sql, runs the relay binary, commits
+// a few orders together with their outbox events, prints what a consumer
+// receives, and removes everything it started.
 //
-// Run it with `make demo`.
+// Run it with `make demo` or `make demo SINK=kafka`.
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relay-dev/relay/integration/services"
 	"github.com/relay-dev/relay/relay"
@@ -31,36 +33,72 @@ import (
 func main() {
 	relayBin := flag.String("relay", "bin/relay", "relay binary to run")
 	schema := flag.String("schema", "schema/outbox.sql", "outbox schema to apply")
+	sink := flag.String("sink", "rabbitmq", "broker the relay publishes to: rabbitmq or kafka")
 	flag.Parse()
+	if *sink != "rabbitmq" && *sink != "kafka" {
+		fmt.Fprintf(os.Stderr, "demo: -sink %q: want rabbitmq or kafka\n", *sink)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *relayBin, *schema); err != nil {
+	if err := run(ctx, *relayBin, *schema, *sink); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, relayBin, schemaPath string) error {
+func run(ctx context.Context, relayBin, schemaPath, sink string) error {
 	schema, err := os.ReadFile(schemaPath)
 	if err != nil {
 		return err
 	}
-	step("starting a throwaway PostgreSQL (wal_level=logical) and RabbitMQ on free loopback ports")
+	brokerName := map[string]string{"rabbitmq": "RabbitMQ", "kafka": "Kafka (kfake)"}[sink]
+	step("starting a throwaway PostgreSQL (wal_level=logical) and " + brokerName + " on free loopback ports")
 	pg, err := services.StartPostgres(ctx, services.PostgresOptions{})
 	if err != nil {
 		return err
 	}
 	defer pg.Close()
-	rabbit, err := services.StartRabbit(ctx)
-	if err != nil {
-		return err
-	}
-	defer rabbit.Close()
 	if err := pg.CreateDatabase(ctx, "shop"); err != nil {
 		return err
 	}
 	dbURL := pg.URL("shop")
-	fmt.Printf("   PostgreSQL %s\n   RabbitMQ   %s\n", dbURL, relay.RedactURL(rabbit.URL()))
+	fmt.Printf("   PostgreSQL %s\n", dbURL)
+	relayEnv := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"RELAY_DATABASE_URL=" + dbURL,
+		"RELAY_LOG_FORMAT=text",
+		"RELAY_HTTP_ADDR=127.0.0.1:0",
+	}
+	var subscribe func() (consumer, error)
+	var subscribeStep string
+	switch sink {
+	case "kafka":
+		kafka, err := services.StartKafka(ctx, services.KafkaOptions{})
+		if err != nil {
+			return err
+		}
+		defer kafka.Close()
+		fmt.Printf("   Kafka      %s\n", kafka.Brokers())
+		relayEnv = append(relayEnv,
+			"RELAY_SINK=kafka",
+			"RELAY_KAFKA_BROKERS="+kafka.Brokers(),
+			"RELAY_KAFKA_CREATE_TOPICS=true",
+			"RELAY_KAFKA_PARTITIONS=3",
+		)
+		subscribeStep = "consuming topic " + demoTopic + " from its start, as a consumer would"
+		subscribe = func() (consumer, error) { return consumeKafka(kafka.Brokers()) }
+	default:
+		rabbit, err := services.StartRabbit(ctx)
+		if err != nil {
+			return err
+		}
+		defer rabbit.Close()
+		fmt.Printf("   RabbitMQ   %s\n", relay.RedactURL(rabbit.URL()))
+		relayEnv = append(relayEnv, "RELAY_AMQP_URL="+rabbit.URL())
+		subscribeStep = "binding queue demo to exchange outbox with key order.#, as a consumer would"
+		subscribe = func() (consumer, error) { return consumeRabbit(rabbit.URL()) }
+	}
 
 	db, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
@@ -75,28 +113,27 @@ func run(ctx context.Context, relayBin, schemaPath string) error {
 		return err
 	}
 
-	step("binding queue demo to exchange outbox with key order.#, as a consumer would")
-	deliveries, closeConsumer, err := consume(rabbit.URL())
+	step(subscribeStep)
+	sub, err := subscribe()
 	if err != nil {
 		return err
 	}
-	defer closeConsumer()
+	defer sub.close()
 
 	step("starting the relay: " + relayBin)
 	relay := exec.Command(relayBin)
-	relay.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"RELAY_DATABASE_URL=" + dbURL,
-		"RELAY_AMQP_URL=" + rabbit.URL(),
-		"RELAY_LOG_FORMAT=text",
-		"RELAY_HTTP_ADDR=127.0.0.1:0",
-	}
+	relay.Env = relayEnv
 	relay.Stdout, relay.Stderr = prefixWriter("   relay | "), prefixWriter("   relay | ")
 	if err := relay.Start(); err != nil {
 		return fmt.Errorf("start relay: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- relay.Wait() }()
+	// exited is closed when the relay ends, relayErr then says how.
+	exited := make(chan struct{})
+	var relayErr error
+	go func() {
+		relayErr = relay.Wait()
+		close(exited)
+	}()
 	defer func() {
 		relay.Process.Signal(syscall.SIGTERM)
 		select {
@@ -107,7 +144,7 @@ func run(ctx context.Context, relayBin, schemaPath string) error {
 	}()
 
 	// A new slot streams only what commits after it exists.
-	if err := waitStreaming(ctx, db, exited); err != nil {
+	if err := waitStreaming(ctx, db, exited, &relayErr); err != nil {
 		return err
 	}
 
@@ -139,29 +176,46 @@ func run(ctx context.Context, relayBin, schemaPath string) error {
 
 	step("what the consumer receives")
 	for i := range orders {
-		select {
-		case d, ok := <-deliveries:
-			if !ok {
-				return errors.New("consumer channel closed")
+		// Give up early when the relay dies: nothing more will come.
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		go func() {
+			select {
+			case <-exited:
+				cancel()
+			case <-rctx.Done():
 			}
-			fmt.Printf("   #%d routing_key=%s message_id=%s type=%s\n", i+1, d.RoutingKey, d.MessageId, d.Type)
-			fmt.Printf("      headers: %s\n", formatHeaders(d.Headers))
-			fmt.Printf("      body:    %s\n", d.Body)
-			d.Ack(false)
-		case err := <-exited:
-			return fmt.Errorf("relay exited: %v", err)
-		case <-time.After(30 * time.Second):
-			return errors.New("no message within 30s")
-		case <-ctx.Done():
-			return ctx.Err()
+		}()
+		lines, err := sub.next(rctx)
+		cancel()
+		if err != nil {
+			select {
+			case <-exited:
+				return fmt.Errorf("relay exited: %v", relayErr)
+			default:
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("message %d: %w", i+1, err)
+		}
+		fmt.Printf("   #%d %s\n", i+1, lines[0])
+		for _, l := range lines[1:] {
+			fmt.Printf("      %s\n", l)
 		}
 	}
 	step("done: stopping the relay and removing the throwaway services")
 	return nil
 }
 
+// consumer receives what the relay published, one message at a time,
+// formatted for printing: a summary line, then detail lines.
+type consumer interface {
+	next(ctx context.Context) ([]string, error)
+	close()
+}
+
 // waitStreaming returns once the relay streams from its slot.
-func waitStreaming(ctx context.Context, db *pgx.Conn, exited <-chan error) error {
+func waitStreaming(ctx context.Context, db *pgx.Conn, exited <-chan struct{}, relayErr *error) error {
 	deadline := time.After(time.Minute)
 	for {
 		var active bool
@@ -170,8 +224,8 @@ func waitStreaming(ctx context.Context, db *pgx.Conn, exited <-chan error) error
 			return nil
 		}
 		select {
-		case err := <-exited:
-			return fmt.Errorf("relay exited: %v", err)
+		case <-exited:
+			return fmt.Errorf("relay exited: %v", *relayErr)
 		case <-deadline:
 			return errors.New("the relay did not start streaming within a minute")
 		case <-ctx.Done():
@@ -181,10 +235,16 @@ func waitStreaming(ctx context.Context, db *pgx.Conn, exited <-chan error) error
 	}
 }
 
-func consume(url string) (<-chan amqp.Delivery, func(), error) {
+// rabbitConsumer reads queue demo, bound to the relay's exchange.
+type rabbitConsumer struct {
+	conn       *amqp.Connection
+	deliveries <-chan amqp.Delivery
+}
+
+func consumeRabbit(url string) (consumer, error) {
 	conn, err := amqp.Dial(url)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	ch, err := conn.Channel()
 	if err == nil {
@@ -202,10 +262,77 @@ func consume(url string) (<-chan amqp.Delivery, func(), error) {
 	}
 	if err != nil {
 		conn.Close()
-		return nil, nil, fmt.Errorf("consumer: %w", err)
+		return nil, fmt.Errorf("consumer: %w", err)
 	}
-	return deliveries, func() { conn.Close() }, nil
+	return &rabbitConsumer{conn: conn, deliveries: deliveries}, nil
 }
+
+func (c *rabbitConsumer) next(ctx context.Context) ([]string, error) {
+	select {
+	case d, ok := <-c.deliveries:
+		if !ok {
+			return nil, errors.New("consumer channel closed")
+		}
+		d.Ack(false)
+		return []string{
+			fmt.Sprintf("routing_key=%s message_id=%s type=%s", d.RoutingKey, d.MessageId, d.Type),
+			"headers: " + formatHeaders(d.Headers),
+			"body:    " + string(d.Body),
+		}, nil
+	case <-ctx.Done():
+		return nil, errors.New("no message within 30s")
+	}
+}
+
+func (c *rabbitConsumer) close() { c.conn.Close() }
+
+// demoTopic is where the relay's default topic template,
+// outbox.event.{aggregate_type}, puts the demo's order events.
+const demoTopic = "outbox.event.order"
+
+// kafkaConsumer reads demoTopic from its start, without a consumer group.
+type kafkaConsumer struct {
+	cl      *kgo.Client
+	pending []*kgo.Record
+}
+
+func consumeKafka(brokers string) (consumer, error) {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers),
+		kgo.ConsumeTopics(demoTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// The relay creates the topic with its first event: look for it often.
+		kgo.MetadataMinAge(100*time.Millisecond),
+		kgo.MetadataMaxAge(500*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	return &kafkaConsumer{cl: cl}, nil
+}
+
+func (c *kafkaConsumer) next(ctx context.Context) ([]string, error) {
+	for len(c.pending) == 0 {
+		fetches := c.cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil, errors.New("no record within 30s")
+		}
+		c.pending = fetches.Records()
+	}
+	r := c.pending[0]
+	c.pending = c.pending[1:]
+	headers := make([]string, len(r.Headers))
+	for i, h := range r.Headers {
+		headers[i] = h.Key + "=" + string(h.Value)
+	}
+	return []string{
+		fmt.Sprintf("topic=%s partition=%d offset=%d key=%s timestamp=%s", r.Topic, r.Partition, r.Offset, r.Key, r.Timestamp.UTC().Format(time.RFC3339Nano)),
+		"headers: " + strings.Join(headers, " "),
+		"value:   " + string(r.Value),
+	}, nil
+}
+
+func (c *kafkaConsumer) close() { c.cl.Close() }
 
 func formatHeaders(h amqp.Table) string {
 	keys := make([]string, 0, len(h))

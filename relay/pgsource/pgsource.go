@@ -146,6 +146,12 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 	if ctx.Err() != nil {
 		return st.shutdown(ctx)
 	}
+	// A failed event is never acknowledged, so the safe position stays
+	// below it: confirming it now spares a restart from republishing what
+	// the broker already has. The connection may be the thing that broke.
+	if serr := st.status(time.Now(), true); serr == nil {
+		s.log.Info("confirmed before stopping on an error", "confirmed_lsn", st.sent.String())
+	}
 	return err
 }
 

@@ -284,6 +284,12 @@ func record(ev *relay.Event, topic string) *kgo.Record {
 // itself without limit, so what reaches a promise is final, except when the
 // client is shutting down.
 func produceError(ev *relay.Event, topic string, err error) error {
+	if errors.Is(err, kerr.MessageTooLarge) {
+		// kgo fails a record over the limit it knows on its own; a broker
+		// rejects a whole batch, which happens only if the sink could not
+		// read the limit, and then the culprit may be a neighbour.
+		err = fmt.Errorf("%w (if this row is small, a larger row produced right after it exceeds the topic's max.message.bytes)", err)
+	}
 	err = fmt.Errorf("kafka: event %s (%d bytes) to topic %s: %w", ev.ID, len(ev.Payload), topic, err)
 	if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
@@ -316,36 +322,70 @@ func (s *Sink) prepare(ctx context.Context, topic string) error {
 	return nil
 }
 
-// topicLimit reads the topic's max.message.bytes, or returns 0 when it
-// cannot (no DescribeConfigs permission, a topic the cluster creates on
-// first use): kgo's default limit then applies.
+// topicLimit returns the largest batch the broker accepts for topic: the
+// topic's max.message.bytes when the topic sets it, else the broker's
+// message.max.bytes, which topics inherit. It returns 0 when neither can be
+// read (no DescribeConfigs permission, a topic the cluster creates on first
+// use): kgo's default limit then applies.
 func (s *Sink) topicLimit(ctx context.Context, topic string) int32 {
+	v, src, err := s.describeConfig(ctx, kmsg.ConfigResourceTypeTopic, topic, "max.message.bytes")
+	if err == nil && src != kmsg.ConfigSourceDefaultConfig {
+		return v
+	}
+	// A default source means neither the topic nor the broker set it, as
+	// far as the topic's description tells: some brokers (kfake) do not
+	// report what topics inherit, so ask the broker itself.
+	var bv int32
+	mreq := kmsg.NewPtrMetadataRequest()
+	mreq.Topics = []kmsg.MetadataRequestTopic{} // brokers only; nil would list every topic
+	meta, berr := mreq.RequestWith(ctx, s.cl)
+	if berr == nil && len(meta.Brokers) == 0 {
+		berr = errors.New("no broker in the metadata")
+	}
+	if berr == nil {
+		id := strconv.Itoa(int(meta.Brokers[0].NodeID))
+		bv, _, berr = s.describeConfig(ctx, kmsg.ConfigResourceTypeBroker, id, "message.max.bytes")
+	}
+	switch {
+	case berr == nil:
+		return bv
+	case err == nil:
+		return v
+	}
+	s.log.Debug("cannot read the topic's size limit; using the default", "topic", topic, "error", errors.Join(err, berr))
+	return 0
+}
+
+// describeConfig reads one config of one resource, clamped to the batch
+// limits kgo accepts, [512, 1 GiB].
+func (s *Sink) describeConfig(ctx context.Context, typ kmsg.ConfigResourceType, name, key string) (int32, kmsg.ConfigSource, error) {
 	req := kmsg.NewPtrDescribeConfigsRequest()
 	res := kmsg.NewDescribeConfigsRequestResource()
-	res.ResourceType = kmsg.ConfigResourceTypeTopic
-	res.ResourceName = topic
-	res.ConfigNames = []string{"max.message.bytes"}
+	res.ResourceType = typ
+	res.ResourceName = name
+	res.ConfigNames = []string{key}
 	req.Resources = append(req.Resources, res)
 	resp, err := req.RequestWith(ctx, s.cl)
-	if err == nil && len(resp.Resources) == 1 {
+	if err == nil && len(resp.Resources) != 1 {
+		err = fmt.Errorf("%d resources in the response", len(resp.Resources))
+	}
+	if err == nil {
 		err = kerr.ErrorForCode(resp.Resources[0].ErrorCode)
 	}
 	if err != nil {
-		s.log.Debug("cannot read the topic's max.message.bytes; using the default limit", "topic", topic, "error", err)
-		return 0
+		return 0, 0, fmt.Errorf("describe %s %s: %w", typ, name, err)
 	}
 	for _, c := range resp.Resources[0].Configs {
-		if c.Name != "max.message.bytes" || c.Value == nil {
+		if c.Name != key || c.Value == nil {
 			continue
 		}
-		n, err := strconv.ParseInt(*c.Value, 10, 32)
+		n, err := strconv.ParseInt(*c.Value, 10, 64)
 		if err != nil {
-			return 0
+			return 0, 0, fmt.Errorf("%s of %s %s: %w", key, typ, name, err)
 		}
-		// kgo refuses limits outside [512, 1 GiB].
-		return int32(min(max(n, 512), 1<<30))
+		return int32(min(max(n, 512), 1<<30)), c.Source, nil
 	}
-	return 0
+	return 0, 0, fmt.Errorf("%s %s has no %s", typ, name, key)
 }
 
 func (s *Sink) batchMax(topic string) int32 {

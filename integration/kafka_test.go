@@ -1,0 +1,693 @@
+//go:build linux
+
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/relay-dev/relay/integration/services"
+)
+
+// defaultKafkaTopic is the relay's RELAY_KAFKA_TOPIC default.
+const defaultKafkaTopic = "outbox.event.{aggregate_type}"
+
+// kafkaRecord is what a Kafka consumer received.
+type kafkaRecord struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   []kgo.RecordHeader
+	Timestamp time.Time
+}
+
+// header returns the last value of header key, as Java's
+// Headers.lastHeader does.
+func (r kafkaRecord) header(key string) (string, bool) {
+	for i := len(r.Headers) - 1; i >= 0; i-- {
+		if r.Headers[i].Key == key {
+			return string(r.Headers[i].Value), true
+		}
+	}
+	return "", false
+}
+
+// id is the record's dedup key, its "id" header.
+func (r kafkaRecord) id() string {
+	id, _ := r.header("id")
+	return id
+}
+
+// kafkaConsumer reads every record of the topics matching a pattern, from
+// the start, without a consumer group, across broker restarts.
+type kafkaConsumer struct {
+	t      *testing.T
+	cl     *kgo.Client
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	recs    []kafkaRecord
+	lastErr error
+}
+
+// consumeKafka consumes every topic the env's relay can produce to: each
+// name its topic template can render. opts are added to the client's, for
+// SASL for example.
+func (e *env) consumeKafka(opts ...kgo.Opt) *kafkaConsumer {
+	e.t.Helper()
+	tmpl := e.kafkaTopic
+	if tmpl == "" {
+		tmpl = defaultKafkaTopic
+	}
+	return consumeKafkaAt(e.t, e.kafkaBrokers, topicPattern(tmpl), opts...)
+}
+
+var placeholderRE = regexp.MustCompile(`\\\{[a-z0-9_]+\\\}`)
+
+// topicPattern is a regular expression matching every topic that tmpl
+// renders, with each {placeholder} standing for any non-empty text.
+func topicPattern(tmpl string) string {
+	return "^" + placeholderRE.ReplaceAllString(regexp.QuoteMeta(tmpl), ".+") + "$"
+}
+
+func consumeKafkaAt(t *testing.T, brokers, pattern string, opts ...kgo.Opt) *kafkaConsumer {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{
+		kgo.SeedBrokers(strings.Split(brokers, ",")...),
+		kgo.ConsumeRegex(),
+		kgo.ConsumeTopics(pattern),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// Topics matching the pattern are found by refreshing metadata:
+		// refresh often, so the first records are not waited for.
+		kgo.MetadataMinAge(100 * time.Millisecond),
+		kgo.MetadataMaxAge(500 * time.Millisecond),
+	}, opts...)...)
+	if err != nil {
+		t.Fatalf("kafka consumer: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &kafkaConsumer{t: t, cl: cl, cancel: cancel, done: make(chan struct{})}
+	go c.run(ctx)
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *kafkaConsumer) run(ctx context.Context) {
+	defer close(c.done)
+	for {
+		fetches := c.cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		var got []kafkaRecord
+		fetches.EachRecord(func(r *kgo.Record) {
+			got = append(got, kafkaRecord{
+				Topic:     r.Topic,
+				Partition: r.Partition,
+				Offset:    r.Offset,
+				Key:       r.Key,
+				Value:     r.Value,
+				Headers:   r.Headers,
+				Timestamp: r.Timestamp,
+			})
+		})
+		c.mu.Lock()
+		c.recs = append(c.recs, got...)
+		fetches.EachError(func(topic string, p int32, err error) {
+			c.lastErr = fmt.Errorf("fetch %s/%d: %w", topic, p, err)
+		})
+		c.mu.Unlock()
+	}
+}
+
+func (c *kafkaConsumer) close() {
+	c.cancel()
+	<-c.done
+	c.cl.Close()
+}
+
+// records returns a copy of what was received so far, in the order of
+// each partition.
+func (c *kafkaConsumer) records() []kafkaRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]kafkaRecord(nil), c.recs...)
+}
+
+// waitDistinct waits until records with n distinct ids arrived.
+func (c *kafkaConsumer) waitDistinct(n int, timeout time.Duration) []kafkaRecord {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		recs := c.records()
+		ids := make(map[string]bool, len(recs))
+		for _, r := range recs {
+			ids[r.id()] = true
+		}
+		if len(ids) >= n {
+			return recs
+		}
+		if time.Now().After(deadline) {
+			c.mu.Lock()
+			last := c.lastErr
+			c.mu.Unlock()
+			c.t.Fatalf("received %d distinct of %d records (%d in all) within %s; last fetch error: %v", len(ids), n, len(recs), timeout, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// asMessages gives records the shape checkAll and checkOrder judge: the
+// id header as message id, the value as body.
+func asMessages(recs []kafkaRecord) []message {
+	msgs := make([]message, len(recs))
+	for i, r := range recs {
+		msgs[i] = message{RoutingKey: r.Topic, Delivery: amqp.Delivery{MessageId: r.id(), Body: r.Value}}
+	}
+	return msgs
+}
+
+// checkKafkaRecords asserts what every sink delivery must satisfy on top
+// of checkAll and checkOrder: a repeated id is the same record (topic, key
+// and value), each key stays on the partition the Java client's hash
+// gives it among partitions, and its commit LSNs never go back.
+func checkKafkaRecords(t *testing.T, recs []kafkaRecord, partitions int32) {
+	t.Helper()
+	first := map[string]kafkaRecord{}
+	lastLSN := map[string]uint64{}
+	for _, r := range recs {
+		id := r.id()
+		if f, ok := first[id]; ok {
+			if f.Topic != r.Topic || string(f.Key) != string(r.Key) || string(f.Value) != string(r.Value) {
+				t.Fatalf("record %s delivered twice differently: %s/%s=%s, then %s/%s=%s", id, f.Topic, f.Key, f.Value, r.Topic, r.Key, r.Value)
+			}
+			continue
+		}
+		first[id] = r
+		if want := javaPartition(r.Key, partitions); r.Partition != want {
+			t.Fatalf("record %s with key %q on partition %d; murmur2 puts it on %d of %d", id, r.Key, r.Partition, want, partitions)
+		}
+		s, _ := r.header("x-relay-lsn")
+		lsn, err := parseLSN(s)
+		if err != nil {
+			t.Fatalf("record %s: x-relay-lsn %q: %v", id, s, err)
+		}
+		k := r.Topic + "\x00" + string(r.Key)
+		if lsn < lastLSN[k] {
+			t.Fatalf("record %s with key %q: commit LSN %s after %X", id, r.Key, s, lastLSN[k])
+		}
+		lastLSN[k] = lsn
+	}
+}
+
+func parseLSN(s string) (uint64, error) {
+	if !lsnRE.MatchString(s) {
+		return 0, fmt.Errorf("not an LSN")
+	}
+	hi, lo, _ := strings.Cut(s, "/")
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("not an LSN")
+	}
+	return h<<32 | l, nil
+}
+
+// javaPartition is the partition the Java producer's default partitioner
+// picks for a keyed record.
+func javaPartition(key []byte, partitions int32) int32 {
+	return (murmur2(key) & 0x7fffffff) % partitions
+}
+
+// murmur2 is Kafka's org.apache.kafka.common.utils.Utils.murmur2.
+func murmur2(data []byte) int32 {
+	const (
+		seed uint32 = 0x9747b28c
+		m    uint32 = 0x5bd1e995
+		r           = 24
+	)
+	n := len(data)
+	h := seed ^ uint32(n)
+	for i := 0; i+4 <= n; i += 4 {
+		k := uint32(data[i]) | uint32(data[i+1])<<8 | uint32(data[i+2])<<16 | uint32(data[i+3])<<24
+		k *= m
+		k ^= k >> r
+		k *= m
+		h *= m
+		h ^= k
+	}
+	tail := data[n&^3:]
+	switch len(tail) {
+	case 3:
+		h ^= uint32(tail[2]) << 16
+		fallthrough
+	case 2:
+		h ^= uint32(tail[1]) << 8
+		fallthrough
+	case 1:
+		h ^= uint32(tail[0])
+		h *= m
+	}
+	h ^= h >> 13
+	h *= m
+	h ^= h >> 15
+	return int32(h)
+}
+
+// TestMurmur2MatchesJava pins the hash checkKafkaRecords relies on to the
+// values of Kafka's own UtilsTest.
+func TestMurmur2MatchesJava(t *testing.T) {
+	for in, want := range map[string]int32{
+		"21":                         -973932308,
+		"foobar":                     -790332482,
+		"a-little-bit-long-string":   -985981536,
+		"a-little-bit-longer-string": -1486304829,
+		"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+		"abc": 479470107,
+	} {
+		if got := murmur2([]byte(in)); got != want {
+			t.Errorf("murmur2(%q) = %d, want %d", in, got, want)
+		}
+	}
+}
+
+func TestKafkaManyRowsArriveWithTheirProperties(t *testing.T) {
+	e := newKafkaEnv(t)
+	c := e.consumeKafka()
+	e.startRelay()
+	const n = 20000
+	t0 := time.Now()
+	ids := e.insertEvents(n, 100, 37)
+	recs := c.waitDistinct(n, 2*time.Minute)
+	t.Logf("%d rows committed and consumed in %v", n, time.Since(t0).Round(time.Millisecond))
+	checkAll(t, ids, asMessages(recs))
+	checkOrder(t, asMessages(recs))
+	checkKafkaRecords(t, recs, 3)
+
+	createdAt := map[string]time.Time{}
+	rows, err := e.db.Query(t.Context(), "SELECT id::text, created_at FROM outbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			t.Fatal(err)
+		}
+		createdAt[id] = at
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantTopic := "outbox.order." + e.name
+	partitions := map[int32]int{}
+	for _, r := range recs {
+		id := r.id()
+		if r.Topic != wantTopic {
+			t.Fatalf("record %s on topic %q, want %q", id, r.Topic, wantTopic)
+		}
+		partitions[r.Partition]++
+		var p payload
+		if err := json.Unmarshal(r.Value, &p); err != nil {
+			t.Fatalf("record %s: value %q: %v", id, r.Value, err)
+		}
+		if string(r.Key) != p.Agg {
+			t.Fatalf("record %s: key %q, want the aggregate id %q", id, r.Key, p.Agg)
+		}
+		if want := createdAt[id].Truncate(time.Millisecond); !r.Timestamp.Equal(want) {
+			t.Fatalf("record %s: timestamp %s, want created_at %s", id, r.Timestamp, want)
+		}
+		for k, want := range map[string]string{
+			"event_type":     "order.created",
+			"aggregate_type": "order",
+			"tenant":         "acme",
+			"n":              strconv.Itoa(p.Seq),
+		} {
+			if got, ok := r.header(k); got != want {
+				t.Fatalf("record %s: header %s = %q (present: %v), want %q", id, k, got, ok, want)
+			}
+		}
+	}
+	if len(partitions) != 3 {
+		t.Errorf("records on partitions %v, want all of the 3 the relay created", partitions)
+	}
+	first := recs[0]
+	for _, r := range recs {
+		if r.id() == ids[0] {
+			first = r
+			break
+		}
+	}
+	if string(first.Value) != `{"agg": "agg-0", "seq": 1}` {
+		t.Errorf("first record's value %s: want the jsonb payload's text unchanged", first.Value)
+	}
+	t.Logf("first record: topic %s partition %d offset %d key %s headers %s value %s", first.Topic, first.Partition, first.Offset, first.Key, formatKafkaHeaders(first.Headers), first.Value)
+}
+
+func formatKafkaHeaders(hs []kgo.RecordHeader) string {
+	parts := make([]string, len(hs))
+	for i, h := range hs {
+		parts[i] = h.Key + "=" + string(h.Value)
+	}
+	return strings.Join(parts, " ")
+}
+
+func TestKafkaSIGKILLMidStreamLosesNothing(t *testing.T) {
+	e := newKafkaEnv(t)
+	c := e.consumeKafka()
+	p := e.startRelay()
+	const n = 20000
+	inserted := make(chan []string, 1)
+	go func() { inserted <- e.insertEvents(n, 50, 11) }()
+
+	// Kill while rows are flowing, twice, restarting each time.
+	for round, at := range []int{2000, 9000} {
+		eventually(t, time.Minute, func() error {
+			if got := len(c.records()); got < at {
+				return fmt.Errorf("round %d: %d records, waiting for %d", round, got, at)
+			}
+			return nil
+		})
+		p.kill()
+		p = e.startRelay()
+	}
+	ids := <-inserted
+	recs := c.waitDistinct(n, 2*time.Minute)
+	checkAll(t, ids, asMessages(recs))
+	checkOrder(t, asMessages(recs))
+	checkKafkaRecords(t, recs, 3)
+	t.Logf("%d events, %d records (%d produced again after kills)", n, len(recs), len(recs)-n)
+}
+
+// TestKafkaBrokerKilledMidStreamLosesNothing SIGKILLs the broker while rows
+// flow, checks that the slot holds still while it is down, restarts it and
+// expects every event, in order per key. It needs a broker it may kill, so
+// it always runs its own kfake, even when RELAY_TEST_KAFKA_BROKERS is set;
+// and it leaves RELAY_KAFKA_TOPIC unset, so the default template is used.
+func TestKafkaBrokerKilledMidStreamLosesNothing(t *testing.T) {
+	node := startOwnKafka(t, services.KafkaOptions{})
+	e := newEnv(t)
+	e.useKafka(node.Brokers(), "")
+	c := e.consumeKafka()
+	e.startRelay()
+
+	const n = 20000
+	inserted := make(chan []string, 1)
+	go func() { inserted <- e.insertEvents(n, 50, 13) }()
+	eventually(t, time.Minute, func() error {
+		if got := len(c.records()); got < 3000 {
+			return fmt.Errorf("%d records, waiting for 3000", got)
+		}
+		return nil
+	})
+	if err := node.Kill(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Whatever the broker acknowledged before it died may still be
+	// reported for a moment; after that, nothing can be acknowledged, so
+	// the slot must not move although rows keep committing.
+	time.Sleep(time.Second)
+	held := e.slotLSN()
+	ids := <-inserted
+	time.Sleep(3 * time.Second) // six status intervals
+	if got := e.slotLSN(); got != held {
+		t.Fatalf("slot moved from %X to %X while the broker was down", held, got)
+	}
+	if end := e.currentLSN(); held >= end {
+		t.Fatalf("slot at %X already covers the WAL end %X: the kill came too late to test anything", held, end)
+	}
+
+	if err := node.Restart(t.Context()); err != nil {
+		t.Fatalf("restart kafka: %v", err)
+	}
+	recs := c.waitDistinct(n, 2*time.Minute)
+	checkAll(t, ids, asMessages(recs))
+	checkOrder(t, asMessages(recs))
+	checkKafkaRecords(t, recs, 3)
+	for _, r := range recs {
+		if r.Topic != "outbox.event.order" {
+			t.Fatalf("record %s on topic %q, want the default template's outbox.event.order", r.id(), r.Topic)
+		}
+	}
+	end := e.currentLSN()
+	eventually(t, 30*time.Second, func() error {
+		if got := e.slotLSN(); got < end {
+			return fmt.Errorf("slot at %X, WAL end %X after every event was acknowledged", got, end)
+		}
+		return nil
+	})
+	t.Logf("%d events, %d records after a broker crash", n, len(recs))
+}
+
+// TestKafkaRecordOverTheBrokerLimitStopsTheRelay inserts a row whose
+// record the broker can never accept (its message.max.bytes is 10000):
+// the relay must stop with exit code 1 naming the row, keep the slot
+// before it, and meet it again on restart, so the row is never skipped,
+// while the rows committed before it arrive.
+func TestKafkaRecordOverTheBrokerLimitStopsTheRelay(t *testing.T) {
+	node := startOwnKafka(t, services.KafkaOptions{Configs: map[string]string{"message.max.bytes": "10000"}})
+	e := newEnv(t)
+	e.useKafka(node.Brokers(), "")
+	c := e.consumeKafka()
+	p := e.startRelay()
+	ids := e.insertEvents(20, 5, 3)
+	// The broker-wide limit is what the topic inherits: the relay must
+	// cut batches at it, so that the oversized row, produced right after
+	// the others, fails alone and is the one named.
+	before := e.currentLSN()
+	bigID := e.insertOversized("agg-0")
+	for run := 1; run <= 2; run++ {
+		if code := p.wait(30 * time.Second); code != 1 {
+			t.Fatalf("run %d: exit code %d for a record over message.max.bytes, want 1; log:\n%s", run, code, p.log.String())
+		}
+		if log := p.log.String(); !strings.Contains(log, bigID) {
+			t.Fatalf("run %d: the log does not name row %s; log:\n%s", run, bigID, log)
+		}
+		if got := e.slotLSN(); got > before {
+			t.Fatalf("run %d: slot at %X, past the oversized row's transaction (which starts after %X)", run, got, before)
+		}
+		if run == 1 {
+			// A new relay on the same slot meets the same row again.
+			p = startRelayWith(t, e.vars())
+		}
+	}
+	// Nothing before the oversized row is lost with it.
+	c.waitDistinct(len(ids), 30*time.Second)
+	recs := c.records()
+	checkAll(t, ids, asMessages(recs))
+	checkOrder(t, asMessages(recs))
+	checkKafkaRecords(t, recs, 3)
+}
+
+// TestKafkaOversizedRowAmongOthersIsTheOneNamed commits an oversized row
+// between normal rows of the same aggregate, in one transaction, to a
+// topic whose own max.message.bytes is 10000. The relay must name that
+// row, not a neighbour that shared its batch, and not move the slot.
+func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
+	node := startOwnKafka(t, services.KafkaOptions{})
+	e := newEnv(t)
+	e.useKafka(node.Brokers(), "")
+	createTopic(t, node.Brokers(), "outbox.event.order", 3, map[string]string{"max.message.bytes": "10000"})
+	c := e.consumeKafka()
+	p := e.startRelay()
+
+	before := e.currentLSN()
+	tx, err := e.db.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var small []string
+	insert := func(payload string) string {
+		var id string
+		err := tx.QueryRow(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+			VALUES ('order', 'agg-0', 'order.created', $1::jsonb) RETURNING id`, payload).Scan(&id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	for i := range 5 {
+		small = append(small, insert(fmt.Sprintf(`{"agg": "agg-0", "seq": %d}`, i+1)))
+	}
+	bigID := insert(oversizedPayload())
+	for i := range 5 {
+		insert(fmt.Sprintf(`{"agg": "agg-0", "seq": %d}`, i+7))
+	}
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	if code := p.wait(30 * time.Second); code != 1 {
+		t.Fatalf("exit code %d for a record over max.message.bytes, want 1; log:\n%s", code, p.log.String())
+	}
+	log := p.log.String()
+	if !strings.Contains(log, bigID) {
+		t.Fatalf("the log does not name the oversized row %s; log:\n%s", bigID, log)
+	}
+	for _, id := range small {
+		if strings.Contains(log, id) {
+			t.Fatalf("the log names row %s, a normal row committed before the oversized one; log:\n%s", id, log)
+		}
+	}
+	if got := e.slotLSN(); got > before {
+		t.Fatalf("slot at %X, past the oversized row's transaction (which starts after %X)", got, before)
+	}
+	for _, r := range c.records() {
+		if r.id() == bigID {
+			t.Fatalf("the oversized row %s reached the topic", bigID)
+		}
+	}
+}
+
+// insertOversized commits one row, alone in its transaction, whose record
+// is over 10000 bytes however it is compressed, and returns its id.
+func (e *env) insertOversized(aggregate string) string {
+	e.t.Helper()
+	var id string
+	err := e.db.QueryRow(e.t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+		VALUES ('order', $1, 'order.created', $2::jsonb) RETURNING id`, aggregate, oversizedPayload()).Scan(&id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+// oversizedPayload is 50 kB of JSON around base64 random bytes, which
+// compression cannot bring under 10000 bytes.
+func oversizedPayload() string {
+	blob := make([]byte, 37500)
+	rand.Read(blob)
+	return `{"blob": "` + base64.StdEncoding.EncodeToString(blob) + `"}`
+}
+
+// createTopic creates a topic with configs, as an operator would before
+// the relay runs.
+func createTopic(t *testing.T, brokers, topic string, partitions int32, configs map[string]string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrCreateTopicsRequest()
+	rt := kmsg.NewCreateTopicsRequestTopic()
+	rt.Topic, rt.NumPartitions, rt.ReplicationFactor = topic, partitions, -1
+	for k, v := range configs {
+		c := kmsg.NewCreateTopicsRequestTopicConfig()
+		c.Name, c.Value = k, kmsg.StringPtr(v)
+		rt.Configs = append(rt.Configs, c)
+	}
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(t.Context(), cl)
+	if err == nil {
+		err = kerr.ErrorForCode(resp.Topics[0].ErrorCode)
+	}
+	if err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+}
+
+// TestKafkaSASL runs the relay against a broker that requires SASL, with
+// each mechanism the relay supports.
+func TestKafkaSASL(t *testing.T) {
+	const user, password = "relay", "pa:ss w0rd"
+	for _, tc := range []struct {
+		mechanism string
+		client    kgo.Opt
+	}{
+		{"PLAIN", kgo.SASL(plain.Auth{User: user, Pass: password}.AsMechanism())},
+		{"SCRAM-SHA-256", kgo.SASL(scram.Auth{User: user, Pass: password}.AsSha256Mechanism())},
+		{"SCRAM-SHA-512", kgo.SASL(scram.Auth{User: user, Pass: password}.AsSha512Mechanism())},
+	} {
+		t.Run(tc.mechanism, func(t *testing.T) {
+			node := startOwnKafka(t, services.KafkaOptions{SASL: services.KafkaSASL{Mechanism: tc.mechanism, User: user, Password: password}})
+			e := newEnv(t)
+			e.useKafka(node.Brokers(), "")
+			e.extraVars = map[string]string{
+				"RELAY_KAFKA_SASL_MECHANISM": tc.mechanism,
+				"RELAY_KAFKA_SASL_USERNAME":  user,
+				"RELAY_KAFKA_SASL_PASSWORD":  password,
+			}
+			c := e.consumeKafka(tc.client)
+			p := e.startRelay()
+			ids := e.insertEvents(200, 20, 7)
+			recs := c.waitDistinct(len(ids), 30*time.Second)
+			checkAll(t, ids, asMessages(recs))
+			checkOrder(t, asMessages(recs))
+			if strings.Contains(p.log.String(), password) {
+				t.Fatalf("the log shows the SASL password:\n%s", p.log.String())
+			}
+		})
+	}
+}
+
+// TestKafkaAutoCreatedTopic leaves RELAY_KAFKA_CREATE_TOPICS at its
+// default, false: a cluster that auto-creates topics gets the records.
+func TestKafkaAutoCreatedTopic(t *testing.T) {
+	node := startOwnKafka(t, services.KafkaOptions{AutoCreateTopics: true, Partitions: 2})
+	e := newEnv(t)
+	e.useKafka(node.Brokers(), "")
+	e.extraVars = map[string]string{"RELAY_KAFKA_CREATE_TOPICS": "false", "RELAY_KAFKA_PARTITIONS": "-1"}
+	c := e.consumeKafka()
+	e.startRelay()
+	ids := e.insertEvents(200, 20, 7)
+	recs := c.waitDistinct(len(ids), 30*time.Second)
+	checkAll(t, ids, asMessages(recs))
+	checkOrder(t, asMessages(recs))
+	checkKafkaRecords(t, recs, 2)
+}
+
+func TestHelpListsKafkaVariables(t *testing.T) {
+	p := startRelayWith(t, nil, "--help")
+	if code := p.wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	out := p.log.String()
+	for _, v := range []string{"RELAY_KAFKA_BROKERS", "RELAY_KAFKA_TOPIC", "RELAY_KAFKA_CREATE_TOPICS", "RELAY_KAFKA_PARTITIONS",
+		"RELAY_KAFKA_REPLICATION_FACTOR", "RELAY_KAFKA_TLS", "RELAY_KAFKA_TLS_CA_FILE", "RELAY_KAFKA_TLS_CERT_FILE",
+		"RELAY_KAFKA_TLS_KEY_FILE", "RELAY_KAFKA_SASL_MECHANISM", "RELAY_KAFKA_SASL_USERNAME", "RELAY_KAFKA_SASL_PASSWORD"} {
+		if !strings.Contains(out, v) {
+			t.Errorf("--help does not list %s", v)
+		}
+	}
+}
+
+// startOwnKafka starts a kfake for this test alone, for tests that kill
+// the broker or need it configured their own way.
+func startOwnKafka(t *testing.T, opts services.KafkaOptions) *services.Kafka {
+	t.Helper()
+	node, err := services.StartKafka(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("start this test's own kfake: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(node.LogPath())
+			t.Logf("kafka log:\n%s", b)
+		}
+		node.Close()
+	})
+	return node
+}
