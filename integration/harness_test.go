@@ -133,12 +133,19 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvOn(t, pg)
+}
+
+// newEnvOn is newEnv on a PostgreSQL server of the test's own, for tests
+// that stop it.
+func newEnvOn(t *testing.T, server *services.Postgres) *env {
+	t.Helper()
 	ctx := t.Context()
 	name := fmt.Sprintf("t%d_%d", os.Getpid(), dbCounter.Add(1))
-	if err := pg.CreateDatabase(ctx, name); err != nil {
+	if err := server.CreateDatabase(ctx, name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
-	e := &env{t: t, name: name, dbURL: pg.URL(name), amqpURL: amqpURL, exchange: "outbox_" + name, slot: "slot_" + name}
+	e := &env{t: t, name: name, dbURL: server.URL(name), amqpURL: amqpURL, exchange: "outbox_" + name, slot: "slot_" + name}
 	db, err := pgxpool.New(ctx, e.dbURL)
 	if err != nil {
 		t.Fatalf("connect: %v", err)
@@ -146,7 +153,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() {
 		db.Close()
 		// Slots are per cluster: drop this test's so it holds no WAL.
-		c, err := pgxpool.New(context.Background(), pg.URL("postgres"))
+		c, err := pgxpool.New(context.Background(), server.URL("postgres"))
 		if err == nil {
 			c.Exec(context.Background(), "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active", e.slot)
 			c.Close()
