@@ -1,7 +1,7 @@
 //go:build linux
 
-// Package services starts throwaway PostgreSQL and RabbitMQ instances for
-// tests, the demo and benchmarks.
+// Package services starts throwaway PostgreSQL, RabbitMQ and Kafka-protocol
+// (kfake) instances for tests, the demo and benchmarks.
 //
 // Every instance is private: it lives in its own temporary directory, listens
 // only on 127.0.0.1 on ports chosen at start, and never talks to the machine's

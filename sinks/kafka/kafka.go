@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -77,10 +79,16 @@ type Sink struct {
 	log     *slog.Logger
 	healthy atomic.Bool
 
-	txn  *txn // nil unless exactly-once
-	life context.Context
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	txn *txn // nil unless exactly-once
+	// slots bounds the records produced and not yet acknowledged. kgo
+	// bounds them too, but blocks on the context given to Produce and
+	// fails that partition's buffered records when it ends; records are
+	// therefore produced under life, and Publish waits here instead,
+	// where giving up on the caller's context costs nothing.
+	slots chan struct{}
+	life  context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
 
 	mu     sync.Mutex
 	known  map[string]bool  // topics prepared for producing
@@ -90,6 +98,9 @@ type Sink struct {
 // defaultBatchMax is kgo's default batch limit, just under Kafka's default
 // message.max.bytes; it applies when a topic's limit cannot be read.
 const defaultBatchMax = 1000012
+
+// maxBuffered bounds the records produced and not yet acknowledged.
+const maxBuffered = 10000
 
 // New connects to the cluster and returns once one broker answered. While
 // no broker is reachable it retries, logging each failure, until ctx ends.
@@ -113,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		log:    log.With("component", "kafka"),
 		known:  map[string]bool{},
 		limits: map[string]int32{},
+		slots:  make(chan struct{}, maxBuffered),
 	}
 	conn := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -127,6 +139,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	opts := append(slices.Clip(conn),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.MaxBufferedRecords(maxBuffered+1), // +1: a checkpoint record
 		// Batches never exceed the topic's max.message.bytes: the broker
 		// rejects an oversized batch whole, failing every record in it,
 		// while kgo fails a single record over the limit on its own, so the
@@ -149,11 +162,8 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		// the first metadata request, as the Java producer does.
 		opts = append(opts, kgo.AllowAutoTopicCreation())
 	}
-	if cfg.ExactlyOnce {
-		if cfg.TransactionalID == "" || cfg.CheckpointTopic == "" {
-			return nil, errors.New("kafka: exactly-once needs a transactional id and a checkpoint topic")
-		}
-		opts = append(opts, kgo.TransactionalID(cfg.TransactionalID))
+	if cfg.ExactlyOnce && (cfg.TransactionalID == "" || cfg.CheckpointTopic == "") {
+		return nil, errors.New("kafka: exactly-once needs a transactional id and a checkpoint topic")
 	}
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
@@ -184,7 +194,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	s.log.Info("connected to Kafka", "brokers", cfg.Brokers, "create_topics", cfg.CreateTopics, "exactly_once", cfg.ExactlyOnce)
 	s.life, s.stop = context.WithCancel(context.Background())
 	if cfg.ExactlyOnce {
-		if err := s.startTxn(ctx, cfg, conn); err != nil {
+		if err := s.startTxn(ctx, cfg, conn, opts); err != nil {
 			s.stop()
 			cl.Close()
 			return nil, err
@@ -193,30 +203,46 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	return s, nil
 }
 
-// startTxn prepares exactly-once producing: the checkpoint topic, the
-// producer id (whose initialisation fences any other relay with the same
-// transactional id and aborts what it left open), then the checkpoint.
-func (s *Sink) startTxn(ctx context.Context, cfg Config, conn []kgo.Opt) error {
+// startTxn prepares exactly-once producing: the checkpoint topic, a
+// transactional producer (whose initialisation fences any other relay with
+// the same transactional id and aborts what it left open), the checkpoint,
+// and this process's claim on it. Producing is a client of its own, s.cl
+// serving the rest, so that a fenced producer can be replaced.
+func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Opt) error {
 	if err := s.createTopic(ctx, cfg.CheckpointTopic, 1, s.repl, map[string]string{"cleanup.policy": "compact"}); err != nil {
 		return err
 	}
-	if _, _, err := s.cl.ProducerID(ctx); err != nil {
-		return fmt.Errorf("kafka: initialise transactional id %q: %w", cfg.TransactionalID, err)
-	}
+	host, _ := os.Hostname()
 	t := &txn{
 		s:         s,
 		id:        cfg.TransactionalID,
+		owner:     fmt.Sprintf("%s/%d/%x", host, os.Getpid(), rand.Uint32()),
 		topic:     cfg.CheckpointTopic,
 		maxEvents: cmp.Or(cfg.TransactionMaxEvents, 1000),
 		linger:    cmp.Or(cfg.TransactionLinger, 100*time.Millisecond),
 	}
-	t.readCommit = func(ctx context.Context) (position, bool, error) {
+	producer = append(slices.Clip(producer), kgo.TransactionalID(cfg.TransactionalID))
+	t.newClient = func() (*kgo.Client, error) { return kgo.NewClient(producer...) }
+	t.readCommit = func(ctx context.Context) (position, string, bool, error) {
 		return readCheckpoint(ctx, conn, s.cl, t.topic, t.id)
 	}
+	cl, err := t.newClient()
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
+	if _, _, err := cl.ProducerID(ctx); err != nil {
+		cl.Close()
+		return fmt.Errorf("kafka: initialise transactional id %q: %w", cfg.TransactionalID, err)
+	}
+	t.cl = cl
 	t.mu.Lock()
-	err := t.reloadLocked(ctx)
+	err = t.reloadLocked(ctx)
+	if err == nil {
+		err = t.claimLocked(ctx)
+	}
 	t.mu.Unlock()
 	if err != nil {
+		cl.Close()
 		return err
 	}
 	s.log.Info("exactly-once producing", "transactional_id", t.id, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
@@ -230,8 +256,13 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn []kgo.Opt) error {
 }
 
 // Publish hands ev to the producer and returns; ev.Done reports the
-// broker's acknowledgement. It blocks while the producer's buffer is full.
+// broker's acknowledgement. It blocks while the producer's buffer is full,
+// until ctx ends. ctx bounds only the call: a record accepted is produced
+// even if ctx ends right after.
 func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	topic, err := s.topic.Execute(ev)
 	if err != nil {
 		return relay.Permanent(fmt.Errorf("topic of event %s: %w", ev.ID, err))
@@ -246,7 +277,11 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	if s.txn != nil {
 		return s.txn.publish(ctx, ev, r)
 	}
-	s.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	s.cl.Produce(s.life, r, func(r *kgo.Record, err error) {
+		s.release()
 		if err != nil {
 			ev.Done(produceError(ev, r.Topic, err))
 			return
@@ -255,6 +290,18 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	})
 	return nil
 }
+
+// acquire takes a slot for one record, waiting until ctx ends.
+func (s *Sink) acquire(ctx context.Context) error {
+	select {
+	case s.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Sink) release() { <-s.slots }
 
 // record builds the Kafka record of ev. The header column's keys come
 // first and the relay's own headers last, so that a consumer reading the
@@ -437,14 +484,14 @@ func (s *Sink) createTopic(ctx context.Context, topic string, parts int32, repl 
 
 // Close waits until every produced record is acknowledged or failed, or
 // ctx ends, then closes the client. Records still buffered when ctx ends
-// fail with kgo.ErrClientClosed, which is not a permanent error.
+// fail with an error that is not permanent.
 func (s *Sink) Close(ctx context.Context) error {
 	if s.txn != nil {
 		s.txn.close(ctx)
 	}
+	err := s.cl.Flush(ctx)
 	s.stop()
 	s.wg.Wait()
-	err := s.cl.Flush(ctx)
 	s.cl.Close()
 	if err != nil {
 		return fmt.Errorf("kafka: flush: %w", err)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -37,27 +38,30 @@ func (p position) after(q position) bool {
 }
 
 // checkpoint is the value written to the checkpoint topic, keyed by the
-// transactional id.
+// transactional id. Owner names the relay process that wrote it: each one
+// commits a checkpoint on start (its claim), which is how a fenced relay
+// tells a takeover from a coordinator that merely bumped its epoch.
 type checkpoint struct {
 	LSN   string `json:"lsn"`
 	Index int    `json:"index"`
+	Owner string `json:"owner,omitempty"`
 }
 
-func (p position) checkpoint() []byte {
-	b, _ := json.Marshal(checkpoint{LSN: p.LSN.String(), Index: p.Index})
+func (p position) checkpoint(owner string) []byte {
+	b, _ := json.Marshal(checkpoint{LSN: p.LSN.String(), Index: p.Index, Owner: owner})
 	return b
 }
 
-func parseCheckpoint(b []byte) (position, error) {
+func parseCheckpoint(b []byte) (position, string, error) {
 	var c checkpoint
 	if err := json.Unmarshal(b, &c); err != nil {
-		return position{}, err
+		return position{}, "", err
 	}
 	lsn, err := relay.ParseLSN(c.LSN)
 	if err != nil {
-		return position{}, err
+		return position{}, "", err
 	}
-	return position{lsn, c.Index}, nil
+	return position{lsn, c.Index}, c.Owner, nil
 }
 
 // txn is the state of exactly-once producing. Publish and the linger timer
@@ -67,14 +71,25 @@ func parseCheckpoint(b []byte) (position, error) {
 type txn struct {
 	s          *Sink
 	id         string
+	owner      string // this process, in the checkpoints it writes
 	topic      string // checkpoint topic
 	maxEvents  int
 	linger     time.Duration
-	readCommit func(ctx context.Context) (position, bool, error)
+	readCommit func(ctx context.Context) (position, string, bool, error)
+	// newClient makes a transactional producer. The one in use, cl, is
+	// replaced when the coordinator fenced it without another relay
+	// taking over: kgo cannot recover a fenced producer.
+	newClient func() (*kgo.Client, error)
+	cl        *kgo.Client // under mu
 
 	failMu sync.Mutex
 	failed error // a record of the open transaction failed; under failMu,
 	// as promises run while Flush holds mu
+	// unsettled counts records whose promise has not run. Flush does not
+	// wait for all of them: kgo fails a record it never buffered (outside
+	// a transaction, client closed) in a promise of its own, and a commit
+	// that did not wait for it would confirm an event that is not there.
+	unsettled atomic.Int64
 
 	mu        sync.Mutex
 	open      bool
@@ -110,15 +125,23 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		return nil
 	}
 	if !t.open {
-		if err := t.s.cl.BeginTransaction(); err != nil {
+		if err := t.cl.BeginTransaction(); err != nil {
+			err = t.fencedLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
 			t.mu.Unlock()
-			return t.classify(fmt.Errorf("kafka: begin transaction: %w", err))
+			return err
 		}
 		t.open, t.started = true, time.Now()
 	}
+	if err := t.s.acquire(ctx); err != nil {
+		t.mu.Unlock()
+		return err
+	}
 	t.events = append(t.events, ev)
 	t.last = pos
-	t.s.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
+	t.unsettled.Add(1)
+	t.cl.Produce(t.s.life, r, func(r *kgo.Record, err error) {
+		defer t.unsettled.Add(-1)
+		t.s.release()
 		if err == nil {
 			return
 		}
@@ -160,10 +183,17 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 }
 
 func (t *txn) commitLocked(ctx context.Context) error {
-	cp := &kgo.Record{Topic: t.topic, Key: []byte(t.id), Value: t.last.checkpoint()}
+	cp := &kgo.Record{Topic: t.topic, Key: []byte(t.id), Value: t.last.checkpoint(t.owner)}
 	var cpErr error
-	t.s.cl.Produce(ctx, cp, func(_ *kgo.Record, err error) { cpErr = err })
-	flushErr := t.s.cl.Flush(ctx)
+	t.unsettled.Add(1)
+	t.cl.Produce(t.s.life, cp, func(_ *kgo.Record, err error) {
+		cpErr = err
+		t.unsettled.Add(-1)
+	})
+	flushErr := t.cl.Flush(ctx)
+	if flushErr == nil {
+		flushErr = t.settle(ctx)
+	}
 	t.failMu.Lock()
 	failed := t.failed
 	t.failed = nil
@@ -177,7 +207,7 @@ func (t *txn) commitLocked(ctx context.Context) error {
 	if cpErr != nil {
 		return t.abortLocked(ctx, t.classify(fmt.Errorf("kafka: write checkpoint to %s: %w", t.topic, cpErr)))
 	}
-	if err := t.s.cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+	if err := t.cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
 		// The commit may or may not have happened; the abort below
 		// fences whatever is still open, and the checkpoint in Kafka
 		// tells which it was before the next event.
@@ -187,25 +217,89 @@ func (t *txn) commitLocked(ctx context.Context) error {
 	return nil
 }
 
+// settle waits until every record produced has its outcome.
+func (t *txn) settle(ctx context.Context) error {
+	for t.unsettled.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // abortLocked aborts the open transaction and returns cause.
 func (t *txn) abortLocked(ctx context.Context, cause error) error {
-	if err := t.s.cl.AbortBufferedRecords(ctx); err != nil {
+	if err := t.cl.AbortBufferedRecords(ctx); err != nil {
 		t.stale = true
 	}
-	if err := t.s.cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+	if err := t.cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
 		t.stale = true
+		if errors.Is(err, kerr.ProducerFenced) {
+			// A produce with a stale epoch fails with
+			// InvalidProducerEpoch whatever bumped it; the
+			// coordinator's answer to the abort is more telling.
+			return t.fencedLocked(ctx, fmt.Errorf("kafka: abort transaction after %v: %w", cause, err))
+		}
 		t.s.log.Warn("aborting the Kafka transaction failed", "error", err)
 	}
-	return cause
+	return t.fencedLocked(ctx, cause)
+}
+
+// fencedLocked handles err if the coordinator fenced this producer. It
+// does so when another relay initialised the transactional id, and also
+// when it aborted a transaction that outlived its timeout, for instance
+// across a broker restart. The checkpoint tells them apart: a relay that
+// takes over commits a claim as soon as it starts. Fenced by another
+// relay, this one stops for good; otherwise it starts a new producer,
+// which the coordinator gives the next epoch, and goes on.
+func (t *txn) fencedLocked(ctx context.Context, err error) error {
+	if !errors.Is(err, kerr.ProducerFenced) {
+		return err
+	}
+	t.stale = true
+	_, owner, _, rerr := t.readCommit(ctx)
+	if rerr != nil {
+		return fmt.Errorf("%w (and reading the checkpoint to tell whether another relay took over failed: %v)", err, rerr)
+	}
+	if owner != t.owner {
+		return relay.Permanent(fmt.Errorf("%w (another relay with transactional id %q took over: only one may run; the checkpoint's owner is %s)", err, t.id, owner))
+	}
+	cl, nerr := t.newClient()
+	if nerr == nil {
+		if _, _, nerr = cl.ProducerID(ctx); nerr != nil {
+			cl.Close()
+		}
+	}
+	if nerr != nil {
+		return fmt.Errorf("%w (and starting a new producer failed: %v)", err, nerr)
+	}
+	t.cl.Close()
+	t.cl = cl
+	t.s.log.Warn("the transaction coordinator fenced this producer without another relay taking over (a transaction timed out, a broker restarted?); continuing with a new producer", "error", err)
+	return err
 }
 
 // classify marks the errors after which this producer can never commit
-// again as permanent: another relay took over the transactional id.
+// again as permanent. Fencing is not one of them, see fencedLocked;
+// neither is InvalidProducerEpoch, which kgo recovers from after an abort.
 func (t *txn) classify(err error) error {
-	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) || errors.Is(err, kerr.TransactionalIDAuthorizationFailed) {
-		return relay.Permanent(fmt.Errorf("%w (another relay with transactional id %q took over: only one may run)", err, t.id))
+	if errors.Is(err, kerr.TransactionalIDAuthorizationFailed) {
+		return relay.Permanent(err)
 	}
 	return err
+}
+
+// claimLocked commits the committed position again under this process's
+// name, so that a relay running before this one knows, once fenced, that
+// it was replaced.
+func (t *txn) claimLocked(ctx context.Context) error {
+	if err := t.cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("kafka: begin transaction: %w", err)
+	}
+	t.last = t.committed
+	return t.commitLocked(ctx)
 }
 
 func doneAll(events []*relay.Event, err error) []func() {
@@ -218,7 +312,7 @@ func doneAll(events []*relay.Event, err error) []func() {
 
 // reloadLocked rereads the committed checkpoint.
 func (t *txn) reloadLocked(ctx context.Context) error {
-	pos, ok, err := t.readCommit(ctx)
+	pos, _, ok, err := t.readCommit(ctx)
 	if err != nil {
 		return err
 	}
@@ -253,25 +347,34 @@ func (t *txn) run(life context.Context) {
 	}
 }
 
-// close commits the open transaction.
+// close commits the open transaction and closes the producer.
 func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
 	done := t.endLocked(ctx)
+	t.cl.Close()
 	t.mu.Unlock()
 	for _, f := range done {
 		f()
 	}
 }
 
-// readCheckpoint returns the last committed checkpoint of id in topic,
-// reading every partition up to its last stable offset with a
-// read_committed consumer. It must run after this producer's id was
-// initialised, which aborts what an earlier instance left open, so the last
-// stable offset is not held back by it.
-func readCheckpoint(ctx context.Context, opts []kgo.Opt, admin *kgo.Client, topic, id string) (position, bool, error) {
-	ends, err := stableEnds(ctx, admin, topic)
+// readCheckpoint returns the last committed checkpoint of id in topic. It
+// must run after this producer's id was initialised, which aborts what an
+// earlier instance left open.
+//
+// It reads every partition to its high watermark as a read_uncommitted
+// consumer that keeps control records and applies each transaction's
+// checkpoints at its commit marker itself. A read_committed consumer cannot
+// tell when it is done: it is sent nothing for aborted records, so when the
+// last records before the end were aborted it waits for offsets that never
+// come. Here every offset up to the end is either a record or a marker;
+// compaction never removes the last one.
+func readCheckpoint(ctx context.Context, opts []kgo.Opt, admin *kgo.Client, topic, id string) (pos position, owner string, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, checkpointReadTimeout)
+	defer cancel()
+	ends, err := endOffsets(ctx, admin, topic)
 	if err != nil {
-		return position{}, false, err
+		return position{}, "", false, err
 	}
 	offsets := map[int32]kgo.Offset{}
 	for p, end := range ends {
@@ -280,24 +383,34 @@ func readCheckpoint(ctx context.Context, opts []kgo.Opt, admin *kgo.Client, topi
 		}
 	}
 	if len(offsets) == 0 {
-		return position{}, false, nil
+		return position{}, "", false, nil
 	}
 	cl, err := kgo.NewClient(append(opts,
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		// Commit and abort markers take offsets too; seeing them is how
-		// the reader knows it has reached the end.
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
 		kgo.KeepControlRecords(),
 	)...)
 	if err != nil {
-		return position{}, false, err
+		return position{}, "", false, err
 	}
 	defer cl.Close()
-	var (
-		found bool
+	type written struct {
 		pos   position
-		read  = map[int32]int64{} // next offset to read per partition
+		owner string
+	}
+	type open struct {
+		epoch int16
+		cps   []written
+	}
+	var (
+		read    = map[int32]int64{} // next offset to read per partition
+		pending = map[int64]*open{} // checkpoints of open transactions by producer id
 	)
+	// Commits are in the order producers were fenced, so the last one
+	// committed is the latest, and its owner the current one.
+	apply := func(w written) {
+		pos, owner, found = w.pos, w.owner, true
+	}
 	for {
 		complete := true
 		for p, end := range ends {
@@ -306,35 +419,56 @@ func readCheckpoint(ctx context.Context, opts []kgo.Opt, admin *kgo.Client, topi
 			}
 		}
 		if complete {
-			return pos, found, nil
+			return pos, owner, found, nil
 		}
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			return position{}, false, fmt.Errorf("kafka: read checkpoint from %s: %w", topic, ctx.Err())
+			return position{}, "", false, fmt.Errorf("kafka: read checkpoint from %s: %w", topic, ctx.Err())
 		}
 		if err := fs.Err(); err != nil {
-			return position{}, false, fmt.Errorf("kafka: read checkpoint from %s: %w", topic, err)
+			return position{}, "", false, fmt.Errorf("kafka: read checkpoint from %s: %w", topic, err)
 		}
-		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
-			for _, r := range fp.Records {
-				read[fp.Partition] = r.Offset + 1
-				if r.Attrs.IsControl() || string(r.Key) != id {
-					continue
+		fs.EachRecord(func(r *kgo.Record) {
+			read[r.Partition] = r.Offset + 1
+			switch {
+			case r.Attrs.IsControl():
+				// The key is a version and a type: 0 abort, 1 commit.
+				if o := pending[r.ProducerID]; o != nil && len(r.Key) >= 4 && r.Key[3] == 1 {
+					for _, w := range o.cps {
+						apply(w)
+					}
 				}
-				p, err := parseCheckpoint(r.Value)
+				delete(pending, r.ProducerID)
+			case string(r.Key) != id:
+			default:
+				p, o, err := parseCheckpoint(r.Value)
 				if err != nil {
-					continue // not ours after all; the key is the id
+					return // not ours after all; the key is the id
 				}
-				if !found || p.after(pos) {
-					pos, found = p, true
+				if r.Attrs.IsTransactional() {
+					// A producer's next epoch ends its last
+					// transaction: one without a marker was never
+					// committed (a broker that lost it).
+					op := pending[r.ProducerID]
+					if op == nil || op.epoch != r.ProducerEpoch {
+						op = &open{epoch: r.ProducerEpoch}
+						pending[r.ProducerID] = op
+					}
+					op.cps = append(op.cps, written{p, o})
+				} else {
+					apply(written{p, o})
 				}
 			}
 		})
 	}
 }
 
-// stableEnds returns each partition's last stable offset.
-func stableEnds(ctx context.Context, admin *kgo.Client, topic string) (map[int32]int64, error) {
+// checkpointReadTimeout bounds reading the checkpoint topic; a compacted
+// topic with one key per relay is small.
+const checkpointReadTimeout = time.Minute
+
+// endOffsets returns each partition's high watermark.
+func endOffsets(ctx context.Context, admin *kgo.Client, topic string) (map[int32]int64, error) {
 	meta := kmsg.NewPtrMetadataRequest()
 	mt := kmsg.NewMetadataRequestTopic()
 	mt.Topic = kmsg.StringPtr(topic)
@@ -350,7 +484,6 @@ func stableEnds(ctx context.Context, admin *kgo.Client, topic string) (map[int32
 		return nil, fmt.Errorf("kafka: metadata of %s: %w", topic, err)
 	}
 	req := kmsg.NewPtrListOffsetsRequest()
-	req.IsolationLevel = 1 // read_committed: the last stable offset
 	rt := kmsg.NewListOffsetsRequestTopic()
 	rt.Topic = topic
 	for _, p := range mresp.Topics[0].Partitions {
