@@ -1,0 +1,264 @@
+// Package metrics holds the relay's Prometheus metrics. Every part of the
+// relay records into one *Metrics; a nil *Metrics records nothing, so
+// libraries and tests need not set one up.
+//
+// The names are a public contract: dashboards and alerts under deploy/
+// use them, and a test checks that every name used there is exported here.
+package metrics
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the relay's collectors.
+type Metrics struct {
+	sink string
+
+	published       *prometheus.CounterVec
+	publishErrors   *prometheus.CounterVec
+	retries         prometheus.Counter
+	inFlight        prometheus.Gauge
+	deadLettered    prometheus.Counter
+	confirmedLSN    prometheus.Gauge
+	walEnd          prometheus.Gauge
+	lagBytes        prometheus.Gauge
+	retainedWAL     prometheus.Gauge
+	commitToAck     prometheus.Histogram
+	transactions    prometheus.Counter
+	lastPublish     prometheus.Gauge
+	leader          prometheus.Gauge
+	heartbeats      prometheus.Counter
+	blocked         prometheus.Gauge
+	sessionRestarts prometheus.Counter
+}
+
+// New registers the relay's collectors, and Go and process collectors,
+// with reg. sink labels what this process publishes to.
+func New(reg prometheus.Registerer, sink string) *Metrics {
+	m := &Metrics{
+		sink: sink,
+		published: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_events_published_total",
+			Help: "Events the broker confirmed, by sink and destination (exchange or topic).",
+		}, []string{"sink", "destination"}),
+		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_publish_errors_total",
+			Help: "Failed publishes, by sink and reason.",
+		}, []string{"sink", "reason"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_publish_retries_total",
+			Help: "Events published again after a nack, a return, a lost connection or a session restart.",
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_events_in_flight",
+			Help: "Events handed to the broker and not yet confirmed.",
+		}),
+		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_dead_lettered_total",
+			Help: "Rows that could not be published and went to the dead-letter destination.",
+		}),
+		confirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_confirmed_lsn",
+			Help: "Last LSN confirmed to PostgreSQL (flushed), as a number.",
+		}),
+		walEnd: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_server_wal_end_lsn",
+			Help: "The server's WAL end as last reported on the replication connection, as a number.",
+		}),
+		lagBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_replication_lag_bytes",
+			Help: "Server WAL end minus the confirmed LSN.",
+		}),
+		retainedWAL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_slot_retained_wal_bytes",
+			Help: "WAL the slot holds back (pg_current_wal_lsn() - restart_lsn, from pg_replication_slots).",
+		}),
+		commitToAck: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "relay_commit_to_ack_seconds",
+			Help:    "Time from the source transaction's commit to the broker's acknowledgement of its event.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		transactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_transactions_total",
+			Help: "Source transactions with outbox rows that were streamed.",
+		}),
+		lastPublish: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_last_publish_timestamp_seconds",
+			Help: "Unix time of the last broker acknowledgement.",
+		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_leader",
+			Help: "1 while this instance holds the leader lock and streams, 0 while it waits as a standby.",
+		}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_heartbeats_total",
+			Help: "Heartbeat messages written to the WAL (RELAY_HEARTBEAT_INTERVAL).",
+		}),
+		blocked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_blocked",
+			Help: "1 while the stream is stopped at a row that cannot be published (see /readyz and the logs).",
+		}),
+		sessionRestarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_session_restarts_total",
+			Help: "Replication sessions that ended with an error and were started again.",
+		}),
+	}
+	reg.MustRegister(m.collectors()...)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.published, m.publishErrors, m.retries, m.inFlight, m.deadLettered,
+		m.confirmedLSN, m.walEnd, m.lagBytes, m.retainedWAL, m.commitToAck,
+		m.transactions, m.lastPublish, m.leader, m.heartbeats, m.blocked,
+		m.sessionRestarts,
+	}
+}
+
+// Names returns the name of every relay_ metric, sorted; histograms also
+// give their _bucket, _sum and _count series.
+func Names() []string {
+	m := New(prometheus.NewRegistry(), "")
+	var names []string
+	for _, c := range m.collectors() {
+		ch := make(chan *prometheus.Desc, 4)
+		c.Describe(ch)
+		close(ch)
+		for d := range ch {
+			// Desc has no accessor for its name; its String form is stable.
+			s := d.String()
+			_, rest, _ := strings.Cut(s, `fqName: "`)
+			name, _, _ := strings.Cut(rest, `"`)
+			names = append(names, name)
+			if _, ok := c.(prometheus.Histogram); ok {
+				names = append(names, name+"_bucket", name+"_sum", name+"_count")
+			}
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Published counts an event the broker confirmed, committed at commit.
+func (m *Metrics) Published(destination string, commit time.Time) {
+	if m == nil {
+		return
+	}
+	m.published.WithLabelValues(m.sink, destination).Inc()
+	now := time.Now()
+	if !commit.IsZero() {
+		m.commitToAck.Observe(max(now.Sub(commit).Seconds(), 0))
+	}
+	m.lastPublish.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// PublishError counts a failed publish; reason is a short stable word
+// (too_large, unroutable, nack, connection, permanent, ...).
+func (m *Metrics) PublishError(reason string) {
+	if m == nil {
+		return
+	}
+	m.publishErrors.WithLabelValues(m.sink, reason).Inc()
+}
+
+// Retried counts n events published again.
+func (m *Metrics) Retried(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.retries.Add(float64(n))
+}
+
+// InFlight sets the events awaiting the broker's confirm.
+func (m *Metrics) InFlight(n int) {
+	if m == nil {
+		return
+	}
+	m.inFlight.Set(float64(n))
+}
+
+// DeadLettered counts a row sent to the dead-letter destination.
+func (m *Metrics) DeadLettered() {
+	if m == nil {
+		return
+	}
+	m.deadLettered.Inc()
+}
+
+// Positions records the confirmed LSN and the server's WAL end.
+func (m *Metrics) Positions(confirmed, walEnd uint64) {
+	if m == nil {
+		return
+	}
+	m.confirmedLSN.Set(float64(confirmed))
+	if walEnd > 0 {
+		m.walEnd.Set(float64(walEnd))
+		if walEnd >= confirmed {
+			m.lagBytes.Set(float64(walEnd - confirmed))
+		} else {
+			m.lagBytes.Set(0)
+		}
+	}
+}
+
+// RetainedWAL records the WAL the slot holds back.
+func (m *Metrics) RetainedWAL(bytes int64) {
+	if m == nil {
+		return
+	}
+	m.retainedWAL.Set(float64(bytes))
+}
+
+// Transaction counts a streamed source transaction.
+func (m *Metrics) Transaction() {
+	if m == nil {
+		return
+	}
+	m.transactions.Inc()
+}
+
+// Leader records whether this instance streams.
+func (m *Metrics) Leader(on bool) {
+	if m == nil {
+		return
+	}
+	m.leader.Set(b2f(on))
+}
+
+// Heartbeat counts a heartbeat written to the WAL.
+func (m *Metrics) Heartbeat() {
+	if m == nil {
+		return
+	}
+	m.heartbeats.Inc()
+}
+
+// Blocked records whether the stream is stopped at a bad row.
+func (m *Metrics) Blocked(on bool) {
+	if m == nil {
+		return
+	}
+	m.blocked.Set(b2f(on))
+}
+
+// SessionRestart counts a replication session started again after an error.
+func (m *Metrics) SessionRestart() {
+	if m == nil {
+		return
+	}
+	m.sessionRestarts.Inc()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
