@@ -9,11 +9,16 @@ BUILD     := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 PG_BIN    := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb 2>/dev/null))
 RABBIT    := $(firstword $(wildcard /usr/lib/rabbitmq/bin/rabbitmq-server) $(shell command -v rabbitmq-server 2>/dev/null))
 SINK      ?= rabbitmq
+IMAGE     ?= relay
 
-.PHONY: build test unit integration demo deps vet clean
+.PHONY: build docker test unit integration demo deps vet clean
 
 build:
 	$(BUILD) -o bin/relay ./cmd/relay
+
+## docker: the container image, IMAGE:VERSION and IMAGE:latest (see Dockerfile)
+docker:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
 ## deps: install the services tests and the demo start (PostgreSQL, RabbitMQ)
 deps:
