@@ -25,13 +25,15 @@ import (
 // config is every setting of the relay. It is the only place with env tags;
 // `relay --help` and README's table are generated from / checked against it.
 type config struct {
-	DatabaseURL string   `env:"RELAY_DATABASE_URL,required,notEmpty" help:"PostgreSQL URL of the outbox database; the replication connection is derived from it (required)"`
-	Tables      []string `env:"RELAY_TABLES" envDefault:"public.outbox" help:"comma-separated outbox tables, schema.table"`
-	Slot        string   `env:"RELAY_SLOT" envDefault:"outbox_relay" help:"logical replication slot, created when missing"`
-	Publication string   `env:"RELAY_PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox tables, created when missing"`
-	Sink        string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq or kafka"`
+	DatabaseURL     string   `env:"RELAY_DATABASE_URL" required:"true" help:"PostgreSQL URL of the outbox database; the replication connection is derived from it; TLS through sslmode, sslrootcert, sslcert, sslkey (required, or RELAY_DATABASE_URL_FILE)"`
+	DatabaseURLFile string   `env:"RELAY_DATABASE_URL_FILE" help:"file holding RELAY_DATABASE_URL, e.g. a mounted secret; a trailing newline is ignored"`
+	Tables          []string `env:"RELAY_TABLES" envDefault:"public.outbox" help:"comma-separated outbox tables, schema.table"`
+	Slot            string   `env:"RELAY_SLOT" envDefault:"outbox_relay" help:"logical replication slot, created when missing"`
+	Publication     string   `env:"RELAY_PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox tables, created when missing"`
+	Sink            string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq or kafka"`
 
-	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps:// (required for rabbitmq)"`
+	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps://; TLS files through the cacertfile, certfile, keyfile query parameters (required for rabbitmq, or RELAY_AMQP_URL_FILE)"`
+	AMQPURLFile       string `env:"RELAY_AMQP_URL_FILE" help:"file holding RELAY_AMQP_URL, e.g. a mounted secret; a trailing newline is ignored"`
 	AMQPExchange      string `env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
 	AMQPRoutingKey    string `env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
 	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"256" help:"publishes awaiting a broker confirm at most"`
@@ -51,6 +53,7 @@ type config struct {
 	KafkaSASLMechanism     string   `env:"RELAY_KAFKA_SASL_MECHANISM" help:"PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; empty: no SASL"`
 	KafkaSASLUsername      string   `env:"RELAY_KAFKA_SASL_USERNAME" help:"SASL user name"`
 	KafkaSASLPassword      string   `env:"RELAY_KAFKA_SASL_PASSWORD" secret:"true" help:"SASL password (never logged)"`
+	KafkaSASLPasswordFile  string   `env:"RELAY_KAFKA_SASL_PASSWORD_FILE" help:"file holding RELAY_KAFKA_SASL_PASSWORD, e.g. a mounted secret; a trailing newline is ignored"`
 
 	ColumnPreset        string `env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
 	ColumnID            string `env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
@@ -97,6 +100,7 @@ func loadConfig(environ map[string]string) (config, error) {
 	if v, ok := environ["RELAY_HTTP_ADDR"]; ok && v == "" {
 		cfg.HTTPAddr = ""
 	}
+	bad = append(bad, cfg.readSecretFiles()...)
 	reported := map[string]bool{}
 	for _, line := range bad {
 		key, _, _ := strings.Cut(line, ":")
@@ -139,10 +143,13 @@ func (c *config) validate() []string {
 	add := func(key, format string, args ...any) {
 		bad = append(bad, key+": "+fmt.Sprintf(format, args...))
 	}
-	if c.DatabaseURL != "" {
+	switch {
+	case c.DatabaseURL != "":
 		if _, err := pgsource.New(pgsource.Config{ConnString: c.DatabaseURL}); err != nil {
-			add("RELAY_DATABASE_URL", "not a PostgreSQL connection string: %v", errors.Unwrap(err))
+			add(fromFile("RELAY_DATABASE_URL", c.DatabaseURLFile), "not a PostgreSQL connection string: %v", errors.Unwrap(err))
 		}
+	case c.DatabaseURLFile == "":
+		add("RELAY_DATABASE_URL", "required: set it or RELAY_DATABASE_URL_FILE")
 	}
 	if len(c.Tables) == 0 {
 		add("RELAY_TABLES", "at least one table is required")
@@ -171,11 +178,11 @@ func (c *config) validate() []string {
 	// The RabbitMQ settings are checked even when RELAY_SINK is wrong, so
 	// that fixing it does not reveal a second round of problems.
 	if c.AMQPURL == "" {
-		if c.Sink == "rabbitmq" {
-			add("RELAY_AMQP_URL", "required when RELAY_SINK=rabbitmq")
+		if c.Sink == "rabbitmq" && c.AMQPURLFile == "" {
+			add("RELAY_AMQP_URL", "required when RELAY_SINK=rabbitmq (or set RELAY_AMQP_URL_FILE)")
 		}
 	} else if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
-		add("RELAY_AMQP_URL", "want amqp://user:password@host:port/vhost or amqps://…")
+		add(fromFile("RELAY_AMQP_URL", c.AMQPURLFile), "want amqp://user:password@host:port/vhost or amqps://…")
 	}
 	if c.AMQPExchange == "" {
 		add("RELAY_AMQP_EXCHANGE", "must not be empty")
@@ -272,13 +279,63 @@ func (c *config) validateKafka() []string {
 		if c.KafkaSASLUsername == "" {
 			add("RELAY_KAFKA_SASL_USERNAME", "required with RELAY_KAFKA_SASL_MECHANISM")
 		}
-		if c.KafkaSASLPassword == "" {
+		if c.KafkaSASLPassword == "" && c.KafkaSASLPasswordFile == "" {
 			add("RELAY_KAFKA_SASL_PASSWORD", "required with RELAY_KAFKA_SASL_MECHANISM")
 		}
-	} else if c.KafkaSASLUsername != "" || c.KafkaSASLPassword != "" {
+	} else if c.KafkaSASLUsername != "" || c.KafkaSASLPassword != "" || c.KafkaSASLPasswordFile != "" {
 		add("RELAY_KAFKA_SASL_MECHANISM", "required with RELAY_KAFKA_SASL_USERNAME and RELAY_KAFKA_SASL_PASSWORD")
 	}
 	return bad
+}
+
+// secretFiles pairs each secret variable with its _FILE twin, which names
+// a file holding the value, as Kubernetes and Docker mount secrets.
+var secretFiles = []struct {
+	key   string
+	value func(*config) (secret, file *string)
+}{
+	{"RELAY_DATABASE_URL", func(c *config) (*string, *string) { return &c.DatabaseURL, &c.DatabaseURLFile }},
+	{"RELAY_AMQP_URL", func(c *config) (*string, *string) { return &c.AMQPURL, &c.AMQPURLFile }},
+	{"RELAY_KAFKA_SASL_PASSWORD", func(c *config) (*string, *string) { return &c.KafkaSASLPassword, &c.KafkaSASLPasswordFile }},
+}
+
+// readSecretFiles sets each secret given as a file from that file. Its
+// problems name the variables and the file, never the content.
+func (c *config) readSecretFiles() []string {
+	var bad []string
+	for _, s := range secretFiles {
+		secret, file := s.value(c)
+		if *file == "" {
+			continue
+		}
+		if *secret != "" {
+			bad = append(bad, fmt.Sprintf("%s_FILE: set either it or %s, not both", s.key, s.key))
+			continue
+		}
+		b, err := os.ReadFile(*file)
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s_FILE: cannot read %s: %v", s.key, *file, errors.Unwrap(err)))
+			continue
+		}
+		// Files written by editors and `echo` end in a newline that is no
+		// part of the secret.
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" {
+			bad = append(bad, fmt.Sprintf("%s_FILE: %s is empty", s.key, *file))
+			continue
+		}
+		*secret = v
+	}
+	return bad
+}
+
+// fromFile is the variable to name in a problem with a secret's value:
+// its _FILE twin when the value came from a file.
+func fromFile(key, file string) string {
+	if file != "" {
+		return key + "_FILE"
+	}
+	return key
 }
 
 // topicRE is what Kafka accepts as a topic name.
@@ -373,11 +430,13 @@ func variables() []variable {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
+		// required:"true" marks a variable that is required unless its
+		// _FILE twin is set, which env's own option cannot express.
 		vars = append(vars, variable{
 			Name:     name,
 			Default:  f.Tag.Get("envDefault"),
 			Help:     f.Tag.Get("help"),
-			Required: slices.Contains(strings.Split(opts, ","), "required"),
+			Required: slices.Contains(strings.Split(opts, ","), "required") || f.Tag.Get("required") == "true",
 		})
 	}
 	return vars

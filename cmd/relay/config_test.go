@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -671,5 +673,236 @@ func TestRunBadURLsDoNotShowPasswords(t *testing.T) {
 		if strings.Contains(stderr, tc.pw) {
 			t.Errorf("stderr shows password %q:\n%s", tc.pw, stderr)
 		}
+	}
+}
+
+// writeSecret writes content to a file of the test's and returns its path.
+func writeSecret(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSecretFiles(t *testing.T) {
+	kafkaSASL := func(kv ...string) map[string]string {
+		e := envWith("RELAY_SINK", "kafka", "RELAY_KAFKA_BROKERS", "127.0.0.1:9092",
+			"RELAY_KAFKA_SASL_MECHANISM", "PLAIN", "RELAY_KAFKA_SASL_USERNAME", "app")
+		delete(e, "RELAY_AMQP_URL")
+		for i := 0; i+1 < len(kv); i += 2 {
+			e[kv[i]] = kv[i+1]
+		}
+		return e
+	}
+	tests := []struct {
+		name string
+		env  func(t *testing.T) map[string]string
+		want config // only the three secrets are compared
+	}{
+		{
+			name: "database url from a file, trailing newline ignored",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_DATABASE_URL_FILE", writeSecret(t, "postgres://app:fileDbPw@db:5432/app\n"))
+				delete(e, "RELAY_DATABASE_URL")
+				return e
+			},
+			want: config{DatabaseURL: "postgres://app:fileDbPw@db:5432/app", AMQPURL: "amqp://guest:secret@127.0.0.1:5672/"},
+		},
+		{
+			name: "amqp url from a file with CRLF",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_AMQP_URL_FILE", writeSecret(t, "amqps://app:fileAmqpPw@mq:5671/?cacertfile=/ca.pem\r\n"))
+				delete(e, "RELAY_AMQP_URL")
+				return e
+			},
+			want: config{DatabaseURL: "postgres://u:p@127.0.0.1:5432/db", AMQPURL: "amqps://app:fileAmqpPw@mq:5671/?cacertfile=/ca.pem"},
+		},
+		{
+			name: "only the trailing newline goes",
+			env: func(t *testing.T) map[string]string {
+				return kafkaSASL("RELAY_KAFKA_SASL_PASSWORD_FILE", writeSecret(t, " pass word \n"))
+			},
+			want: config{DatabaseURL: "postgres://u:p@127.0.0.1:5432/db", KafkaSASLPassword: " pass word "},
+		},
+		{
+			name: "empty variable beside its file counts as unset",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_DATABASE_URL", "", "RELAY_DATABASE_URL_FILE", writeSecret(t, "postgres://db/app"))
+			},
+			want: config{DatabaseURL: "postgres://db/app", AMQPURL: "amqp://guest:secret@127.0.0.1:5672/"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := loadConfig(tt.env(t))
+			if err != nil {
+				t.Fatalf("loadConfig: %v", err)
+			}
+			if c.DatabaseURL != tt.want.DatabaseURL || c.AMQPURL != tt.want.AMQPURL || c.KafkaSASLPassword != tt.want.KafkaSASLPassword {
+				t.Errorf("secrets = %q, %q, %q; want %q, %q, %q", c.DatabaseURL, c.AMQPURL, c.KafkaSASLPassword,
+					tt.want.DatabaseURL, tt.want.AMQPURL, tt.want.KafkaSASLPassword)
+			}
+			// A secret read from a file is redacted like one given directly.
+			attrs := fmt.Sprint(c.logAttrs()...)
+			for _, pw := range []string{"fileDbPw", "fileAmqpPw", "pass word"} {
+				if strings.Contains(attrs, pw) {
+					t.Errorf("logAttrs shows %q: %s", pw, attrs)
+				}
+			}
+		})
+	}
+}
+
+func TestSecretFilesInvalid(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-secret")
+	tests := []struct {
+		name  string
+		env   func(t *testing.T) map[string]string
+		want  string   // the one variable at fault
+		words []string // the problem also says these
+	}{
+		{
+			name: "database url and its file",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_DATABASE_URL_FILE", writeSecret(t, "postgres://db/app"))
+			},
+			want: "RELAY_DATABASE_URL_FILE", words: []string{"RELAY_DATABASE_URL,", "not both"},
+		},
+		{
+			name: "amqp url and its file",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_AMQP_URL_FILE", writeSecret(t, "amqp://mq/"))
+			},
+			want: "RELAY_AMQP_URL_FILE", words: []string{"RELAY_AMQP_URL,", "not both"},
+		},
+		{
+			name: "sasl password and its file",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_KAFKA_SASL_MECHANISM", "PLAIN", "RELAY_KAFKA_SASL_USERNAME", "u",
+					"RELAY_KAFKA_SASL_PASSWORD", "p", "RELAY_KAFKA_SASL_PASSWORD_FILE", writeSecret(t, "p"))
+			},
+			want: "RELAY_KAFKA_SASL_PASSWORD_FILE", words: []string{"RELAY_KAFKA_SASL_PASSWORD,", "not both"},
+		},
+		{
+			name: "missing database url file",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_DATABASE_URL_FILE", missing)
+				delete(e, "RELAY_DATABASE_URL")
+				return e
+			},
+			want: "RELAY_DATABASE_URL_FILE", words: []string{missing, "no such file"},
+		},
+		{
+			name: "amqp url file is a directory",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_AMQP_URL_FILE", t.TempDir())
+				delete(e, "RELAY_AMQP_URL")
+				return e
+			},
+			want: "RELAY_AMQP_URL_FILE", words: []string{"cannot read"},
+		},
+		{
+			name: "missing sasl password file",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_KAFKA_SASL_MECHANISM", "PLAIN", "RELAY_KAFKA_SASL_USERNAME", "u", "RELAY_KAFKA_SASL_PASSWORD_FILE", missing)
+			},
+			want: "RELAY_KAFKA_SASL_PASSWORD_FILE", words: []string{"cannot read"},
+		},
+		{
+			name: "empty file",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_DATABASE_URL_FILE", writeSecret(t, "\n"))
+				delete(e, "RELAY_DATABASE_URL")
+				return e
+			},
+			want: "RELAY_DATABASE_URL_FILE", words: []string{"empty"},
+		},
+		{
+			// The file's content is a secret: a bad value is reported
+			// against the file variable without echoing it.
+			name: "bad database url in the file",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_DATABASE_URL_FILE", writeSecret(t, "postgres://u:fileS3cretPw@db:notaport/app\n"))
+				delete(e, "RELAY_DATABASE_URL")
+				return e
+			},
+			want: "RELAY_DATABASE_URL_FILE", words: []string{"not a PostgreSQL connection string"},
+		},
+		{
+			name: "bad amqp url in the file",
+			env: func(t *testing.T) map[string]string {
+				e := envWith("RELAY_AMQP_URL_FILE", writeSecret(t, "http://guest:fileS3cretPw@mq/"))
+				delete(e, "RELAY_AMQP_URL")
+				return e
+			},
+			want: "RELAY_AMQP_URL_FILE", words: []string{"amqps://"},
+		},
+		{
+			name: "neither database url nor its file",
+			env: func(t *testing.T) map[string]string {
+				e := minimalEnv()
+				delete(e, "RELAY_DATABASE_URL")
+				return e
+			},
+			want: "RELAY_DATABASE_URL", words: []string{"required", "RELAY_DATABASE_URL_FILE"},
+		},
+		{
+			name: "password file without a mechanism",
+			env: func(t *testing.T) map[string]string {
+				return envWith("RELAY_KAFKA_SASL_PASSWORD_FILE", writeSecret(t, "p"))
+			},
+			want: "RELAY_KAFKA_SASL_MECHANISM",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(tt.env(t))
+			var ce configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("loadConfig error = %v, want a configError", err)
+			}
+			if len(ce) != 1 {
+				t.Fatalf("want one problem, got:\n%v", err)
+			}
+			key, msg, _ := strings.Cut(ce[0], ": ")
+			if key != tt.want {
+				t.Errorf("problem %q names %s, want %s", ce[0], key, tt.want)
+			}
+			for _, w := range tt.words {
+				if !strings.Contains(msg, w) {
+					t.Errorf("problem %q does not say %q", ce[0], w)
+				}
+			}
+			if strings.Contains(ce[0], "fileS3cretPw") {
+				t.Errorf("problem %q shows the file's secret", ce[0])
+			}
+		})
+	}
+}
+
+// Both a secret and its file, or neither database URL: exit code 2 before
+// connecting, naming the variables.
+func TestRunSecretFileConflict(t *testing.T) {
+	env := envWith("RELAY_AMQP_URL_FILE", writeSecret(t, "amqp://guest:fileS3cretPw@127.0.0.1:1/\n"))
+	code, _, stderr := runQuickly(t, nil, env)
+	if code != 2 {
+		t.Errorf("run = %d, want 2; stderr:\n%s", code, stderr)
+	}
+	for _, s := range []string{"RELAY_AMQP_URL_FILE", "RELAY_AMQP_URL,"} {
+		if !strings.Contains(stderr, s) {
+			t.Errorf("stderr does not name %s:\n%s", s, stderr)
+		}
+	}
+	if strings.Contains(stderr, "fileS3cretPw") || strings.Contains(stderr, "secret@") {
+		t.Errorf("stderr shows a password:\n%s", stderr)
+	}
+
+	env = minimalEnv()
+	delete(env, "RELAY_DATABASE_URL")
+	code, _, stderr = runQuickly(t, nil, env)
+	if code != 2 || !strings.Contains(stderr, "RELAY_DATABASE_URL: required") {
+		t.Errorf("run without a database URL = %d, want 2 naming RELAY_DATABASE_URL; stderr:\n%s", code, stderr)
 	}
 }
