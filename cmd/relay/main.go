@@ -60,10 +60,14 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 		for _, line := range strings.Split(err.Error(), "\n") {
 			fmt.Fprintln(stderr, "  "+line)
 		}
+		for _, u := range unknownVariables(environ) {
+			fmt.Fprintln(stderr, "  "+u.String())
+		}
 		fmt.Fprintln(stderr, "see relay --help")
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	warnUnknownVariables(log, environ)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -17,6 +17,15 @@ type unknownVariable struct {
 	Suggestion string
 }
 
+// String is the warning printed with a configuration error, where a typo
+// is the likeliest cause of a "required, not set".
+func (u unknownVariable) String() string {
+	if u.Suggestion == "" {
+		return u.Name + ": unknown variable, ignored"
+	}
+	return u.Name + ": unknown variable, ignored; did you mean " + u.Suggestion + "?"
+}
+
 // unknownVariables returns, sorted by name, the RELAY_ variables of environ
 // that the relay does not read. Only names are looked at: values may be
 // secrets.

@@ -107,3 +107,24 @@ func TestWarnUnknownVariablesLogsNamesNotValues(t *testing.T) {
 		t.Errorf("a value reached the log:\n%s", buf.String())
 	}
 }
+
+// TestInvalidConfigurationNamesTheTypo: when a typo leaves a required
+// variable unset, the error output says which variable was meant.
+func TestInvalidConfigurationNamesTheTypo(t *testing.T) {
+	t.Parallel()
+	var stderr bytes.Buffer
+	code := run(nil, map[string]string{
+		"RELAY_DATABSE_URL": "postgres://u:secret@h/db",
+		"RELAY_AMQP_URL":    "amqp://h/",
+	}, &bytes.Buffer{}, &stderr)
+	if code != 2 {
+		t.Fatalf("exit code %d, want 2; stderr:\n%s", code, stderr.String())
+	}
+	want := "  RELAY_DATABSE_URL: unknown variable, ignored; did you mean RELAY_DATABASE_URL?\n"
+	if !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "secret") {
+		t.Errorf("stderr shows a value:\n%s", stderr.String())
+	}
+}
