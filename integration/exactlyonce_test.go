@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"regexp"
 	"strings"
 	"syscall"
@@ -744,16 +745,15 @@ func TestKafkaExactlyOnceSurvivesSIGKILLs(t *testing.T) {
 	t.Logf("total %v", time.Since(t0).Round(time.Millisecond))
 }
 
-// TestKafkaExactlyOnceSecondRelayFencesTheFirst starts a second relay with
-// the same transactional id on the same slot while the first streams, as a
-// rolling deploy or a duplicated pod would. The second one's producer
-// initialisation fences the first, whose next commit fails: the first must
-// exit 1 saying another relay took over; the second, which retries the slot
-// until the first lets go, carries on from the checkpoint; a read_committed
-// consumer sees every row exactly once. (Two slots under one id would show
-// fencing too, but then the second relay's stream starts where its new slot
-// was created, and what the fenced relay had not committed before that is
-// in no stream: that is a misconfiguration, not a handover.)
+// TestKafkaExactlyOnceSecondRelayFencesTheFirst makes the first relay a
+// zombie: a standby waits on the leader lock; the leader is frozen
+// (SIGSTOP) mid-stream with a transaction open, and PostgreSQL drops its
+// connections, as its timeouts would for a paused or partitioned process.
+// The standby takes the lock and the slot, and its producer's
+// initialisation fences the zombie's. Woken (SIGCONT), the zombie must not
+// commit: it exits 1 saying another relay took over, or, if it notices the
+// lost lock first, stands by; either way a read_committed consumer sees
+// every row exactly once, and the second relay carries on.
 func TestKafkaExactlyOnceSecondRelayFencesTheFirst(t *testing.T) {
 	e, txnID, checkpointTopic := newExactlyOnceEnv(t)
 	live := e.consumeKafka(readCommitted)
@@ -793,16 +793,40 @@ func TestKafkaExactlyOnceSecondRelayFencesTheFirst(t *testing.T) {
 	})
 
 	second := startRelayWith(t, e.vars())
-	code := first.wait(30 * time.Second)
-	firstLog := first.log.String()
-	if code != 1 {
-		t.Fatalf("the fenced relay exited with %d, want 1; its log:\n%s", code, firstLog)
+	second.waitReady(t, http.StatusServiceUnavailable, "standby", 30*time.Second)
+	// Freeze the leader with a transaction open, and let PostgreSQL drop
+	// its sessions: its lock and its walsender.
+	if err := first.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
 	}
-	fenced := first.lastWords()
-	if !strings.Contains(fenced, "took over") || !strings.Contains(fenced, txnID) {
-		t.Fatalf("the fenced relay's last words do not say another relay with transactional id %q took over: %q; its log:\n%s", txnID, fenced, firstLog)
+	e.exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE pid <> pg_backend_pid() AND datname = current_database() AND application_name = 'relay'`)
+	second.waitReady(t, http.StatusOK, "streaming", 30*time.Second)
+	if err := first.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("the fenced relay: %s", fenced)
+	eventually(t, 30*time.Second, func() error {
+		if first.exited() {
+			return nil
+		}
+		if code, reason := first.ready(); code == http.StatusServiceUnavailable && strings.Contains(reason, "standby") {
+			return nil
+		}
+		return errors.New("the zombie neither exited nor stood by")
+	})
+	if first.exited() {
+		firstLog := first.log.String()
+		if code := first.cmd.ProcessState.ExitCode(); code != 1 {
+			t.Fatalf("the fenced relay exited with %d, want 1; its log:\n%s", code, firstLog)
+		}
+		fenced := first.lastWords()
+		if !strings.Contains(fenced, "took over") || !strings.Contains(fenced, txnID) {
+			t.Fatalf("the fenced relay's last words do not say another relay with transactional id %q took over: %q; its log:\n%s", txnID, fenced, firstLog)
+		}
+		t.Logf("the fenced relay: %s", fenced)
+	} else {
+		t.Logf("the zombie noticed it lost the leader lock first and stands by")
+	}
 
 	// The second relay gets the slot once the first let go, and goes on.
 	eventually(t, 30*time.Second, func() error {

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -461,44 +462,94 @@ func TestKafkaBrokerKilledMidStreamLosesNothing(t *testing.T) {
 	t.Logf("%d events, %d records after a broker crash", n, len(recs))
 }
 
-// TestKafkaRecordOverTheBrokerLimitStopsTheRelay inserts a row whose
-// record the broker can never accept (its message.max.bytes is 10000):
-// the relay must stop with exit code 1 naming the row, keep the slot
-// before it, and meet it again on restart, so the row is never skipped,
-// while the rows committed before it arrive.
-func TestKafkaRecordOverTheBrokerLimitStopsTheRelay(t *testing.T) {
+// TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters: a row over the
+// broker's limit, with no dead-letter topic, stops the stream before it
+// without losing it or exiting: /readyz, the metrics and the log name it,
+// and the slot stays before it. Restarted with RELAY_DEAD_LETTER, the relay
+// sends the row there, without its payload, and the stream goes on.
+func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
 	node := startOwnKafka(t, services.KafkaOptions{Configs: map[string]string{"message.max.bytes": "10000"}})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
+	e.extraVars = map[string]string{"RELAY_BLOCKED_RETRY_INTERVAL": "500ms"}
 	c := e.consumeKafka()
 	p := e.startRelay()
 	ids := e.insertEvents(20, 5, 3)
 	// The broker-wide limit is what the topic inherits: the relay must
 	// cut batches at it, so that the oversized row, produced right after
 	// the others, fails alone and is the one named.
-	before := e.currentLSN()
 	bigID := e.insertOversized("agg-0")
-	for run := 1; run <= 2; run++ {
-		if code := p.wait(30 * time.Second); code != 1 {
-			t.Fatalf("run %d: exit code %d for a record over message.max.bytes, want 1; log:\n%s", run, code, p.log.String())
-		}
-		if log := p.log.String(); !strings.Contains(log, bigID) {
-			t.Fatalf("run %d: the log does not name row %s; log:\n%s", run, bigID, log)
-		}
-		if got := e.slotLSN(); got > before {
-			t.Fatalf("run %d: slot at %X, past the oversized row's transaction (which starts after %X)", run, got, before)
-		}
-		if run == 1 {
-			// A new relay on the same slot meets the same row again.
-			p = startRelayWith(t, e.vars())
-		}
+	committed := e.currentLSN() // the end of the oversized row's commit record
+	reason := p.waitReady(t, http.StatusServiceUnavailable, bigID, 30*time.Second)
+	if !strings.Contains(reason, "too large") {
+		t.Errorf("/readyz says %q; want the reason (too large)", reason)
+	}
+	if v, _ := p.metric("relay_blocked"); v != 1 {
+		t.Errorf("relay_blocked %v, want 1", v)
+	}
+	if v, _ := p.metric(`relay_publish_errors_total{sink="kafka",reason="too_large"`); v < 1 {
+		t.Errorf(`relay_publish_errors_total{reason="too_large"} %v, want at least 1`, v)
+	}
+	// It keeps trying, and keeps the row: the slot never passes it.
+	time.Sleep(2 * time.Second)
+	if p.exited() {
+		t.Fatalf("the relay exited; log:\n%s", p.log.String())
+	}
+	if got := e.slotLSN(); got >= committed {
+		t.Fatalf("slot at %X, past the oversized row's transaction (which ends at %X)", got, committed)
+	}
+	if log := p.log.String(); !strings.Contains(log, bigID) {
+		t.Fatalf("the log does not name row %s; log:\n%s", bigID, log)
+	}
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM while blocked: exit %d, want 0", code)
 	}
 	// Nothing before the oversized row is lost with it.
 	c.waitDistinct(len(ids), 30*time.Second)
+
+	const dlq = "relay.dead-letter"
+	e.extraVars["RELAY_DEAD_LETTER"] = dlq
+	dead := consumeKafkaAt(t, e.kafkaBrokers, "^"+regexp.QuoteMeta(dlq)+"$")
+	p = e.startRelay()
+	after := e.insertEvents(10, 5, 3)
+	c.waitDistinct(len(ids)+len(after), 30*time.Second)
+	eventually(t, 30*time.Second, func() error {
+		if len(dead.records()) == 0 {
+			return fmt.Errorf("nothing in %s yet", dlq)
+		}
+		return nil
+	})
+	dl := dead.records()
+	if len(dl) != 1 || dl[0].id() != bigID {
+		t.Fatalf("dead letters %v, want the one row %s", dl, bigID)
+	}
+	if why, _ := dl[0].header("x-relay-error"); !strings.Contains(why, "too large") {
+		t.Errorf("dead letter's x-relay-error %q, want the reason", why)
+	}
+	if omitted, ok := dl[0].header("x-relay-payload-omitted"); !ok || len(dl[0].Value) != 0 {
+		t.Errorf("dead letter carries %d payload bytes (x-relay-payload-omitted %q), want none: the broker refuses them", len(dl[0].Value), omitted)
+	}
+	if v, _ := p.metric("relay_dead_lettered_total"); v != 1 {
+		t.Errorf("relay_dead_lettered_total %v, want 1", v)
+	}
+	for _, r := range c.records() {
+		if r.id() == bigID {
+			t.Fatalf("the oversized row %s reached its topic", bigID)
+		}
+	}
 	recs := c.records()
-	checkAll(t, ids, asMessages(recs))
-	checkOrder(t, asMessages(recs))
+	checkAll(t, append(ids, after...), asMessages(recs))
+	// Each insertEvents numbers its aggregates' events from 1.
+	checkOrder(t, asMessages(withIDs(recs, ids)))
+	checkOrder(t, asMessages(withIDs(recs, after)))
 	checkKafkaRecords(t, recs, 3)
+	end := e.currentLSN()
+	eventually(t, 30*time.Second, func() error {
+		if got := e.slotLSN(); got < end {
+			return fmt.Errorf("slot at %X, WAL end %X", got, end)
+		}
+		return nil
+	})
 }
 
 // TestKafkaOversizedRowAmongOthersIsTheOneNamed commits an oversized row
@@ -513,7 +564,6 @@ func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
 	c := e.consumeKafka()
 	p := e.startRelay()
 
-	before := e.currentLSN()
 	tx, err := e.db.Begin(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -538,10 +588,9 @@ func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
 	if err := tx.Commit(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	committed := e.currentLSN() // the end of its commit record
 
-	if code := p.wait(30 * time.Second); code != 1 {
-		t.Fatalf("exit code %d for a record over max.message.bytes, want 1; log:\n%s", code, p.log.String())
-	}
+	p.waitReady(t, http.StatusServiceUnavailable, bigID, 30*time.Second)
 	log := p.log.String()
 	if !strings.Contains(log, bigID) {
 		t.Fatalf("the log does not name the oversized row %s; log:\n%s", bigID, log)
@@ -551,8 +600,8 @@ func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
 			t.Fatalf("the log names row %s, a normal row committed before the oversized one; log:\n%s", id, log)
 		}
 	}
-	if got := e.slotLSN(); got > before {
-		t.Fatalf("slot at %X, past the oversized row's transaction (which starts after %X)", got, before)
+	if got := e.slotLSN(); got >= committed {
+		t.Fatalf("slot at %X, past the oversized row's transaction (which ends at %X)", got, committed)
 	}
 	for _, r := range c.records() {
 		if r.id() == bigID {
@@ -690,4 +739,19 @@ func startOwnKafka(t *testing.T, opts services.KafkaOptions) *services.Kafka {
 		node.Close()
 	})
 	return node
+}
+
+// withIDs returns the records of recs whose id is one of ids.
+func withIDs(recs []kafkaRecord, ids []string) []kafkaRecord {
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	var out []kafkaRecord
+	for _, r := range recs {
+		if want[r.id()] {
+			out = append(out, r)
+		}
+	}
+	return out
 }

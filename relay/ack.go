@@ -30,6 +30,8 @@ type Tracker struct {
 	failed   chan struct{}
 	err      error
 	sizes    []int // ring, parallel to acked
+	onAck    func(*Event)
+	reject   func(*Event, error) bool
 }
 
 type mark struct {
@@ -145,10 +147,26 @@ func (t *Tracker) Ack(ev *Event) {
 
 func (t *Tracker) done(ev *Event, err error) {
 	if err != nil {
+		// A dead letter that fails stops the stream: it is not
+		// dead-lettered again.
+		if ev.DeadLetter == "" && t.reject != nil && t.reject(ev, err) {
+			return
+		}
 		t.Fail(err)
 		return
 	}
+	if t.onAck != nil {
+		t.onAck(ev)
+	}
 	t.Ack(ev)
+}
+
+// Hooks installs, before the first Add, what Done calls besides the
+// tracker's own work: onAck for each confirmed event, and reject for a
+// failed one, which takes the event over (it will be Done again) when it
+// returns true. Both run on the sink's goroutines and must not block.
+func (t *Tracker) Hooks(onAck func(*Event), reject func(*Event, error) bool) {
+	t.onAck, t.reject = onAck, reject
 }
 
 // Fail records the first error that must stop the stream and closes Failed.

@@ -33,6 +33,15 @@ type Event struct {
 	// Row holds every column of the row in text form, for routing templates.
 	Row Row
 
+	// Invalid is set by the source on a row it could not read as an
+	// event (a RowError); the relay dead-letters or stops at it.
+	Invalid error
+	// DeadLetter, when set, sends the event to the sink's dead-letter
+	// destination with this reason.
+	DeadLetter string
+	// Destination is set by the sink: the exchange or topic the event went to.
+	Destination string
+
 	seq  uint64
 	size int
 	done func(*Event, error)

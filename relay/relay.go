@@ -13,9 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/relay-dev/relay/metrics"
 )
 
 // Source produces events from the database, one session at a time.
@@ -40,6 +43,15 @@ type Config struct {
 	MaxInFlight int
 	// MaxInFlightBytes bounds their approximate memory.
 	MaxInFlightBytes int
+	// DeadLetter tells that the sink has a dead-letter destination: a row
+	// that cannot be published goes there, and the stream goes on.
+	// Without one the stream stops before such a row and retries every
+	// BlockedRetry, in case the cause was fixed (a broker limit raised);
+	// Blocked reports the row meanwhile.
+	DeadLetter   bool
+	BlockedRetry time.Duration
+	// Metrics records events and errors; nil records nothing.
+	Metrics *metrics.Metrics
 	// Logger receives lifecycle events and errors; never one line per event.
 	Logger *slog.Logger
 }
@@ -47,9 +59,13 @@ type Config struct {
 // Relay runs sessions of Source → Sink until its context ends or an error
 // that retrying cannot fix.
 type Relay struct {
-	cfg Config
-	log *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	blocked atomic.Pointer[RowError]
 }
+
+// Blocked returns the row the stream is stopped at, or nil.
+func (r *Relay) Blocked() *RowError { return r.blocked.Load() }
 
 // New returns a Relay for cfg.
 func New(cfg Config) *Relay {
@@ -58,6 +74,9 @@ func New(cfg Config) *Relay {
 	}
 	if cfg.MaxInFlightBytes <= 0 {
 		cfg.MaxInFlightBytes = 64 << 20
+	}
+	if cfg.BlockedRetry <= 0 {
+		cfg.BlockedRetry = 30 * time.Second
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -68,7 +87,9 @@ func New(cfg Config) *Relay {
 
 // Run streams until ctx ends (returning nil) or a Permanent error occurs.
 // Transient errors (lost connections, a slot held by another process) are
-// logged and retried with capped exponential backoff.
+// logged and retried with capped exponential backoff. A row that cannot be
+// published and has nowhere to be dead-lettered blocks the stream: Run
+// reports it through Blocked and tries again every BlockedRetry.
 func (r *Relay) Run(ctx context.Context) error {
 	backoff := NewBackoff(500*time.Millisecond, 30*time.Second)
 	for {
@@ -76,6 +97,19 @@ func (r *Relay) Run(ctx context.Context) error {
 		err := r.session(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		r.cfg.Metrics.SessionRestart()
+		if re, ok := AsBadRow(err); ok {
+			r.blocked.Store(re)
+			r.cfg.Metrics.Blocked(true)
+			r.log.Error("the stream is stopped at a row that cannot be published; it resumes once the cause is fixed, or set a dead-letter destination (RELAY_DEAD_LETTER) and restart",
+				"event_id", re.ID, "lsn", re.LSN.String(), "index", re.Index, "reason", re.Err.Error(), "retry_in", r.cfg.BlockedRetry.String())
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(r.cfg.BlockedRetry):
+			}
+			continue
 		}
 		if IsPermanent(err) {
 			return err
@@ -98,6 +132,22 @@ func (r *Relay) Run(ctx context.Context) error {
 // confirms for events of an earlier session are ignored.
 func (r *Relay) session(ctx context.Context) error {
 	tr := NewTracker(r.cfg.MaxInFlight, r.cfg.MaxInFlightBytes, 0)
+	// Rejected events come back to the publishing goroutine, the only one
+	// that may call Publish. Each event is rejected at most once, so the
+	// in-flight bound is the channel's.
+	rejects := make(chan rejected, r.cfg.MaxInFlight)
+	tr.Hooks(r.acked, func(ev *Event, err error) bool {
+		r.cfg.Metrics.PublishError(reason(err))
+		if _, ok := AsBadRow(err); !ok || !r.cfg.DeadLetter {
+			return false
+		}
+		select {
+		case rejects <- rejected{ev, err}:
+			return true
+		default:
+			return false
+		}
+	})
 	events := make(chan *Event, r.cfg.MaxInFlight)
 	// The publisher outlives ctx: on shutdown the source stops reading but
 	// waits for what is in flight, so events already admitted must still
@@ -112,18 +162,58 @@ func (r *Relay) session(ctx context.Context) error {
 		return r.cfg.Source.Stream(ctx, events, tr)
 	})
 	g.Go(func() error {
-		for ev := range events {
+		gauge := time.NewTicker(time.Second)
+		defer gauge.Stop()
+		for {
+			var (
+				ev    *Event
+				cause error
+			)
+			select {
+			case e, ok := <-events:
+				if !ok {
+					// Keep dead-lettering while the source waits
+					// for what is in flight, until the session ends.
+					events = nil
+					continue
+				}
+				ev, cause = e, e.Invalid
+			case rj := <-rejects:
+				ev, cause = rj.ev, rj.err
+			case <-gauge.C:
+				r.cfg.Metrics.InFlight(tr.InFlight())
+				continue
+			case <-pubCtx.Done():
+				return nil
+			}
 			if tr.Err() != nil {
 				continue // the session is failing; drain so nothing blocks
+			}
+			if cause != nil {
+				if ev.Invalid != nil {
+					r.cfg.Metrics.PublishError(reason(cause))
+				}
+				ev, cause = r.deadLetter(ev, cause)
+				if cause != nil {
+					tr.Fail(cause)
+					continue
+				}
 			}
 			if err := r.cfg.Sink.Publish(pubCtx, ev); err != nil {
 				if pubCtx.Err() != nil {
 					return nil
 				}
+				r.cfg.Metrics.PublishError(reason(err))
+				if _, ok := AsBadRow(err); ok && ev.DeadLetter == "" && r.cfg.DeadLetter {
+					select {
+					case rejects <- rejected{ev, err}:
+						continue
+					default:
+					}
+				}
 				tr.Fail(fmt.Errorf("publish event %s: %w", ev.ID, err))
 			}
 		}
-		return nil
 	})
 	err := g.Wait()
 	if err == nil {
@@ -133,6 +223,71 @@ func (r *Relay) session(ctx context.Context) error {
 		err = errors.New("replication stream ended")
 	}
 	return err
+}
+
+type rejected struct {
+	ev  *Event
+	err error
+}
+
+// acked runs for every confirmed event.
+func (r *Relay) acked(ev *Event) {
+	r.cfg.Metrics.Published(ev.Destination, ev.CommitTime)
+	if re := r.blocked.Load(); re != nil && re.LSN == ev.CommitLSN && re.Index == ev.Index {
+		if r.blocked.CompareAndSwap(re, nil) {
+			r.cfg.Metrics.Blocked(false)
+			r.log.Info("the row the stream was stopped at is published; streaming again", "event_id", ev.ID)
+		}
+	}
+}
+
+// deadLetter returns the dead letter that replaces ev, failed with cause,
+// or the error that stops the stream when there is nowhere to send it.
+func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
+	re, ok := AsBadRow(cause)
+	if !ok {
+		re = &RowError{ID: ev.ID, LSN: ev.CommitLSN, Index: ev.Index, Err: cause}
+	}
+	if !r.cfg.DeadLetter || ev.DeadLetter != "" {
+		return nil, re
+	}
+	dl := *ev
+	dl.Invalid = nil
+	dl.DeadLetter = re.Err.Error()
+	if errors.Is(cause, ErrTooLarge) {
+		// Its payload is what the broker refuses; the row keeps it.
+		dl.Payload = nil
+		dl.Headers = append(dl.Headers[:len(dl.Headers):len(dl.Headers)], Header{Key: "x-relay-payload-omitted", Value: fmt.Sprintf("%d bytes", len(ev.Payload))})
+	}
+	dl.done = func(_ *Event, err error) {
+		if err == nil {
+			r.cfg.Metrics.DeadLettered()
+		}
+		// The original's Done: the tracker acks it, or fails the stream.
+		ev.Done(err)
+	}
+	// Only the original counts as dead-lettered from now: its Done, when
+	// called by the dead letter's outcome, must not reject it again.
+	ev.DeadLetter = dl.DeadLetter
+	r.log.Warn("dead-lettering a row that cannot be published", "event_id", re.Row(), "lsn", re.LSN.String(), "index", re.Index, "reason", dl.DeadLetter)
+	return &dl, nil
+}
+
+// reason is a short, stable word for what made a publish fail, for the
+// relay_publish_errors_total label.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
+	case IsPermanent(err):
+		if _, ok := AsBadRow(err); ok {
+			return "bad_row"
+		}
+		return "permanent"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	}
+	return "transient"
 }
 
 // Backoff is capped exponential backoff for retry loops.

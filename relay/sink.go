@@ -22,6 +22,11 @@ import (
 // with Permanent. Publish blocks while the sink's own window is full and
 // returns ctx's error if ctx ends first, leaving the event unpublished.
 //
+// An event whose DeadLetter is set goes to the sink's dead-letter
+// destination instead of its own, carrying DeadLetter as the reason; a sink
+// without one fails it. A sink sets Destination to where it published the
+// event (the exchange or the topic), for metrics.
+//
 // Close waits, until ctx ends, for every published event's Done and then
 // releases the connection. Publish must not be called after Close.
 type Sink interface {
@@ -44,8 +49,10 @@ func Permanent(err error) error {
 	return permanentError{err}
 }
 
-// IsPermanent reports whether err, or an error it wraps, was marked Permanent.
+// IsPermanent reports whether err, or an error it wraps, was marked
+// Permanent or is a RowError.
 func IsPermanent(err error) bool {
 	var p permanentError
-	return errors.As(err, &p)
+	var re *RowError
+	return errors.As(err, &p) || errors.As(err, &re)
 }

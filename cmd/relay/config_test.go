@@ -55,6 +55,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		MaxInFlightBytes:       64 << 20,
 		StatusInterval:         10 * time.Second,
 		ShutdownTimeout:        10 * time.Second,
+		BlockedRetry:           30 * time.Second,
+		HeartbeatInterval:      30 * time.Second,
 		LogLevel:               "info",
 		LogFormat:              "json",
 		HTTPAddr:               ":8080",

@@ -145,11 +145,12 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 	return rel.event(values)
 }
 
-// event builds the event for one row of rel.
+// event builds the event for one row of rel. For a bad row it returns the
+// event as far as it got, with an error wrapping errBadRow.
 func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 	ev := &relay.Event{Table: rel.table, Row: relay.Row{Names: rel.names, Values: values}}
 	if values[rel.id] == nil {
-		return nil, fmt.Errorf("%w in %s: id column %s is null", errBadRow, rel.table, rel.names[rel.id])
+		return ev, fmt.Errorf("%w in %s: id column %s is null", errBadRow, rel.table, rel.names[rel.id])
 	}
 	ev.ID = string(values[rel.id])
 	bad := func(format string, args ...any) error {
@@ -160,7 +161,7 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 		dst *string
 	}{{rel.aggType, &ev.AggregateType}, {rel.aggID, &ev.AggregateID}, {rel.evType, &ev.EventType}} {
 		if values[f.i] == nil {
-			return nil, bad("column %s is null", rel.names[f.i])
+			return ev, bad("column %s is null", rel.names[f.i])
 		}
 		*f.dst = string(values[f.i])
 	}
@@ -172,7 +173,7 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 	case rel.types[rel.payload] == oidBytea:
 		b, err := decodeBytea(payload)
 		if err != nil {
-			return nil, bad("payload column %s: %v", rel.names[rel.payload], err)
+			return ev, bad("payload column %s: %v", rel.names[rel.payload], err)
 		}
 		ev.Payload = b
 	case rel.types[rel.payload] == oidJSON || rel.types[rel.payload] == oidJSONB:
@@ -184,14 +185,14 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 	if rel.headers >= 0 && values[rel.headers] != nil {
 		h, err := decodeHeaders(values[rel.headers])
 		if err != nil {
-			return nil, bad("headers column %s: %v", rel.names[rel.headers], err)
+			return ev, bad("headers column %s: %v", rel.names[rel.headers], err)
 		}
 		ev.Headers = h
 	}
 	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
 		t, err := decodeTimestamp(values[rel.createdAt])
 		if err != nil {
-			return nil, bad("created_at column %s: %v", rel.names[rel.createdAt], err)
+			return ev, bad("created_at column %s: %v", rel.names[rel.createdAt], err)
 		}
 		ev.CreatedAt = t
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -56,7 +57,13 @@ type Config struct {
 	// ShutdownTimeout bounds how long shutdown waits for in-flight events to
 	// be confirmed before the final status update. Default 10s.
 	ShutdownTimeout time.Duration
-	Logger          *slog.Logger
+	// SlotRecreate lets the source recreate a slot that disappeared or was
+	// invalidated while it used it, instead of stopping: the rows
+	// committed in between are then never published, which it logs.
+	SlotRecreate bool
+	// Metrics records positions and transactions; nil records nothing.
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
 }
 
 // Source is a relay.Source over PostgreSQL logical replication.
@@ -189,6 +196,7 @@ type stream struct {
 	start  relay.LSN // the slot's confirmed position; never report less
 	sent   relay.LSN // last position reported
 	sentAt time.Time
+	walEnd relay.LSN // the server's WAL end, as last reported by it
 
 	inTxn      bool
 	commitLSN  relay.LSN
@@ -275,6 +283,7 @@ func (st *stream) status(now time.Time, force bool) error {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	st.sent, st.sentAt = safe, now
+	st.src.cfg.Metrics.Positions(uint64(safe), uint64(st.walEnd))
 	return nil
 }
 
@@ -292,6 +301,7 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 		// been sent (or skipped as irrelevant), so once everything received
 		// is confirmed, that end is safe: an outbox without traffic does not
 		// hold WAL back. Not inside a transaction, whose rest is still to come.
+		st.walEnd = max(st.walEnd, relay.LSN(ka.ServerWALEnd))
 		if !st.inTxn {
 			st.tr.Mark(relay.LSN(ka.ServerWALEnd))
 		}
@@ -304,6 +314,7 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse xlogdata: %w", err)
 		}
+		st.walEnd = max(st.walEnd, relay.LSN(xld.ServerWALEnd))
 		// The receive buffer is reused by the next read; events keep slices
 		// of this copy.
 		return st.logical(ctx, xld.WALStart, append([]byte(nil), xld.WALData...))
@@ -324,13 +335,14 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 			return errors.New("insert outside a transaction")
 		}
 		ev, err := decodeInsert(data, st.rels)
-		if err != nil {
-			if errors.Is(err, errBadRow) {
-				return relay.Permanent(fmt.Errorf("commit %s: %w", st.commitLSN, err))
-			}
+		if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
 			return fmt.Errorf("decode insert at %s: %w", relay.LSN(walStart), err)
 		}
 		ev.CommitLSN, ev.CommitTime, ev.Index = st.commitLSN, st.commitTime, st.index
+		if err != nil {
+			// The relay dead-letters it or stops before it.
+			ev.Invalid = relay.BadRow(ev, err)
+		}
 		if ev.CreatedAt.IsZero() {
 			ev.CreatedAt = st.commitTime
 		}
@@ -352,6 +364,9 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 			return errors.New("commit outside a transaction")
 		}
 		st.inTxn = false
+		if st.index > 0 {
+			st.src.cfg.Metrics.Transaction()
+		}
 		// A restart resumes after the confirmed position and skips any
 		// transaction whose commit record starts before it, so the end of
 		// this transaction becomes safe only once all its rows are confirmed.

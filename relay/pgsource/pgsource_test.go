@@ -100,6 +100,9 @@ type fixture struct {
 	db   *pgx.Conn
 	url  string
 	slot string
+	// relay is the one run last started; deadLetter is given to it.
+	relay      *relay.Relay
+	deadLetter bool
 }
 
 func newFixture(t *testing.T, ddl string) *fixture {
@@ -139,9 +142,11 @@ func (f *fixture) run(t *testing.T, cols pgsource.Columns, sink relay.Sink, tabl
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	finished := make(chan struct{})
+	f.relay = relay.New(relay.Config{Source: src, Sink: sink, DeadLetter: f.deadLetter, BlockedRetry: 200 * time.Millisecond})
+	r := f.relay
 	go func() {
 		defer close(finished)
-		done <- relay.New(relay.Config{Source: src, Sink: sink}).Run(ctx)
+		done <- r.Run(ctx)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -227,14 +232,29 @@ func TestDebeziumLayoutAndPayloadTypes(t *testing.T) {
 
 func TestBadRowStopsWithItsID(t *testing.T) {
 	f := newFixture(t, `CREATE TABLE outbox (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload jsonb, headers jsonb, created_at timestamptz)`)
-	done := f.run(t, pgsource.StandardColumns, &recorder{}, "outbox")
+	rec := &recorder{}
+	done := f.run(t, pgsource.StandardColumns, rec, "outbox")
 	waitSlot(t, f)
 	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('bad-1', 'order', NULL, 'x', '{}')`); err != nil {
 		t.Fatal(err)
 	}
-	err := waitErr(t, done)
-	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "bad-1") || !strings.Contains(err.Error(), "aggregate_id") {
-		t.Fatalf("error %v: want a permanent error naming the row and the column", err)
+	deadline := time.Now().Add(30 * time.Second)
+	var re *relay.RowError
+	for ; re == nil; re = f.relay.Blocked() {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay does not report itself blocked at the bad row")
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the relay stopped (%v) instead of waiting at the bad row", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if re.ID != "bad-1" || !strings.Contains(re.Error(), "aggregate_id") {
+		t.Fatalf("blocked at %v: want the row bad-1 and the column aggregate_id", re)
+	}
+	if n := len(rec.got()); n != 0 {
+		t.Errorf("the sink got %d events; a bad row is never published as it is", n)
 	}
 	// Nothing past the bad row was confirmed: a restart meets it again.
 	var confirmed, end pgLSN
@@ -242,6 +262,48 @@ func TestBadRowStopsWithItsID(t *testing.T) {
 	f.db.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&end)
 	if confirmed >= end {
 		t.Fatalf("slot confirmed %s past the bad row (WAL end %s)", confirmed, end)
+	}
+}
+
+func TestBadRowIsDeadLettered(t *testing.T) {
+	f := newFixture(t, `CREATE TABLE outbox (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload jsonb, headers jsonb, created_at timestamptz)`)
+	f.deadLetter = true
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	waitSlot(t, f)
+	_, err := f.db.Exec(t.Context(), `
+		INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('ok-1', 'order', '1', 'x', '{}');
+		INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES ('bad-2', 'order', '1', 'x', '{}', '[1]');
+		INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('ok-3', 'order', '1', 'x', '{}')`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := rec.wait(t, 3)
+	for i, want := range []string{"ok-1", "bad-2", "ok-3"} {
+		if evs[i].ID != want {
+			t.Fatalf("event %d is %s, want %s", i, evs[i].ID, want)
+		}
+	}
+	if evs[0].DeadLetter != "" || evs[2].DeadLetter != "" {
+		t.Errorf("good rows dead-lettered: %q, %q", evs[0].DeadLetter, evs[2].DeadLetter)
+	}
+	if !strings.Contains(evs[1].DeadLetter, "headers") {
+		t.Errorf("the bad row's dead letter says %q, want the reason naming the headers column", evs[1].DeadLetter)
+	}
+	// The stream went on: the slot passes all three rows.
+	var end pgLSN
+	f.db.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()").Scan(&end)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var confirmed pgLSN
+		f.db.QueryRow(t.Context(), "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&confirmed)
+		if confirmed >= end {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("slot at %s, not past the dead-lettered row (WAL end %s)", confirmed, end)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -197,8 +197,15 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is a %s slot with plugin %q; the relay needs a logical pgoutput slot (RELAY_SLOT)", s.cfg.Slot, slotType, plugin))
 			case db != current:
 				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s belongs to database %s, not %s (RELAY_SLOT)", s.cfg.Slot, db, current))
+			case walStatus != nil && *walStatus == "lost" && s.cfg.SlotRecreate && attempt == 0:
+				s.log.Warn("replication slot is lost (wal_status lost); recreating it as RELAY_SLOT_RECREATE allows: rows committed since its last confirmed position may never be published", "slot", s.cfg.Slot, "last_confirmed_lsn", lsnString(confirmed))
+				if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", s.cfg.Slot); err != nil {
+					return slotInfo{}, classify(fmt.Errorf("drop lost replication slot %s: %w", s.cfg.Slot, err))
+				}
+				s.slotSeen = false
+				continue
 			case walStatus != nil && *walStatus == "lost":
-				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is lost (wal_status lost): PostgreSQL removed WAL it still needed, so rows may be missing; drop the slot and recreate it deliberately", s.cfg.Slot))
+				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is lost (wal_status lost): PostgreSQL removed WAL it still needed, so rows may be missing; drop the slot and recreate it deliberately, or set RELAY_SLOT_RECREATE=true", s.cfg.Slot))
 			case confirmed == nil:
 				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s has no confirmed_flush_lsn", s.cfg.Slot))
 			}
@@ -208,8 +215,11 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return slotInfo{}, fmt.Errorf("read replication slot %s: %w", s.cfg.Slot, err)
 		}
+		if s.slotSeen && !s.cfg.SlotRecreate {
+			return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s disappeared while the relay was using it; rows committed since its last confirmed position may be missing: recreate it deliberately and restart, or set RELAY_SLOT_RECREATE=true", s.cfg.Slot))
+		}
 		if s.slotSeen {
-			return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s disappeared while the relay was using it; rows committed since its last confirmed position may be missing: recreate it deliberately and restart", s.cfg.Slot))
+			s.log.Warn("replication slot disappeared; recreating it as RELAY_SLOT_RECREATE allows: rows committed since its last confirmed position may never be published", "slot", s.cfg.Slot)
 		}
 		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 			Mode:           pglogrepl.LogicalReplication,
@@ -229,6 +239,13 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		s.log.Info("created replication slot", "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)
 		return slotInfo{confirmed: relay.LSN(lsn), created: true}, nil
 	}
+}
+
+func lsnString(l *pglogrepl.LSN) string {
+	if l == nil {
+		return "unknown"
+	}
+	return l.String()
 }
 
 func (s *Source) tableNames() []string {

@@ -65,6 +65,9 @@ type Config struct {
 	CheckpointTopic      string
 	TransactionMaxEvents int
 	TransactionLinger    time.Duration
+	// DeadLetter is the topic dead letters go to (relay.Event.DeadLetter),
+	// with header x-relay-error the reason. Empty: none.
+	DeadLetter string
 	// Logger receives connection trouble and data loss warnings. Default: discard.
 	Logger *slog.Logger
 }
@@ -79,6 +82,7 @@ type Sink struct {
 	log     *slog.Logger
 	healthy atomic.Bool
 
+	dlq string
 	txn *txn // nil unless exactly-once
 	// slots bounds the records produced and not yet acknowledged. kgo
 	// bounds them too, but blocks on the context given to Produce and
@@ -125,6 +129,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		known:  map[string]bool{},
 		limits: map[string]int32{},
 		slots:  make(chan struct{}, maxBuffered),
+		dlq:    cfg.DeadLetter,
 	}
 	conn := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -264,8 +269,14 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		return err
 	}
 	topic, err := s.topic.Execute(ev)
+	if ev.DeadLetter != "" {
+		if s.dlq == "" {
+			return relay.Permanent(fmt.Errorf("event %s: no dead-letter topic for: %s", ev.ID, ev.DeadLetter))
+		}
+		topic, err = s.dlq, nil
+	}
 	if err != nil {
-		return relay.Permanent(fmt.Errorf("topic of event %s: %w", ev.ID, err))
+		return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
 	}
 	if err := s.prepare(ctx, topic); err != nil {
 		if relay.IsPermanent(err) {
@@ -274,6 +285,7 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		return err
 	}
 	r := record(ev, topic)
+	ev.Destination = topic
 	if s.txn != nil {
 		return s.txn.publish(ctx, ev, r)
 	}
@@ -318,6 +330,13 @@ func record(ev *relay.Event, topic string) *kgo.Record {
 		kgo.RecordHeader{Key: "aggregate_type", Value: []byte(ev.AggregateType)},
 		kgo.RecordHeader{Key: "x-relay-lsn", Value: []byte(ev.CommitLSN.String())},
 	)
+	if ev.DeadLetter != "" {
+		headers = append(headers,
+			kgo.RecordHeader{Key: "x-relay-error", Value: []byte(ev.DeadLetter)},
+			kgo.RecordHeader{Key: "x-relay-table", Value: []byte(ev.Table)},
+			kgo.RecordHeader{Key: "x-relay-index", Value: []byte(strconv.Itoa(ev.Index))},
+		)
+	}
 	return &kgo.Record{
 		Topic:     topic,
 		Key:       []byte(ev.AggregateID),
@@ -335,7 +354,7 @@ func produceError(ev *relay.Event, topic string, err error) error {
 		// kgo fails a record over the limit it knows on its own; a broker
 		// rejects a whole batch, which happens only if the sink could not
 		// read the limit, and then the culprit may be a neighbour.
-		err = fmt.Errorf("%w (if this row is small, a larger row produced right after it exceeds the topic's max.message.bytes)", err)
+		return relay.BadRow(ev, fmt.Errorf("%w: %d bytes to topic %s: %w (if this row is small, a larger row produced right after it exceeds the topic's max.message.bytes)", relay.ErrTooLarge, len(ev.Payload), topic, err))
 	}
 	err = fmt.Errorf("kafka: event %s (%d bytes) to topic %s: %w", ev.ID, len(ev.Payload), topic, err)
 	if errors.Is(err, kgo.ErrClientClosed) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {

@@ -124,6 +124,12 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		t.mu.Unlock()
 		return nil
 	}
+	if size, limit := recordSize(r), t.s.batchMax(r.Topic); size > int(limit) {
+		// Failing in the transaction would abort its other events
+		// with it, and the replay would meet the row again.
+		t.mu.Unlock()
+		return relay.BadRow(ev, fmt.Errorf("%w: a record of about %d bytes exceeds the max.message.bytes of topic %s (%d)", relay.ErrTooLarge, size, r.Topic, limit))
+	}
 	if !t.open {
 		if err := t.cl.BeginTransaction(); err != nil {
 			err = t.fencedLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
@@ -302,12 +308,29 @@ func (t *txn) claimLocked(ctx context.Context) error {
 	return t.commitLocked(ctx)
 }
 
+// doneAll returns the Done calls of events that ended with err. A row at
+// fault is the only one to get a row error; the others were only aborted
+// with it, and are published again.
 func doneAll(events []*relay.Event, err error) []func() {
 	fs := make([]func(), len(events))
+	re, bad := relay.AsBadRow(err)
 	for i, ev := range events {
-		fs[i] = func() { ev.Done(err) }
+		evErr := err
+		if bad && (ev.CommitLSN != re.LSN || ev.Index != re.Index) {
+			evErr = fmt.Errorf("kafka: transaction aborted with %s", re.Row())
+		}
+		fs[i] = func() { ev.Done(evErr) }
 	}
 	return fs
+}
+
+// recordSize overestimates the bytes r takes in a record batch.
+func recordSize(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value) + 128 // batch header and varints
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 10
+	}
+	return n
 }
 
 // reloadLocked rereads the committed checkpoint.

@@ -24,6 +24,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -55,6 +56,12 @@ type Config struct {
 	RoutingKey *relay.Template
 	// ConfirmWindow is the most publishes awaiting a broker confirm. Default 256.
 	ConfirmWindow int
+	// DeadLetter is the exchange dead letters go to (relay.Event.DeadLetter),
+	// declared as a durable topic exchange when absent; their routing key is
+	// the source table, and header x-relay-error the reason. Empty: none.
+	DeadLetter string
+	// Metrics counts republished events; nil counts nothing.
+	Metrics *metrics.Metrics
 	// Logger receives connection failures and recoveries. Default: discard.
 	Logger *slog.Logger
 }
@@ -62,6 +69,8 @@ type Config struct {
 // Sink publishes events to RabbitMQ. It implements relay.Sink.
 type Sink struct {
 	exchange string
+	dlx      string
+	metrics  *metrics.Metrics
 	key      *relay.Template
 	window   int
 	log      *slog.Logger
@@ -102,9 +111,10 @@ type Sink struct {
 
 // pending is an event published or queued for publishing and not yet done.
 type pending struct {
-	ev  *relay.Event
-	key string
-	msg amqp.Publishing
+	ev       *relay.Event
+	exchange string
+	key      string
+	msg      amqp.Publishing
 
 	gen      uint64 // generation it was last written in; 0: not written since the last recovery
 	tag      uint64
@@ -151,6 +161,8 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	life, stop := context.WithCancel(context.Background())
 	s := &Sink{
 		exchange: cfg.Exchange,
+		dlx:      cfg.DeadLetter,
+		metrics:  cfg.Metrics,
 		key:      cfg.RoutingKey,
 		window:   cfg.ConfirmWindow,
 		log:      log.With("component", "rabbitmq"),
@@ -218,8 +230,9 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	limit := s.maxSize
 	s.mu.Unlock()
 	if limit > 0 && len(p.msg.Body) > limit {
-		return relay.Permanent(tooLarge(ev, limit))
+		return relay.BadRow(ev, tooLarge(ev, limit))
 	}
+	ev.Destination = p.exchange
 
 	select {
 	case s.sem <- struct{}{}:
@@ -246,7 +259,7 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	s.mu.Unlock()
 	s.assignTag(p, ch, gen)
 
-	if err := ch.Publish(s.exchange, p.key, true, false, p.msg); err != nil {
+	if err := ch.Publish(p.exchange, p.key, true, false, p.msg); err != nil {
 		s.mu.Lock()
 		s.unassignTagLocked(p, gen)
 		first := s.failLocked(gen)
@@ -316,9 +329,16 @@ func (s *Sink) teardown() {
 
 // pending builds the AMQP message for ev.
 func (s *Sink) pending(ev *relay.Event) (*pending, error) {
+	exchange := s.exchange
 	key, err := s.key.Execute(ev)
+	if ev.DeadLetter != "" {
+		if s.dlx == "" {
+			return nil, relay.Permanent(fmt.Errorf("event %s: no dead-letter exchange for: %s", ev.ID, ev.DeadLetter))
+		}
+		exchange, key, err = s.dlx, ev.Table, nil
+	}
 	if err != nil {
-		return nil, relay.Permanent(fmt.Errorf("routing key of event %s: %w", ev.ID, err))
+		return nil, relay.BadRow(ev, fmt.Errorf("routing key: %w", err))
 	}
 	for _, f := range []struct{ name, value string }{
 		{"routing key", key},
@@ -327,13 +347,13 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		{"content type", ev.ContentType},
 	} {
 		if len(f.value) > maxShortstr {
-			return nil, relay.Permanent(fmt.Errorf("event %s: %s is %d bytes, AMQP allows at most %d", ev.ID, f.name, len(f.value), maxShortstr))
+			return nil, relay.BadRow(ev, fmt.Errorf("%s is %d bytes, AMQP allows at most %d", f.name, len(f.value), maxShortstr))
 		}
 	}
 	headers := make(amqp.Table, len(ev.Headers)+3)
 	for _, h := range ev.Headers {
 		if len(h.Key) > maxShortstr {
-			return nil, relay.Permanent(fmt.Errorf("event %s: header name is %d bytes, AMQP allows at most %d", ev.ID, len(h.Key), maxShortstr))
+			return nil, relay.BadRow(ev, fmt.Errorf("header name is %d bytes, AMQP allows at most %d", len(h.Key), maxShortstr))
 		}
 		headers[h.Key] = h.Value
 	}
@@ -341,9 +361,14 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	headers["aggregate_type"] = ev.AggregateType
 	headers["aggregate_id"] = ev.AggregateID
 	headers["x-relay-lsn"] = ev.CommitLSN.String()
+	if ev.DeadLetter != "" {
+		headers["x-relay-error"] = ev.DeadLetter
+		headers["x-relay-index"] = int64(ev.Index)
+	}
 	return &pending{
-		ev:  ev,
-		key: key,
+		ev:       ev,
+		exchange: exchange,
+		key:      key,
 		msg: amqp.Publishing{
 			Headers:      headers,
 			ContentType:  ev.ContentType,
@@ -463,5 +488,5 @@ func (s *Sink) dial(ctx context.Context) (*amqp.Connection, error) {
 }
 
 func tooLarge(ev *relay.Event, limit int) error {
-	return fmt.Errorf("event %s: body of %d bytes exceeds the broker's max_message_size of %d bytes", ev.ID, len(ev.Payload), limit)
+	return fmt.Errorf("%w: body of %d bytes exceeds the broker's max_message_size of %d bytes", relay.ErrTooLarge, len(ev.Payload), limit)
 }

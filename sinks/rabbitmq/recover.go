@@ -79,8 +79,13 @@ func (s *Sink) recover(ctx context.Context) error {
 		go s.watchBlocked(c, blocks)
 	}
 
-	if err := declareExchange(conn, s.exchange); err != nil {
-		return err
+	for _, x := range []string{s.exchange, s.dlx} {
+		if x == "" {
+			continue
+		}
+		if err := declareExchange(conn, x); err != nil {
+			return err
+		}
 	}
 	ch, err := conn.Channel()
 	if err != nil {
@@ -141,7 +146,7 @@ func (s *Sink) recover(ctx context.Context) error {
 	for _, p := range tooBig {
 		err := tooLarge(p.ev, limit)
 		s.log.Warn("event exceeds the broker's max_message_size; failing it", "event_id", p.ev.ID, "error", err)
-		s.complete(p, relay.Permanent(err))
+		s.complete(p, relay.BadRow(p.ev, err))
 	}
 
 	for _, p := range resend {
@@ -156,7 +161,7 @@ func (s *Sink) recover(ctx context.Context) error {
 			continue
 		}
 		s.assignTag(p, ch, gen)
-		if err := ch.Publish(s.exchange, p.key, true, false, p.msg); err != nil {
+		if err := ch.Publish(p.exchange, p.key, true, false, p.msg); err != nil {
 			s.mu.Lock()
 			s.unassignTagLocked(p, gen)
 			s.failLocked(gen)
@@ -172,6 +177,7 @@ func (s *Sink) recover(ctx context.Context) error {
 	s.healthy = true
 	s.mu.Unlock()
 	if gen > 1 {
+		s.metrics.Retried(len(resend))
 		s.log.Info("RabbitMQ channel reopened; unconfirmed events republished", "republished", len(resend))
 	}
 	return nil

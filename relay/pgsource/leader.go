@@ -1,0 +1,224 @@
+package pgsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relay-dev/relay/metrics"
+	"github.com/relay-dev/relay/relay"
+)
+
+// LeaderConfig configures a Leader.
+type LeaderConfig struct {
+	// ConnString is the database URL; the lock lives on a normal
+	// connection to it.
+	ConnString string
+	// Slot keys the lock: relays that share a slot contend for one lock.
+	Slot string
+	// Heartbeat is how often the leader writes a heartbeat message to the
+	// WAL (pg_logical_emit_message), so that the slot has something to
+	// confirm when only other databases write. 0 disables it.
+	Heartbeat time.Duration
+	// Poll is how often a standby tries the lock. Default 1s.
+	Poll    time.Duration
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+}
+
+// Leader is the leader lock: a session-level advisory lock keyed by the
+// slot, held on a normal connection for as long as this relay streams.
+// The slot admits one reader anyway, but a lock lets a standby wait
+// quietly and take over within a poll interval of the leader's death
+// (PostgreSQL releases the lock when the leader's backend sees its
+// connection close), and it gives the leader a connection for heartbeats
+// and slot statistics.
+type Leader struct {
+	cfg  LeaderConfig
+	log  *slog.Logger
+	conn *pgx.Conn
+}
+
+// NewLeader returns a Leader; Acquire connects.
+func NewLeader(cfg LeaderConfig) *Leader {
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Leader{cfg: cfg, log: log.With("component", "leader")}
+}
+
+// Acquire blocks until this relay holds the lock or ctx ends. waiting is
+// called with the reason while it does not.
+func (l *Leader) Acquire(ctx context.Context, waiting func(reason string)) error {
+	key := LeaderLockKey(l.cfg.Slot)
+	backoff := relay.NewBackoff(500*time.Millisecond, 10*time.Second)
+	logged := false
+	for {
+		if l.conn == nil {
+			conn, err := l.connect(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if relay.IsPermanent(err) {
+					return err
+				}
+				wait := backoff.Next()
+				waiting("cannot connect to PostgreSQL for the leader lock")
+				l.log.Warn("cannot connect for the leader lock; retrying", "error", err, "retry_in", wait.String())
+				if err := sleep(ctx, wait); err != nil {
+					return err
+				}
+				continue
+			}
+			l.conn = conn
+			backoff.Reset()
+		}
+		var got bool
+		err := l.conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got)
+		if err != nil {
+			l.drop()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			l.log.Warn("trying the leader lock failed; reconnecting", "error", err)
+			continue
+		}
+		if got {
+			l.cfg.Metrics.Leader(true)
+			l.log.Info("leader lock acquired: this relay streams", "slot", l.cfg.Slot)
+			return nil
+		}
+		holder := l.holder(ctx, key)
+		waiting("standby: another relay holds the leader lock for slot " + l.cfg.Slot + holder)
+		if !logged {
+			l.log.Info("standing by: another relay holds the leader lock", "slot", l.cfg.Slot, "holder", holder)
+			logged = true
+		}
+		if err := sleep(ctx, l.cfg.Poll); err != nil {
+			return err
+		}
+	}
+}
+
+// holder describes the session holding the lock, for messages.
+func (l *Leader) holder(ctx context.Context, key int64) string {
+	var pid int32
+	var app, addr *string
+	err := l.conn.QueryRow(ctx, `
+		SELECT l.pid, a.application_name, host(a.client_addr)
+		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+		  AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid`, key).Scan(&pid, &app, &addr)
+	if err != nil {
+		return ""
+	}
+	s := fmt.Sprintf(" (backend pid %d", pid)
+	if app != nil && *app != "" {
+		s += ", application " + *app
+	}
+	if addr != nil {
+		s += ", from " + *addr
+	}
+	return s + ")"
+}
+
+// Hold keeps the lock until ctx ends or the lock's connection fails, which
+// it reports by returning an error: another relay may take over at once,
+// so the caller must stop streaming. Meanwhile it writes heartbeats and
+// records the slot's retained WAL.
+func (l *Leader) Hold(ctx context.Context) error {
+	check := time.NewTicker(2 * time.Second)
+	defer check.Stop()
+	var beat <-chan time.Time
+	if l.cfg.Heartbeat > 0 {
+		t := time.NewTicker(l.cfg.Heartbeat)
+		defer t.Stop()
+		beat = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-check.C:
+			var retained *int64
+			err := l.conn.QueryRow(ctx, `
+				SELECT (pg_current_wal_lsn() - restart_lsn)::bigint
+				FROM pg_replication_slots WHERE slot_name = $1`, l.cfg.Slot).Scan(&retained)
+			if errors.Is(err, pgx.ErrNoRows) {
+				continue // not created yet, or gone: the source says which
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("the leader lock's connection failed, so another relay may take over: %w", err)
+			}
+			if retained != nil {
+				l.cfg.Metrics.RetainedWAL(*retained)
+			}
+		case <-beat:
+			// Non-transactional: it is in the WAL at once, costs no
+			// transaction id, and pgoutput does not send it to a client
+			// that did not ask for messages.
+			_, err := l.conn.Exec(ctx, "SELECT pg_logical_emit_message(false, 'relay-heartbeat', now()::text)")
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("heartbeat on the leader lock's connection: %w", err)
+			}
+			l.cfg.Metrics.Heartbeat()
+		}
+	}
+}
+
+// Release gives the lock up by closing its connection.
+func (l *Leader) Release() {
+	l.cfg.Metrics.Leader(false)
+	l.drop()
+}
+
+func (l *Leader) drop() {
+	if l.conn == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = l.conn.Close(ctx)
+	l.conn = nil
+}
+
+func (l *Leader) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(l.cfg.ConnString)
+	if err != nil {
+		return nil, relay.Permanent(fmt.Errorf("parse database url: %w", err))
+	}
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "relay"
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", relay.RedactURL(l.cfg.ConnString), err)
+	}
+	return conn, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
