@@ -69,9 +69,14 @@ type config struct {
 	StatusInterval   time.Duration `env:"RELAY_STATUS_INTERVAL" envDefault:"10s" help:"longest time between two standby status updates to PostgreSQL"`
 	ShutdownTimeout  time.Duration `env:"RELAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"on SIGINT/SIGTERM, how long to wait for in-flight confirms"`
 
+	DeadLetter        string        `env:"RELAY_DEAD_LETTER" help:"exchange (rabbitmq) or topic (kafka) for rows that cannot be published, with the reason in header x-relay-error; empty: the stream stops before such a row and retries"`
+	BlockedRetry      time.Duration `env:"RELAY_BLOCKED_RETRY_INTERVAL" envDefault:"30s" help:"without RELAY_DEAD_LETTER, how often a stream stopped at a bad row tries again"`
+	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
+	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
+
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"RELAY_LOG_FORMAT" envDefault:"json" help:"json or text"`
-	HTTPAddr  string `env:"RELAY_HTTP_ADDR" envDefault:":8080" help:"address of the HTTP server for /healthz and /readyz; empty disables it"`
+	HTTPAddr  string `env:"RELAY_HTTP_ADDR" envDefault:":8080" help:"address of the HTTP server for /healthz, /readyz and /metrics; empty disables it"`
 }
 
 // configError lists every bad variable, one per line.
@@ -208,6 +213,15 @@ func (c *config) validate() []string {
 	}
 	if c.ShutdownTimeout < 0 {
 		add("RELAY_SHUTDOWN_TIMEOUT", "%s: must not be negative", c.ShutdownTimeout)
+	}
+	if c.BlockedRetry < 100*time.Millisecond {
+		add("RELAY_BLOCKED_RETRY_INTERVAL", "%s: must be at least 100ms", c.BlockedRetry)
+	}
+	if c.HeartbeatInterval < 0 || c.HeartbeatInterval > 0 && c.HeartbeatInterval < 100*time.Millisecond {
+		add("RELAY_HEARTBEAT_INTERVAL", "%s: want 0 (off) or at least 100ms", c.HeartbeatInterval)
+	}
+	if len(c.DeadLetter) > 249 {
+		add("RELAY_DEAD_LETTER", "%d characters: at most 249", len(c.DeadLetter))
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		add("RELAY_LOG_LEVEL", "%v", err)

@@ -18,6 +18,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
 	"github.com/relay-dev/relay/sinks/kafka"
@@ -96,6 +100,8 @@ func newLogger(cfg config, w io.Writer) *slog.Logger {
 func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 	log.Info("starting relay", append([]any{"version", version}, cfg.logAttrs()...)...)
 
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, cfg.Sink)
 	src, err := pgsource.New(pgsource.Config{
 		ConnString:      cfg.DatabaseURL,
 		Tables:          cfg.tables(),
@@ -104,29 +110,42 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Publication:     cfg.Publication,
 		StatusInterval:  cfg.StatusInterval,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		SlotRecreate:    cfg.SlotRecreate,
+		Metrics:         m,
 		Logger:          log,
 	})
 	if err != nil {
 		return err
 	}
 
-	var httpErr chan error
-	// The HTTP server reads the sink while it is being created.
-	var current atomic.Value // connectedSink
+	// The HTTP server reads the state while the rest changes it.
+	var (
+		current atomic.Pointer[connectedSink] // of the leader's term
+		running atomic.Pointer[relay.Relay]
+		standby atomic.Pointer[string] // why this relay does not stream
+	)
 	ready := func() (bool, string) {
-		sink, _ := current.Load().(connectedSink)
+		if why := standby.Load(); why != nil {
+			return false, *why
+		}
+		cur := current.Load()
+		r := running.Load()
 		switch {
-		case sink == nil:
+		case cur == nil:
 			return false, "connecting to the broker"
-		case !sink.Connected():
+		case r != nil && r.Blocked() != nil:
+			re := r.Blocked()
+			return false, fmt.Sprintf("blocked at row %s (lsn %s, index %d): %v", re.Row(), re.LSN, re.Index, re.Err)
+		case !(*cur).Connected():
 			return false, "broker connection lost"
 		case !src.Streaming():
 			return false, "replication is not streaming"
 		}
 		return true, "streaming"
 	}
+	var httpErr chan error
 	if cfg.HTTPAddr != "" {
-		srv, err := startHTTP(cfg.HTTPAddr, ready)
+		srv, err := startHTTP(cfg.HTTPAddr, ready, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		if err != nil {
 			return err
 		}
@@ -136,14 +155,69 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		go func() { httpErr <- srv.Serve() }()
 	}
 
-	sink, err := newSink(ctx, cfg, log)
+	leader := pgsource.NewLeader(pgsource.LeaderConfig{
+		ConnString: cfg.DatabaseURL,
+		Slot:       cfg.Slot,
+		Heartbeat:  cfg.HeartbeatInterval,
+		Metrics:    m,
+		Logger:     log,
+	})
+	defer leader.Release()
+	m.Leader(false)
+	for {
+		why := "standby: waiting for the leader lock"
+		standby.Store(&why)
+		err := leader.Acquire(ctx, func(reason string) { standby.Store(&reason) })
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		standby.Store(nil)
+		err = lead(ctx, cfg, log, m, src, leader, &current, &running, httpErr)
+		current.Store(nil)
+		running.Store(nil)
+		leader.Release()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !errors.Is(err, errLostLeadership) {
+			return err
+		}
+		log.Warn("stopped streaming: the leader lock was lost; standing by", "error", err)
+	}
+}
+
+var errLostLeadership = errors.New("lost the leader lock")
+
+// lead streams while this relay holds the leader lock. The sink is created
+// here, not before: a standby must not connect as a producer (an
+// exactly-once one would fence the leader's transactions).
+func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics, src *pgsource.Source, leader *pgsource.Leader,
+	current *atomic.Pointer[connectedSink], running *atomic.Pointer[relay.Relay], httpErr <-chan error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		if err := leader.Hold(ctx); err != nil {
+			cancel(fmt.Errorf("%w: %w", errLostLeadership, err))
+		}
+	}()
+	defer func() { cancel(nil); <-held }()
+
+	sink, err := newSink(ctx, cfg, log, m)
 	if err != nil {
+		if cause := context.Cause(ctx); ctx.Err() != nil && cause != ctx.Err() {
+			return cause
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	current.Store(sink)
+	current.Store(&sink)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 		defer cancel()
@@ -157,20 +231,29 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		Sink:             sink,
 		MaxInFlight:      cfg.MaxInFlight,
 		MaxInFlightBytes: cfg.MaxInFlightBytes,
+		DeadLetter:       cfg.DeadLetter != "",
+		BlockedRetry:     cfg.BlockedRetry,
+		Metrics:          m,
 		Logger:           log,
 	})
+	running.Store(r)
 	runErr := make(chan error, 1)
 	go func() { runErr <- r.Run(ctx) }()
 	select {
 	case err := <-runErr:
+		if cause := context.Cause(ctx); errors.Is(cause, errLostLeadership) {
+			return cause
+		}
 		return err
 	case err := <-httpErr:
+		cancel(nil)
+		<-runErr
 		return fmt.Errorf("http server: %w", err)
 	}
 }
 
 // newSink connects to the configured broker, retrying until ctx ends.
-func newSink(ctx context.Context, cfg config, log *slog.Logger) (connectedSink, error) {
+func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics) (connectedSink, error) {
 	switch cfg.Sink {
 	case "kafka":
 		topic, err := relay.ParseTemplate(cfg.KafkaTopic)
@@ -189,6 +272,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger) (connectedSink, 
 			// A transaction cannot hold more events than the relay lets
 			// into flight; half keeps the next one filling meanwhile.
 			TransactionMaxEvents: max(cfg.MaxInFlight/2, 1),
+			DeadLetter:           cfg.DeadLetter,
 			Logger:               log,
 		}
 		if cfg.kafkaTLS() {
@@ -212,6 +296,8 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger) (connectedSink, 
 			Exchange:      cfg.AMQPExchange,
 			RoutingKey:    routingKey,
 			ConfirmWindow: cfg.AMQPConfirmWindow,
+			DeadLetter:    cfg.DeadLetter,
+			Metrics:       m,
 			Logger:        log,
 		})
 	}
@@ -239,7 +325,7 @@ func (h *httpServer) Serve() error {
 func (h *httpServer) Close() { h.srv.Close() }
 
 // startHTTP listens before returning, so a taken port fails at start.
-func startHTTP(addr string, ready func() (bool, string)) (*httpServer, error) {
+func startHTTP(addr string, ready func() (bool, string), metrics http.Handler) (*httpServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, relay.Permanent(fmt.Errorf("listen on RELAY_HTTP_ADDR %s: %w", addr, err))
@@ -248,8 +334,15 @@ func startHTTP(addr string, ready func() (bool, string)) (*httpServer, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.Handle("GET /metrics", metrics)
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ok, reason := ready()
+		// Orchestrators wait for replicas to be ready before they roll out
+		// or drain, which a standby never is; ?standby=ok lets their probe
+		// count a healthy standby as ready, while monitors see the truth.
+		if !ok && r.URL.Query().Get("standby") == "ok" && strings.HasPrefix(reason, "standby") {
+			ok = true
+		}
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
