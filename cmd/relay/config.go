@@ -72,6 +72,7 @@ type config struct {
 	DeadLetter        string        `env:"RELAY_DEAD_LETTER" help:"exchange (rabbitmq) or topic (kafka) for rows that cannot be published, with the reason in header x-relay-error; empty: the stream stops before such a row and retries"`
 	BlockedRetry      time.Duration `env:"RELAY_BLOCKED_RETRY_INTERVAL" envDefault:"30s" help:"without RELAY_DEAD_LETTER, how often a stream stopped at a bad row tries again"`
 	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
+	MessagePrefix     string        `env:"RELAY_MESSAGE_PREFIX" envDefault:"outbox" help:"prefix of transactional pg_logical_emit_message messages published as events (table-less outbox, schema/outbox_emit.sql); empty: off"`
 	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
 
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`

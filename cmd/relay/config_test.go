@@ -57,6 +57,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		ShutdownTimeout:        10 * time.Second,
 		BlockedRetry:           30 * time.Second,
 		HeartbeatInterval:      30 * time.Second,
+		MessagePrefix:          "outbox",
 		LogLevel:               "info",
 		LogFormat:              "json",
 		HTTPAddr:               ":8080",

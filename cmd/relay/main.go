@@ -111,6 +111,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		StatusInterval:  cfg.StatusInterval,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		SlotRecreate:    cfg.SlotRecreate,
+		MessagePrefix:   cfg.MessagePrefix,
 		Metrics:         m,
 		Logger:          log,
 	})

@@ -57,6 +57,10 @@ type Config struct {
 	// ShutdownTimeout bounds how long shutdown waits for in-flight events to
 	// be confirmed before the final status update. Default 10s.
 	ShutdownTimeout time.Duration
+	// MessagePrefix is the prefix of transactional logical decoding
+	// messages (pg_logical_emit_message(true, prefix, envelope)) that are
+	// published like outbox rows; empty: messages are not requested.
+	MessagePrefix string
 	// SlotRecreate lets the source recreate a slot that disappeared or was
 	// invalidated while it used it, instead of stopping: the rows
 	// committed in between are then never published, which it logs.
@@ -127,6 +131,9 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 		return err
 	}
 	args := []string{"proto_version '1'", "publication_names '" + s.cfg.Publication + "'"}
+	if s.cfg.MessagePrefix != "" {
+		args = append(args, "messages 'true'")
+	}
 	err = pglogrepl.StartReplication(ctx, repl, s.cfg.Slot, pglogrepl.LSN(slot.confirmed), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		if isCode(err, codeObjectInUse) {
@@ -392,11 +399,46 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		// Type metadata for user-defined types and replication origins:
 		// values are decoded from their text form and origins do not matter.
 	case *pglogrepl.LogicalDecodingMessage:
-		return fmt.Errorf("unexpected logical decoding message with prefix %q at %s: messages were not requested", m.Prefix, relay.LSN(walStart))
+		return st.message(ctx, m)
 	default:
 		return fmt.Errorf("unhandled pgoutput message %T at %s", msg, relay.LSN(walStart))
 	}
 	return nil
+}
+
+// message handles a logical decoding message: one with the outbox prefix
+// is an event; others (the relay's heartbeats, other applications') are
+// not the relay's to publish.
+func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessage) error {
+	prefix := st.src.cfg.MessagePrefix
+	if prefix == "" {
+		return fmt.Errorf("unexpected logical decoding message with prefix %q at %s: messages were not requested", m.Prefix, relay.LSN(m.LSN))
+	}
+	if m.Prefix != prefix {
+		return nil
+	}
+	if !m.Transactional || !st.inTxn {
+		// It has no transaction to be ordered and confirmed with: the
+		// stream stops before it, or it is dead-lettered, like a bad row.
+		ev := &relay.Event{Table: MessageTable, CommitLSN: relay.LSN(m.LSN), CommitTime: time.Now()}
+		ev.ID = fmt.Sprintf("%s/nontransactional", relay.LSN(m.LSN))
+		ev.Payload = append([]byte(nil), m.Content...)
+		ev.Invalid = relay.BadRow(ev, nonTransactional(m.Prefix, relay.LSN(m.LSN)))
+		if err := st.emit(ctx, ev); err != nil {
+			return err
+		}
+		if !st.inTxn {
+			st.tr.Mark(relay.LSN(m.LSN))
+		}
+		return nil
+	}
+	ev, err := messageEvent(m.Content, st.commitLSN, st.index)
+	ev.CommitLSN, ev.CommitTime, ev.Index, ev.CreatedAt = st.commitLSN, st.commitTime, st.index, st.commitTime
+	if err != nil {
+		ev.Invalid = relay.BadRow(ev, err)
+	}
+	st.index++
+	return st.emit(ctx, ev)
 }
 
 // emit admits ev into the in-flight window, waiting while it is full, and

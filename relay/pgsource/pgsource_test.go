@@ -101,8 +101,9 @@ type fixture struct {
 	url  string
 	slot string
 	// relay is the one run last started; deadLetter is given to it.
-	relay      *relay.Relay
-	deadLetter bool
+	relay         *relay.Relay
+	deadLetter    bool
+	messagePrefix string
 }
 
 func newFixture(t *testing.T, ddl string) *fixture {
@@ -135,7 +136,7 @@ func (f *fixture) run(t *testing.T, cols pgsource.Columns, sink relay.Sink, tabl
 		}
 		ts = append(ts, tb)
 	}
-	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond})
+	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond, MessagePrefix: f.messagePrefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,4 +409,103 @@ func waitErr(t *testing.T, done <-chan error) error {
 		t.Fatal("relay did not stop")
 		return nil
 	}
+}
+
+func TestTransactionalMessagesArePublished(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	f.messagePrefix = "outbox"
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	waitSlot(t, f)
+	ddl, err := os.ReadFile("../../schema/outbox_emit.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.db.Exec(t.Context(), string(ddl)); err != nil {
+		t.Fatal(err)
+	}
+	// An aborted transaction's message never arrives; messages with
+	// other prefixes (the relay's heartbeats among them) are not events.
+	tx, err := f.db.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), `SELECT outbox_emit('order', '1', 'order.aborted', '{"n": 0}', NULL, 'aborted-1')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Rollback(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.db.Exec(t.Context(), `
+		SELECT pg_logical_emit_message(false, 'relay-heartbeat', 'x');
+		SELECT pg_logical_emit_message(true, 'someone-else', 'not json');
+		BEGIN;
+		INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('00000000-0000-0000-0000-000000000001', 'order', '1', 'row', '{}');
+		SELECT outbox_emit('order', '1', 'order.created', '{"n": 1}', '{"tenant": "acme", "n": 2}', 'msg-1');
+		SELECT outbox_emit('order', '1', 'order.paid', '{"n": 2}', NULL, NULL);
+		COMMIT;`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := rec.wait(t, 3)
+	time.Sleep(300 * time.Millisecond) // anything more would come now
+	if got := rec.got(); len(got) != 3 {
+		t.Fatalf("%d events, want 3 (the row and two messages): %v", len(got), ids(got))
+	}
+	row, m1, m2 := evs[0], evs[1], evs[2]
+	if row.ID != "00000000-0000-0000-0000-000000000001" || m1.ID != "msg-1" {
+		t.Fatalf("events %v, want the row then msg-1", ids(evs))
+	}
+	if m1.Table != pgsource.MessageTable || m1.AggregateType != "order" || m1.AggregateID != "1" || m1.EventType != "order.created" ||
+		string(m1.Payload) != `{"n": 1}` || m1.ContentType != relay.ContentTypeJSON {
+		t.Errorf("message event %+v", m1)
+	}
+	if len(m1.Headers) != 2 || m1.Headers[0] != (relay.Header{Key: "n", Value: "2"}) || m1.Headers[1] != (relay.Header{Key: "tenant", Value: "acme"}) {
+		t.Errorf("message headers %v", m1.Headers)
+	}
+	if m1.CommitLSN != row.CommitLSN || m1.Index != 1 || m2.Index != 2 {
+		t.Errorf("positions: row %s#%d, messages %s#%d and #%d: want one transaction, in order", row.CommitLSN, row.Index, m1.CommitLSN, m1.Index, m2.Index)
+	}
+	// Without an id the dedup key is the message's position, the same
+	// on every delivery.
+	if want := fmt.Sprintf("%s/2", m2.CommitLSN); m2.ID != want {
+		t.Errorf("message without id has id %q, want %q", m2.ID, want)
+	}
+	if v, ok := m1.Field("event_type"); !ok || v != "order.created" {
+		t.Errorf("templates cannot read the message's event_type: %q %v", v, ok)
+	}
+}
+
+func TestNonTransactionalOutboxMessageStopsTheStream(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	f.messagePrefix = "outbox"
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	waitSlot(t, f)
+	var lsn pgLSN
+	if err := f.db.QueryRow(t.Context(), `SELECT pg_logical_emit_message(false, 'outbox', '{"id": "nt-1"}')`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var re *relay.RowError
+	for ; re == nil; re = f.relay.Blocked() {
+		if time.Now().After(deadline) {
+			t.Fatal("the relay does not report itself blocked at the non-transactional message")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(re.Error(), "non-transactional") || !strings.Contains(re.Error(), relay.LSN(lsn).String()) {
+		t.Fatalf("blocked at %v: want the non-transactional message named by its LSN %s", re, relay.LSN(lsn))
+	}
+	if n := len(rec.got()); n != 0 {
+		t.Errorf("the sink got %d events", n)
+	}
+}
+
+func ids(evs []*relay.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.ID
+	}
+	return out
 }
