@@ -295,6 +295,15 @@ func TestStatusShowsTheSlotAfterTheRelayRan(t *testing.T) {
 	}
 	hasLine(t, out, "slot ", e.slot+" (logical, pgoutput)")
 	hasLine(t, out, "active ", fmt.Sprintf("yes, pid %d", pid))
+	// The relay holds the leader lock; pg_locks shows the key split in two.
+	key := pgsource.LeaderLockKey(e.slot)
+	var leader int
+	err := e.db.QueryRow(t.Context(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+		AND classid = $1 AND objid = $2`, uint32(uint64(key)>>32), uint32(key)).Scan(&leader)
+	if err != nil {
+		t.Fatalf("find the relay's leader lock: %v", err)
+	}
+	hasLine(t, out, "leader ", fmt.Sprintf("pid %d (relay, ", leader))
 
 	e.stopAndWaitInactive(p)
 	code, out, stderr = e.command([]string{"status"})
@@ -317,11 +326,9 @@ func TestStatusShowsTheSlotAfterTheRelayRan(t *testing.T) {
 	}
 	hasLine(t, out, "leader ", "none")
 
-	// A session holding the leader lock is the leader, in this database
-	// only: the lock's key is split across pg_locks.classid and objid. It
-	// connects as the relay's role, as a relay would, which may see its
-	// client address.
-	key := pgsource.LeaderLockKey(e.slot)
+	// Any session holding the leader lock is the leader, in this database
+	// only. It connects as the relay's role, as a relay would, which may see
+	// its client address.
 	lockIn := func(db, app string) *pgx.Conn {
 		u, err := url.Parse(e.dbURL)
 		if err != nil {
