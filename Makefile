@@ -11,7 +11,7 @@ RABBIT    := $(firstword $(wildcard /usr/lib/rabbitmq/bin/rabbitmq-server) $(she
 SINK      ?= rabbitmq
 IMAGE     ?= relay
 
-.PHONY: build docker test unit integration demo deps vet clean
+.PHONY: build docker test unit integration demo bench bench-profile deps vet clean
 
 build:
 	$(BUILD) -o bin/relay ./cmd/relay
@@ -53,6 +53,20 @@ integration: deps
 ## SINK=kafka publishes to a throwaway Kafka-protocol broker (kfake) instead
 demo: deps build
 	$(GO) run ./integration/demo -relay bin/relay -sink $(SINK)
+
+## bench: throughput, latency and resources of bin/relay on throwaway services
+## (docs/benchmarks.md); BENCH_ROWS rows per backlog, BENCH_DURATION per live rate
+BENCH_ROWS     ?= 200000
+BENCH_DURATION ?= 30s
+BENCH_FLAGS    ?=
+bench: deps build
+	$(GO) run ./integration/bench -relay bin/relay -rows $(BENCH_ROWS) -duration $(BENCH_DURATION) $(BENCH_FLAGS)
+
+## bench-profile: the drains again with a relay built with -tags pprof, writing
+## CPU and allocation profiles to bench-profiles/
+bench-profile: deps
+	CGO_ENABLED=0 $(GO) build -tags pprof -o bin/relay-pprof ./cmd/relay
+	$(GO) run ./integration/bench -relay bin/relay-pprof -rows $(BENCH_ROWS) -scenarios ceiling,drain -profile bench-profiles $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

@@ -1,0 +1,451 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// The sinks the bench measures.
+const (
+	sinkKafka   = "kafka"
+	sinkClassic = "rabbitmq_classic"
+	sinkQuorum  = "rabbitmq_quorum"
+)
+
+// kafkaPartitions is the partition count of every bench topic.
+const kafkaPartitions = 3
+
+// amqpWindow is the relay's default RELAY_AMQP_CONFIRM_WINDOW; the raw
+// publisher uses the same.
+const amqpWindow = 256
+
+// kafkaMaxBuffered is the relay's Kafka sink bound on unacknowledged
+// records; the raw producer uses the same.
+const kafkaMaxBuffered = 10000
+
+// lsnHeader stands in for the relay's x-relay-lsn header in raw publishes,
+// so messages are the same size.
+const lsnHeader = "0/1A2B3C4D"
+
+// target is where one scenario's messages go and how the bench counts
+// what the broker has acknowledged, without consuming: counting with a
+// consumer would take CPU from the relay on a two-core machine.
+type target struct {
+	sink    string
+	name    string // topic, or queue and exchange
+	brokers string
+	amqpURL string
+	admin   *kgo.Client      // Kafka
+	conn    *amqp.Connection // RabbitMQ
+	ch      *amqp.Channel
+}
+
+func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*target, error) {
+	t := &target{sink: sink, name: name, brokers: brokers, amqpURL: amqpURL}
+	if sink == sinkKafka {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
+		if err != nil {
+			return nil, err
+		}
+		t.admin = cl
+		if err := t.createTopic(ctx); err != nil {
+			cl.Close()
+			return nil, err
+		}
+		return t, nil
+	}
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	t.conn, t.ch = conn, ch
+	args := amqp.Table{}
+	if sink == sinkQuorum {
+		args["x-queue-type"] = "quorum"
+	}
+	err = ch.ExchangeDeclare(name, amqp.ExchangeTopic, true, false, false, false, nil)
+	if err == nil {
+		_, err = ch.QueueDeclare(name, true, false, false, false, args)
+	}
+	if err == nil {
+		err = ch.QueueBind(name, "#", name, false, nil)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("declare %s: %w", name, err)
+	}
+	return t, nil
+}
+
+// vars are the relay's variables for publishing to t.
+func (t *target) vars() []string {
+	if t.sink == sinkKafka {
+		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name}
+	}
+	return []string{"RELAY_SINK=rabbitmq", "RELAY_AMQP_URL=" + t.amqpURL, "RELAY_AMQP_EXCHANGE=" + t.name}
+}
+
+// close deletes the topic or queue and exchange, so finished scenarios
+// do not weigh on the next.
+func (t *target) close(ctx context.Context) {
+	if t.admin != nil {
+		req := kmsg.NewPtrDeleteTopicsRequest()
+		rt := kmsg.NewDeleteTopicsRequestTopic()
+		rt.Topic = kmsg.StringPtr(t.name)
+		req.Topics = append(req.Topics, rt)
+		req.TopicNames = []string{t.name}
+		req.TimeoutMillis = 30000
+		_, _ = req.RequestWith(ctx, t.admin)
+		t.admin.Close()
+	}
+	if t.ch != nil {
+		_, _ = t.ch.QueueDelete(t.name, false, false, false)
+		_ = t.ch.ExchangeDelete(t.name, false, false)
+		t.conn.Close()
+	}
+}
+
+func (t *target) createTopic(ctx context.Context) error {
+	req := kmsg.NewPtrCreateTopicsRequest()
+	rt := kmsg.NewCreateTopicsRequestTopic()
+	rt.Topic = t.name
+	rt.NumPartitions = kafkaPartitions
+	rt.ReplicationFactor = 1
+	req.Topics = append(req.Topics, rt)
+	req.TimeoutMillis = 30000
+	resp, err := req.RequestWith(ctx, t.admin)
+	if err != nil {
+		return fmt.Errorf("create topic %s: %w", t.name, err)
+	}
+	if err := kerr.ErrorForCode(resp.Topics[0].ErrorCode); err != nil {
+		return fmt.Errorf("create topic %s: %w", t.name, err)
+	}
+	return nil
+}
+
+// count returns how many messages the broker holds for t: the sum of the
+// topic's high watermarks (acknowledged with acks=all), or the queue's
+// message count.
+func (t *target) count(ctx context.Context) (int64, error) {
+	if t.admin == nil {
+		q, err := t.ch.QueueDeclarePassive(t.name, true, false, false, false, nil)
+		return int64(q.Messages), err
+	}
+	req := kmsg.NewPtrListOffsetsRequest()
+	req.ReplicaID = -1
+	rt := kmsg.NewListOffsetsRequestTopic()
+	rt.Topic = t.name
+	for p := range int32(kafkaPartitions) {
+		rp := kmsg.NewListOffsetsRequestTopicPartition()
+		rp.Partition = p
+		rp.Timestamp = -1 // the high watermark
+		rp.CurrentLeaderEpoch = -1
+		rt.Partitions = append(rt.Partitions, rp)
+	}
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, t.admin)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, rt := range resp.Topics {
+		for _, rp := range rt.Partitions {
+			if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
+				return 0, err
+			}
+			n += rp.Offset
+		}
+	}
+	return n, nil
+}
+
+// waitCount polls count until it reaches want and returns when it first
+// saw it. It fails early when alive reports an error (the relay died).
+func (t *target) waitCount(ctx context.Context, want int64, alive func() error) (time.Time, error) {
+	deadline := time.Now().Add(2*time.Minute + time.Duration(want)*time.Millisecond)
+	var last int64
+	for {
+		n, err := t.count(ctx)
+		now := time.Now()
+		if err == nil && n >= want {
+			return now, nil
+		}
+		if err == nil {
+			last = n
+		}
+		if alive != nil {
+			if err := alive(); err != nil {
+				return now, err
+			}
+		}
+		if now.After(deadline) {
+			return now, fmt.Errorf("%s: %d of %d messages before the deadline (last error: %v)", t.name, last, want, err)
+		}
+		select {
+		case <-ctx.Done():
+			return now, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// rawPublish is the publish ceiling: msgs published straight from memory
+// with the relay's client library and safety settings. It returns when the
+// broker holds all of them, timed like a relay drain.
+func (t *target) rawPublish(ctx context.Context, msgs []message) (time.Duration, error) {
+	start := time.Now()
+	var err error
+	if t.sink == sinkKafka {
+		err = t.rawKafka(ctx, msgs)
+	} else {
+		err = t.rawAMQP(ctx, msgs)
+	}
+	if err != nil {
+		return 0, err
+	}
+	done, err := t.waitCount(ctx, int64(len(msgs)), nil)
+	return done.Sub(start), err
+}
+
+// rawKafka produces with franz-go as the relay's sink does: idempotent,
+// acks=all, the same bound on buffered records, kgo's default batching.
+func (t *target) rawKafka(ctx context.Context, msgs []message) error {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(t.brokers),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.MaxBufferedRecords(kafkaMaxBuffered),
+	)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var failed atomic.Pointer[error]
+	for i := range msgs {
+		m := &msgs[i]
+		r := &kgo.Record{
+			Topic: t.name,
+			Key:   []byte(m.aggregateID),
+			Value: m.payload,
+			Headers: []kgo.RecordHeader{
+				{Key: m.headerKey, Value: []byte(m.headerValue)},
+				{Key: "id", Value: []byte(m.id)},
+				{Key: "event_type", Value: []byte(m.eventType)},
+				{Key: "aggregate_type", Value: []byte(m.aggregateType)},
+				{Key: "x-relay-lsn", Value: []byte(lsnHeader)},
+			},
+			Timestamp: m.createdAt,
+		}
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.CompareAndSwap(nil, &err)
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	if p := failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// rawAMQP publishes persistent and mandatory on a confirm-mode channel
+// with the relay's window of unconfirmed publishes.
+func (t *target) rawAMQP(ctx context.Context, msgs []message) error {
+	conn, err := amqp.Dial(t.amqpURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, amqpWindow))
+	returns := ch.NotifyReturn(make(chan amqp.Return, amqpWindow))
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	sem := make(chan struct{}, amqpWindow)
+	var nacks, returned atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for c := range confirms {
+			if !c.Ack {
+				nacks.Add(1)
+			}
+			<-sem
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for range returns {
+			returned.Add(1)
+		}
+	}()
+	for i := range msgs {
+		m := &msgs[i]
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		err := ch.Publish(t.name, m.aggregateType+"."+m.eventType, true, false, amqp.Publishing{
+			Headers: amqp.Table{
+				m.headerKey:      m.headerValue,
+				"aggregate_type": m.aggregateType,
+				"aggregate_id":   m.aggregateID,
+				"x-relay-lsn":    lsnHeader,
+			},
+			ContentType:  "application/json",
+			DeliveryMode: amqp.Persistent,
+			MessageId:    m.id,
+			Type:         m.eventType,
+			Timestamp:    m.createdAt,
+			Body:         m.payload,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	// Owning every token means every publish was confirmed.
+	for range amqpWindow {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	ch.Close()
+	wg.Wait()
+	if n, r := nacks.Load(), returned.Load(); n+r > 0 {
+		return fmt.Errorf("raw publish: %d nacks, %d returns", n, r)
+	}
+	return nil
+}
+
+// receiver consumes what reaches t and records, for each message, the time
+// from its row's insert statement (the payload's ts) to its receipt.
+type receiver struct {
+	received atomic.Int64
+	mu       sync.Mutex
+	lat      []time.Duration
+	bad      atomic.Int64 // messages without a ts
+	stop     func()
+	done     chan error
+}
+
+func (t *target) receive(ctx context.Context) (*receiver, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &receiver{stop: cancel, done: make(chan error, 1)}
+	if t.sink == sinkKafka {
+		cl, err := kgo.NewClient(
+			kgo.SeedBrokers(t.brokers),
+			kgo.ConsumeTopics(t.name),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		go func() {
+			defer cl.Close()
+			for {
+				fs := cl.PollFetches(ctx)
+				now := time.Now()
+				if ctx.Err() != nil {
+					r.done <- nil
+					return
+				}
+				if err := fs.Err0(); err != nil && !errors.Is(err, context.Canceled) {
+					r.done <- err
+					return
+				}
+				fs.EachRecord(func(rec *kgo.Record) { r.add(now, rec.Value) })
+			}
+		}()
+		return r, nil
+	}
+	ch, err := t.conn.Channel()
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := ch.Qos(2000, 0, false); err != nil {
+		cancel()
+		return nil, err
+	}
+	deliveries, err := ch.Consume(t.name, "", false, false, false, false, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	go func() {
+		defer ch.Close()
+		n := 0
+		for {
+			select {
+			case <-ctx.Done():
+				r.done <- nil
+				return
+			case d, ok := <-deliveries:
+				if !ok {
+					r.done <- errors.New("consumer channel closed")
+					return
+				}
+				r.add(time.Now(), d.Body)
+				// Acknowledge in batches of up to 100, as a busy consumer would.
+				if n++; n%100 == 0 || len(deliveries) == 0 {
+					_ = d.Ack(true)
+				}
+			}
+		}
+	}()
+	return r, nil
+}
+
+func (r *receiver) add(now time.Time, body []byte) {
+	ts, ok := parseTS(body)
+	if !ok {
+		r.bad.Add(1)
+	} else {
+		d := now.Sub(time.UnixMicro(ts))
+		r.mu.Lock()
+		r.lat = append(r.lat, d)
+		r.mu.Unlock()
+	}
+	r.received.Add(1)
+}
+
+// take returns the latencies recorded so far and starts a new list.
+func (r *receiver) take() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.lat
+	r.lat = nil
+	return l
+}
+
+func (r *receiver) close() error {
+	r.stop()
+	return <-r.done
+}

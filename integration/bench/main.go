@@ -1,0 +1,632 @@
+//go:build linux
+
+// Command bench measures the relay binary end to end on throwaway local
+// services (PostgreSQL, RabbitMQ and a Kafka-protocol broker, kfake,
+// started as the integration tests start them) and prints one JSON line per
+// scenario, then a table and the performance targets met or missed.
+//
+// Scenarios:
+//
+//   - raw_decode: a minimal pglogrepl client decodes and acknowledges the
+//     backlog on its own slot: the decode ceiling.
+//   - raw_publish: the same rows published from memory with the relay's
+//     client library and safety settings (franz-go idempotent acks=all;
+//     amqp091 persistent, mandatory, confirms with the relay's window): the
+//     publish ceiling.
+//   - drain: a backlog of -rows rows committed while the relay was stopped
+//     (slots made first), in transactions of 1000 rows and of one row;
+//     time from starting the relay to the broker holding the last row.
+//   - big_txn: one transaction of -big-txn-rows rows, for memory.
+//   - live: 16 sessions commit single-row transactions at fixed rates and
+//     as fast as they can; latency from the insert statement to receipt by
+//     a consumer, and whether the lag stays bounded.
+//
+// Every relay run also reports its CPU seconds per 100k events and its peak
+// RSS, from /proc. Completion is observed without consuming (topic high
+// watermarks, queue depth), so that a consumer does not take CPU from the
+// relay; the live scenario consumes.
+//
+// Run it with `make bench`; see docs/benchmarks.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/relay-dev/relay/integration/services"
+)
+
+// result is one scenario's JSON line. Ratios are relay ÷ ceiling.
+type result struct {
+	Scenario     string  `json:"scenario"`
+	Sink         string  `json:"sink,omitempty"`
+	TxnRows      int     `json:"txn_rows,omitempty"`
+	Events       int64   `json:"events"`
+	Seconds      float64 `json:"seconds"`
+	EventsPerSec float64 `json:"events_per_s"`
+
+	VsRawDecode  float64 `json:"vs_raw_decode,omitempty"`
+	VsRawPublish float64 `json:"vs_raw_publish,omitempty"`
+	CPUPer100k   float64 `json:"relay_cpu_s_per_100k,omitempty"`
+	PeakRSSMB    float64 `json:"relay_peak_rss_mb,omitempty"`
+	// SlotConfirmedAfter is how long after the broker held the last row
+	// the slot's confirmed_flush_lsn covered it (status updates go out at
+	// most once a second).
+	SlotConfirmedAfter float64 `json:"slot_confirmed_after_s,omitempty"`
+
+	TargetRate *int     `json:"target_rate,omitempty"` // live; 0: as fast as 16 sessions can
+	P50Ms      float64  `json:"p50_ms,omitempty"`
+	P99Ms      float64  `json:"p99_ms,omitempty"`
+	MaxMs      float64  `json:"max_ms,omitempty"`
+	LagMax     *int64   `json:"lag_max,omitempty"`
+	LagEnd     *int64   `json:"lag_end,omitempty"`
+	CatchupMs  *float64 `json:"catchup_ms,omitempty"`
+	Bounded    *bool    `json:"lag_bounded,omitempty"`
+	RSSMB      float64  `json:"relay_rss_mb,omitempty"` // live: largest VmRSS during the run
+}
+
+type options struct {
+	relayBin, schema string
+	rows, bigRows    int
+	duration         time.Duration
+	txnSizes         []int
+	sinks            []string
+	liveSinks        []string
+	liveRates        []int
+	scenarios        map[string]bool
+	profileDir       string
+	profileSeconds   int
+}
+
+func main() {
+	var o options
+	var txnSizes, sinks, liveSinks, liveRates, scenarios string
+	flag.StringVar(&o.relayBin, "relay", "bin/relay", "relay binary to run")
+	flag.StringVar(&o.schema, "schema", "schema/outbox.sql", "outbox schema to apply")
+	flag.IntVar(&o.rows, "rows", 200000, "backlog rows per drain")
+	flag.IntVar(&o.bigRows, "big-txn-rows", 500000, "rows of the single big transaction")
+	flag.DurationVar(&o.duration, "duration", 30*time.Second, "duration of each live rate")
+	flag.StringVar(&txnSizes, "txn-sizes", "1000,1", "rows per transaction of the backlogs")
+	flag.StringVar(&sinks, "sinks", strings.Join([]string{sinkKafka, sinkClassic, sinkQuorum}, ","), "sinks to drain to")
+	flag.StringVar(&liveSinks, "live-sinks", sinkKafka+","+sinkClassic, "sinks of the live scenario")
+	flag.StringVar(&liveRates, "live-rates", "1000,5000,0", "live rates in rows/s; 0: as fast as 16 sessions can")
+	flag.StringVar(&scenarios, "scenarios", "ceiling,drain,big_txn,live", "scenarios to run")
+	flag.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of every drain here (needs a relay built with -tags pprof)")
+	flag.IntVar(&o.profileSeconds, "profile-seconds", 10, "length of each CPU profile")
+	flag.Parse()
+	var err error
+	if o.txnSizes, err = ints(txnSizes); err == nil {
+		o.liveRates, err = ints(liveRates)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	o.sinks, o.liveSinks = split(sinks), split(liveSinks)
+	o.scenarios = map[string]bool{}
+	for _, s := range split(scenarios) {
+		o.scenarios[s] = true
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	b := &bench{o: o, out: os.Stdout}
+	if err := b.run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func split(s string) []string {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range split(s) {
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", s, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+type bench struct {
+	o       options
+	out     io.Writer
+	dir     string // relay logs
+	pg      *services.Postgres
+	rabbit  *services.Rabbit
+	kafka   *services.Kafka
+	results []result
+
+	rawDecode  map[int]float64    // txn rows → events/s
+	rawPublish map[string]float64 // sink → events/s
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func (b *bench) emit(r result) {
+	line, _ := json.Marshal(r)
+	fmt.Fprintln(b.out, string(line))
+	b.results = append(b.results, r)
+}
+
+func (b *bench) run(ctx context.Context) error {
+	began := time.Now()
+	if _, err := os.Stat(b.o.relayBin); err != nil {
+		return fmt.Errorf("relay binary: %w (run make build)", err)
+	}
+	dir, err := os.MkdirTemp("", "relay-bench-")
+	if err != nil {
+		return err
+	}
+	b.dir = dir
+	if b.o.profileDir != "" {
+		if err := os.MkdirAll(b.o.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
+	b.rawDecode, b.rawPublish = map[int]float64{}, map[string]float64{}
+
+	progress("starting PostgreSQL, RabbitMQ and kfake")
+	var wg sync.WaitGroup
+	var pgErr, rabbitErr, kafkaErr error
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		b.pg, pgErr = services.StartPostgres(ctx, services.PostgresOptions{ExtraConf: map[string]string{
+			// Fewer checkpoints during the big inserts; durability as default.
+			"max_wal_size": "8GB",
+		}})
+	}()
+	go func() {
+		defer wg.Done()
+		b.rabbit, rabbitErr = services.StartRabbit(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		b.kafka, kafkaErr = services.StartKafka(ctx, services.KafkaOptions{})
+	}()
+	wg.Wait()
+	if b.pg != nil {
+		defer b.pg.Close()
+	}
+	if b.rabbit != nil {
+		defer b.rabbit.Close()
+	}
+	if b.kafka != nil {
+		defer b.kafka.Close()
+	}
+	if err := errors.Join(pgErr, rabbitErr, kafkaErr); err != nil {
+		return err
+	}
+
+	if b.o.scenarios["ceiling"] || b.o.scenarios["drain"] {
+		for i, size := range b.o.txnSizes {
+			if err := b.backlog(ctx, size, i == 0); err != nil {
+				return err
+			}
+		}
+	}
+	if b.o.scenarios["big_txn"] {
+		if err := b.bigTxn(ctx); err != nil {
+			return err
+		}
+	}
+	if b.o.scenarios["live"] {
+		for _, sink := range b.o.liveSinks {
+			if err := b.live(ctx, sink); err != nil {
+				return err
+			}
+		}
+	}
+	b.table(b.out)
+	progress("done in %s; relay logs removed", time.Since(began).Round(time.Second))
+	os.RemoveAll(dir)
+	return nil
+}
+
+func relaySlot(sink string) string { return "relay_" + sink }
+
+// backlog runs the ceilings and drains on one backlog of b.o.rows rows in
+// transactions of size rows: every consumer has a slot made before the
+// rows were committed, so all of them read the same WAL.
+func (b *bench) backlog(ctx context.Context, size int, first bool) error {
+	db, err := newDatabase(ctx, b.pg, fmt.Sprintf("bench_txn%d", size), b.o.schema)
+	if err != nil {
+		return err
+	}
+	defer db.close(context.WithoutCancel(ctx))
+	slots := []string{"raw_decode"}
+	for _, s := range b.o.sinks {
+		slots = append(slots, relaySlot(s))
+	}
+	for _, s := range slots {
+		if err := db.createSlot(ctx, s); err != nil {
+			return err
+		}
+	}
+	progress("inserting %d rows in transactions of %d", b.o.rows, size)
+	t0 := time.Now()
+	if err := db.insertBacklog(ctx, b.o.rows, size); err != nil {
+		return fmt.Errorf("insert backlog: %w", err)
+	}
+	progress("inserted in %s", time.Since(t0).Round(time.Millisecond))
+
+	progress("raw decode, transactions of %d", size)
+	dur, endLSN, err := rawDecode(ctx, db.url, "raw_decode", b.o.rows)
+	if err != nil {
+		return fmt.Errorf("raw decode: %w", err)
+	}
+	db.dropSlot(ctx, "raw_decode")
+	rate := float64(b.o.rows) / dur.Seconds()
+	b.rawDecode[size] = rate
+	if b.o.scenarios["ceiling"] {
+		b.emit(result{Scenario: "raw_decode", TxnRows: size, Events: int64(b.o.rows), Seconds: dur.Seconds(), EventsPerSec: rate})
+	}
+
+	if first && b.o.scenarios["ceiling"] {
+		msgs, err := db.loadMessages(ctx)
+		if err != nil {
+			return fmt.Errorf("load messages: %w", err)
+		}
+		for _, sink := range b.o.sinks {
+			progress("raw publish to %s", sink)
+			t, err := newTarget(ctx, sink, "bench_raw_"+sink, b.kafka.Brokers(), b.rabbit.URL())
+			if err != nil {
+				return err
+			}
+			dur, err := t.rawPublish(ctx, msgs)
+			t.close(context.WithoutCancel(ctx))
+			if err != nil {
+				return fmt.Errorf("raw publish to %s: %w", sink, err)
+			}
+			rate := float64(len(msgs)) / dur.Seconds()
+			b.rawPublish[sink] = rate
+			b.emit(result{Scenario: "raw_publish", Sink: sink, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: rate})
+		}
+	}
+
+	if !b.o.scenarios["drain"] {
+		return nil
+	}
+	for _, sink := range b.o.sinks {
+		progress("relay drain to %s, transactions of %d", sink, size)
+		r, err := b.drain(ctx, db, sink, relaySlot(sink), fmt.Sprintf("drain_%s_txn%d", sink, size), int64(b.o.rows), endLSN)
+		if err != nil {
+			return fmt.Errorf("drain to %s: %w", sink, err)
+		}
+		db.dropSlot(ctx, relaySlot(sink))
+		r.Scenario, r.TxnRows = "drain", size
+		r.VsRawDecode = r.EventsPerSec / b.rawDecode[size]
+		if c := b.rawPublish[sink]; c > 0 {
+			r.VsRawPublish = r.EventsPerSec / c
+		}
+		b.emit(r)
+	}
+	return nil
+}
+
+// bigTxn drains one transaction of b.o.bigRows rows to Kafka, for the
+// relay's memory: rows are published as they arrive, so its peak RSS must
+// not grow with the transaction.
+func (b *bench) bigTxn(ctx context.Context) error {
+	db, err := newDatabase(ctx, b.pg, "bench_bigtxn", b.o.schema)
+	if err != nil {
+		return err
+	}
+	defer db.close(context.WithoutCancel(ctx))
+	slot := relaySlot(sinkKafka)
+	if err := db.createSlot(ctx, slot); err != nil {
+		return err
+	}
+	progress("inserting %d rows in one transaction", b.o.bigRows)
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var before pglogrepl.LSN
+	_, err = tx.Exec(ctx, "SET LOCAL synchronous_commit = off")
+	if err == nil {
+		_, err = tx.Exec(ctx, rowsSQL(1, b.o.bigRows))
+	}
+	if err == nil {
+		// The commit record starts after this: a slot confirmed at or past
+		// it has confirmed the transaction.
+		err = tx.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()").Scan(&before)
+	}
+	if err == nil {
+		err = tx.Commit(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("insert big transaction: %w", err)
+	}
+	progress("relay drain of one %d-row transaction to kafka", b.o.bigRows)
+	r, err := b.drain(ctx, db, sinkKafka, slot, "big_txn_kafka", int64(b.o.bigRows), before)
+	if err != nil {
+		return fmt.Errorf("big transaction: %w", err)
+	}
+	r.Scenario, r.TxnRows = "big_txn", b.o.bigRows
+	b.emit(r)
+	return nil
+}
+
+// drain starts the relay on slot, whose backlog of rows is committed
+// already, and times it until the broker holds every row; then it checks
+// that the slot confirms endLSN and that nothing arrived twice.
+func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string, rows int64, endLSN pglogrepl.LSN) (result, error) {
+	t, err := newTarget(ctx, sink, "bench_"+name, b.kafka.Brokers(), b.rabbit.URL())
+	if err != nil {
+		return result{}, err
+	}
+	defer t.close(context.WithoutCancel(ctx))
+	vars := append([]string{
+		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_SLOT=" + slot,
+		"RELAY_HTTP_ADDR=127.0.0.1:0",
+	}, t.vars()...)
+	p, err := startRelay(b.o.relayBin, b.dir, name, vars)
+	if err != nil {
+		return result{}, err
+	}
+	defer p.kill()
+	var finishProfile func() error
+	if b.o.profileDir != "" {
+		if finishProfile, err = p.profile(ctx, b.o.profileDir, name, b.o.profileSeconds); err != nil {
+			return result{}, err
+		}
+	}
+	alive := func() error {
+		if p.exited() {
+			return p.failure()
+		}
+		return nil
+	}
+	done, err := t.waitCount(ctx, rows, alive)
+	if err != nil {
+		return result{}, err
+	}
+	u, err := p.usage()
+	if err != nil {
+		return result{}, err
+	}
+	dur := done.Sub(p.started)
+	r := result{
+		Sink:         sink,
+		Events:       rows,
+		Seconds:      dur.Seconds(),
+		EventsPerSec: float64(rows) / dur.Seconds(),
+		CPUPer100k:   u.cpu.Seconds() / float64(rows) * 1e5,
+		PeakRSSMB:    float64(u.hwmKB) / 1024,
+	}
+	// The relay's guarantee: the slot moves past the rows only once the
+	// broker has them. It must get there, soon.
+	for {
+		lsn, err := db.slotConfirmed(ctx, slot)
+		if err != nil {
+			return r, err
+		}
+		if lsn >= endLSN {
+			r.SlotConfirmedAfter = time.Since(done).Seconds()
+			break
+		}
+		if time.Since(done) > 30*time.Second {
+			return r, fmt.Errorf("slot %s confirmed %s, not %s, 30s after the broker had every row", slot, lsn, endLSN)
+		}
+		if err := alive(); err != nil {
+			return r, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if finishProfile != nil {
+		if err := finishProfile(); err != nil {
+			return r, fmt.Errorf("profile: %w", err)
+		}
+	}
+	if err := p.stop(); err != nil {
+		return r, err
+	}
+	n, err := t.count(ctx)
+	if err != nil {
+		return r, err
+	}
+	if n != rows {
+		return r, fmt.Errorf("the broker holds %d messages of %d rows", n, rows)
+	}
+	return r, nil
+}
+
+// live runs every live rate against one relay publishing to sink.
+func (b *bench) live(ctx context.Context, sink string) error {
+	db, err := newDatabase(ctx, b.pg, "bench_live_"+sink, b.o.schema)
+	if err != nil {
+		return err
+	}
+	defer db.close(context.WithoutCancel(ctx))
+	t, err := newTarget(ctx, sink, "bench_live_"+sink, b.kafka.Brokers(), b.rabbit.URL())
+	if err != nil {
+		return err
+	}
+	defer t.close(context.WithoutCancel(ctx))
+	rc, err := t.receive(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.close()
+	slot := relaySlot(sink)
+	vars := append([]string{
+		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_SLOT=" + slot,
+		"RELAY_HTTP_ADDR=127.0.0.1:0",
+	}, t.vars()...)
+	p, err := startRelay(b.o.relayBin, b.dir, "live_"+sink, vars)
+	if err != nil {
+		return err
+	}
+	defer p.kill()
+	if err := db.waitSlotActive(ctx, slot, p); err != nil {
+		return err
+	}
+	var next atomic.Int64
+	for _, rate := range b.o.liveRates {
+		label := strconv.Itoa(rate) + "/s"
+		if rate == 0 {
+			label = "max"
+		}
+		progress("live %s at %s for %s", sink, label, b.o.duration)
+		run, err := runLive(ctx, db, p, rc, rate, b.o.duration, &next)
+		if err != nil {
+			return fmt.Errorf("live %s at %s: %w", sink, label, err)
+		}
+		slices.Sort(run.lat)
+		lagMax := slices.Max(append(run.lagSamples, run.lagEnd))
+		catchup := float64(run.catchup) / float64(time.Millisecond)
+		bounded := run.bounded()
+		b.emit(result{
+			Scenario:     "live",
+			Sink:         sink,
+			TargetRate:   &rate,
+			Events:       run.committed,
+			Seconds:      run.seconds,
+			EventsPerSec: float64(run.committed) / run.seconds,
+			P50Ms:        percentile(run.lat, 0.50),
+			P99Ms:        percentile(run.lat, 0.99),
+			MaxMs:        percentile(run.lat, 1),
+			LagMax:       &lagMax,
+			LagEnd:       &run.lagEnd,
+			CatchupMs:    &catchup,
+			Bounded:      &bounded,
+			CPUPer100k:   run.cpu.Seconds() / float64(run.committed) * 1e5,
+			RSSMB:        float64(run.rssMaxKB) / 1024,
+		})
+		time.Sleep(time.Second)
+	}
+	u, err := p.usage()
+	if err == nil {
+		progress("relay peak RSS over the live runs to %s: %.1f MB", sink, float64(u.hwmKB)/1024)
+	}
+	return p.stop()
+}
+
+// table prints the results for people, then the targets of issue 5.
+func (b *bench) table(w io.Writer) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tsink\ttxn rows\tevents\tseconds\tevents/s\t÷ raw decode\t÷ raw publish\tCPU s/100k\tpeak RSS MB\tslot +s\t")
+	for _, r := range b.results {
+		if r.Scenario == "live" {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, dash(r.Sink), intOrDash(r.TxnRows), r.Events, r.Seconds, r.EventsPerSec,
+			ratio(r.VsRawDecode), ratio(r.VsRawPublish), num(r.CPUPer100k, 2), num(r.PeakRSSMB, 1), num(r.SlotConfirmedAfter, 2))
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "live\tsink\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tlag max\tcatch-up ms\tbounded\tCPU s/100k\tRSS MB\t")
+	for _, r := range b.results {
+		if r.Scenario != "live" {
+			continue
+		}
+		target := "max"
+		if *r.TargetRate > 0 {
+			target = strconv.Itoa(*r.TargetRate)
+		}
+		fmt.Fprintf(tw, "live\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%v\t%.2f\t%.1f\t\n", r.Sink, target, r.EventsPerSec, r.P50Ms, r.P99Ms, r.MaxMs, *r.LagMax, *r.CatchupMs, *r.Bounded, r.CPUPer100k, r.RSSMB)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	for _, t := range b.targets() {
+		fmt.Fprintln(w, t)
+	}
+}
+
+// targets checks issue 5's targets against the results present.
+func (b *bench) targets() []string {
+	var out []string
+	check := func(ok bool, format string, args ...any) {
+		verdict := "MET   "
+		if !ok {
+			verdict = "MISSED"
+		}
+		out = append(out, verdict+" "+fmt.Sprintf(format, args...))
+	}
+	var peakDrain, peakBig float64
+	for _, r := range b.results {
+		switch {
+		case r.Scenario == "drain" && r.Sink == sinkKafka:
+			check(r.EventsPerSec >= 150000, "Kafka drain, txn %d: %.0f events/s (target ≥ 150000)", r.TxnRows, r.EventsPerSec)
+			check(r.VsRawDecode >= 0.8, "Kafka drain, txn %d: %.2f × raw decode (target ≥ 0.80)", r.TxnRows, r.VsRawDecode)
+		case r.Scenario == "drain" && r.VsRawPublish > 0:
+			check(r.VsRawPublish >= 0.85, "%s drain, txn %d: %.2f × raw publish (target ≥ 0.85)", r.Sink, r.TxnRows, r.VsRawPublish)
+		case r.Scenario == "live" && *r.TargetRate == 5000:
+			check(r.P99Ms < 15, "%s live at 5000/s: p99 %.1f ms (target < 15)", r.Sink, r.P99Ms)
+		case r.Scenario == "live" && *r.TargetRate == 0:
+			check(*r.Bounded, "%s live at the maximum insert rate (%.0f/s): lag bounded (max %d, caught up %.0f ms after the load)", r.Sink, r.EventsPerSec, *r.LagMax, *r.CatchupMs)
+		}
+		if r.PeakRSSMB > 0 {
+			check(r.PeakRSSMB < 64, "%s %s txn %d: peak RSS %.1f MB (target < 64)", r.Scenario, r.Sink, r.TxnRows, r.PeakRSSMB)
+		}
+		if r.Scenario == "drain" {
+			peakDrain = max(peakDrain, r.PeakRSSMB)
+		}
+		if r.Scenario == "big_txn" {
+			peakBig = r.PeakRSSMB
+		}
+	}
+	if peakDrain > 0 && peakBig > 0 {
+		check(peakBig <= peakDrain*1.25, "peak RSS flat with transaction size: %.1f MB for one %d-row transaction, at most %.1f MB in the drains", peakBig, b.o.bigRows, peakDrain)
+	}
+	return out
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func intOrDash(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
+}
+
+func ratio(f float64) string { return num(f, 2) }
+
+func num(f float64, prec int) string {
+	if f == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(f, 'f', prec, 64)
+}
