@@ -240,6 +240,9 @@ func TestCheckReportsALostSlot(t *testing.T) {
 	})
 	out := e.check(1)
 	hasLine(t, out, "FAIL  slot "+e.slot+": is lost (wal_status lost)", "pg_drop_replication_slot('"+e.slot+"')")
+	// Allowed to recreate it, the relay runs, with the gap said.
+	out = e.check(0, "RELAY_SLOT_RECREATE", "true")
+	hasLine(t, out, "WARN  slot "+e.slot+": is lost", "the relay will drop and recreate it", "never published")
 	code, stdout, _ := e.command([]string{"status"})
 	if code != 0 || !regexp.MustCompile(`(?m)^wal_status +lost$`).MatchString(stdout) {
 		t.Errorf("relay status: exit %d, output\n%s\nwant 0 and wal_status lost", code, stdout)

@@ -68,11 +68,12 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 	wg.Go(func() {
 		db = pgsource.Check(ctx, pgsource.CheckConfig{
 			Config: pgsource.Config{
-				ConnString:  cfg.DatabaseURL,
-				Tables:      cfg.tables(),
-				Columns:     cfg.columns(),
-				Slot:        cfg.Slot,
-				Publication: cfg.Publication,
+				ConnString:   cfg.DatabaseURL,
+				Tables:       cfg.tables(),
+				Columns:      cfg.columns(),
+				Slot:         cfg.Slot,
+				Publication:  cfg.Publication,
+				SlotRecreate: cfg.SlotRecreate,
 			},
 			Templates: cfg.templates(),
 		})

@@ -95,7 +95,7 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 	if slotErr != nil {
 		add(fail("slot "+cfg.Slot, fmt.Sprintf("cannot read pg_replication_slots: %v", slotErr), ""))
 	} else {
-		add(slotFinding(cfg.Slot, srv.database, slot))
+		add(slotFinding(cfg.Slot, srv.database, slot, cfg.SlotRecreate))
 	}
 	return out
 }
@@ -586,7 +586,7 @@ func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotFacts, erro
 
 // slotFinding compares the slot with what the relay accepts (setup.go's
 // ensureSlot).
-func slotFinding(name, database string, s slotFacts) relay.Finding {
+func slotFinding(name, database string, s slotFacts, recreate bool) relay.Finding {
 	check := "slot " + name
 	drop := fmt.Sprintf("set RELAY_SLOT to another name, or drop it: SELECT pg_drop_replication_slot('%s');", strings.ReplaceAll(name, "'", "''"))
 	switch {
@@ -597,6 +597,9 @@ func slotFinding(name, database string, s slotFacts) relay.Finding {
 		return fail(check, fmt.Sprintf("is a %s slot with plugin %q; the relay needs a logical pgoutput slot", s.slotType, s.plugin), drop)
 	case s.database != database:
 		return fail(check, fmt.Sprintf("belongs to database %s, not %s", s.database, database), drop)
+	case s.walStatus == "lost" && recreate:
+		return warn(check, "is lost (wal_status lost): PostgreSQL removed WAL it still needed; the relay will drop and recreate it (RELAY_SLOT_RECREATE=true), and rows committed since its last position are never published",
+			"reconcile what consumers missed; unset RELAY_SLOT_RECREATE for the relay to stop instead")
 	case s.walStatus == "lost":
 		return fail(check, "is lost (wal_status lost): PostgreSQL removed WAL it still needed, so rows may be missing and the relay will not use it",
 			"reconcile what consumers missed, then recreate it deliberately: "+strings.TrimPrefix(drop, "set RELAY_SLOT to another name, or drop it: "))

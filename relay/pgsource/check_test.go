@@ -230,23 +230,25 @@ func TestSlotFinding(t *testing.T) {
 		return s
 	}
 	tests := []struct {
-		name string
-		s    slotFacts
-		want wantFinding
+		name     string
+		s        slotFacts
+		want     wantFinding
+		recreate bool
 	}{
-		{"absent", slotFacts{}, wantFinding{relay.CheckWarn, "does not exist; the relay will create it", "first start"}},
-		{"healthy", healthy, wantFinding{relay.CheckOK, "confirmed 0/16B3748, 1234 bytes behind, retaining 1234 bytes of WAL, active (pid 4242)", ""}},
-		{"idle", with(func(s *slotFacts) { s.active, s.activePID = false, nil }), wantFinding{relay.CheckOK, "not active", ""}},
-		{"physical", with(func(s *slotFacts) { s.slotType, s.plugin = "physical", "" }), wantFinding{relay.CheckFail, "physical slot", "pg_drop_replication_slot('s')"}},
-		{"test_decoding", with(func(s *slotFacts) { s.plugin = "test_decoding" }), wantFinding{relay.CheckFail, `plugin "test_decoding"`, ""}},
-		{"other database", with(func(s *slotFacts) { s.database = "other" }), wantFinding{relay.CheckFail, "belongs to database other", ""}},
-		{"lost", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckFail, "is lost", "SELECT pg_drop_replication_slot('s');"}},
-		{"unreserved", with(func(s *slotFacts) { s.walStatus = "unreserved" }), wantFinding{relay.CheckWarn, "may soon remove WAL", "max_slot_wal_keep_size"}},
+		{"absent", slotFacts{}, wantFinding{relay.CheckWarn, "does not exist; the relay will create it", "first start"}, false},
+		{"healthy", healthy, wantFinding{relay.CheckOK, "confirmed 0/16B3748, 1234 bytes behind, retaining 1234 bytes of WAL, active (pid 4242)", ""}, false},
+		{"idle", with(func(s *slotFacts) { s.active, s.activePID = false, nil }), wantFinding{relay.CheckOK, "not active", ""}, false},
+		{"physical", with(func(s *slotFacts) { s.slotType, s.plugin = "physical", "" }), wantFinding{relay.CheckFail, "physical slot", "pg_drop_replication_slot('s')"}, false},
+		{"test_decoding", with(func(s *slotFacts) { s.plugin = "test_decoding" }), wantFinding{relay.CheckFail, `plugin "test_decoding"`, ""}, false},
+		{"other database", with(func(s *slotFacts) { s.database = "other" }), wantFinding{relay.CheckFail, "belongs to database other", ""}, false},
+		{"lost", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckFail, "is lost", "SELECT pg_drop_replication_slot('s');"}, false},
+		{"lost, recreated", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckWarn, "the relay will drop and recreate it (RELAY_SLOT_RECREATE=true)", "unset RELAY_SLOT_RECREATE"}, true},
+		{"unreserved", with(func(s *slotFacts) { s.walStatus = "unreserved" }), wantFinding{relay.CheckWarn, "may soon remove WAL", "max_slot_wal_keep_size"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.want.match(t, slotFinding("s", "app", tt.s))
+			tt.want.match(t, slotFinding("s", "app", tt.s, tt.recreate))
 		})
 	}
 }
