@@ -216,6 +216,14 @@ func decodeBytea(b []byte) ([]byte, error) {
 // values are taken as they are; any other value as its JSON text, so a
 // header never silently disappears.
 func decodeHeaders(b []byte) ([]relay.Header, error) {
+	if hs, ok := fastHeaders(b); ok {
+		return hs, nil
+	}
+	return decodeHeadersJSON(b)
+}
+
+// decodeHeadersJSON is decodeHeaders for any JSON.
+func decodeHeadersJSON(b []byte) ([]relay.Header, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("not a JSON object: %w", err)
@@ -241,6 +249,14 @@ func decodeHeaders(b []byte) ([]relay.Header, error) {
 // with TimeZone=UTC, both of which the replication session sets; a
 // timestamp without time zone is taken as UTC.
 func decodeTimestamp(b []byte) (time.Time, error) {
+	if t, ok := fastTimestamp(b); ok {
+		return t, nil
+	}
+	return decodeTimestampLayouts(b)
+}
+
+// decodeTimestampLayouts is decodeTimestamp for every form it accepts.
+func decodeTimestampLayouts(b []byte) (time.Time, error) {
 	s := string(b)
 	if strings.HasSuffix(s, " BC") {
 		return time.Time{}, fmt.Errorf("timestamp %q before the common era", s)
