@@ -112,6 +112,8 @@ func TestCheckPassesOnAHealthySetup(t *testing.T) {
 	hasLine(t, out, "WARN  slot "+e.slot+": does not exist; the relay will create it")
 	hasLine(t, out, "ready to run, 1 warning")
 	noLine(t, out, "FAIL")
+	out = e.check(0, "RELAY_DEAD_LETTER", "dlx_"+e.name)
+	hasLine(t, out, "ok    dead-letter exchange dlx_"+e.name+": does not exist; the relay will declare it")
 
 	if code, stdout, _ := e.command([]string{"status"}); code != 1 || !strings.Contains(stdout, e.slot+" (does not exist)") {
 		t.Errorf("relay status before the first start: exit %d, output\n%s\nwant 1 and the slot missing", code, stdout)
@@ -142,6 +144,8 @@ func TestCheckPassesWithKafka(t *testing.T) {
 	hasLine(t, out, "ok    checkpoint topic "+checkpoints+": does not exist; the relay will create it")
 	hasLine(t, out, "ok    transactional id "+txnID+": a transaction coordinator answers")
 	noLine(t, out, "FAIL")
+	out = e.check(0, "RELAY_DEAD_LETTER", "dlq."+e.name)
+	hasLine(t, out, "ok    dead-letter topic dlq."+e.name+": does not exist; the relay creates missing topics")
 
 	// A topic that is not created, on kfake, which creates none itself.
 	out = e.check(0, "RELAY_KAFKA_CREATE_TOPICS", "false", "RELAY_KAFKA_TOPIC", "fixed."+e.name)

@@ -99,7 +99,7 @@ func (c *config) templates() map[string]*relay.Template {
 
 func checkBroker(ctx context.Context, cfg config) []relay.Finding {
 	if cfg.Sink != "kafka" {
-		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange})
+		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange, DeadLetter: cfg.DeadLetter})
 	}
 	topic, _ := relay.ParseTemplate(cfg.KafkaTopic)
 	kc := kafka.Config{
@@ -109,6 +109,7 @@ func checkBroker(ctx context.Context, cfg config) []relay.Finding {
 		ExactlyOnce:     cfg.KafkaExactlyOnce,
 		TransactionalID: cfg.transactionalID(),
 		CheckpointTopic: cfg.KafkaCheckpointTopic,
+		DeadLetter:      cfg.DeadLetter,
 	}
 	var err error
 	if cfg.kafkaTLS() {

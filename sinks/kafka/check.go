@@ -23,7 +23,7 @@ const checkTimeout = 15 * time.Second
 
 // Check reports, without creating or producing anything, whether the relay
 // can produce with cfg: a broker answers a metadata request, the topic
-// exists or will be created (by the relay with CreateTopics, or by the
+// (and the dead-letter topic) exists or will be created (by the relay with CreateTopics, or by the
 // cluster), and for exactly-once whether the checkpoint topic exists and a
 // transaction coordinator answers. Never does anything that would fence a
 // running relay.
@@ -80,6 +80,9 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 	if cfg.Topic != nil {
 		out = append(out, topicFinding(cfg.Topic, cfg.CreateTopics, autoCreate, topics))
 	}
+	if cfg.DeadLetter != "" {
+		out = append(out, namedTopicFinding("dead-letter topic "+cfg.DeadLetter, cfg.DeadLetter, cfg.CreateTopics, autoCreate, topics))
+	}
 	if cfg.ExactlyOnce {
 		out = append(out, checkpointFinding(ctx, cl, cfg.CheckpointTopic, topics))
 		out = append(out, coordinatorFinding(ctx, cl, cfg.TransactionalID))
@@ -93,11 +96,7 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 func topicFinding(tpl *relay.Template, create bool, autoCreate string, topics map[string]int) relay.Finding {
 	check := "topic " + tpl.String()
 	if len(tpl.Fields()) == 0 {
-		name := tpl.String()
-		if n, ok := topics[name]; ok {
-			return relay.Finding{Check: check, Status: relay.CheckOK, Detail: fmt.Sprintf("exists, %d partitions", n)}
-		}
-		return missingTopic(check, "does not exist", create, autoCreate, "create topic "+name)
+		return namedTopicFinding(check, tpl.String(), create, autoCreate, topics)
 	}
 	re := templateRegexp(tpl)
 	var matching []string
@@ -117,6 +116,14 @@ func topicFinding(tpl *relay.Template, create bool, autoCreate string, topics ma
 		detail = fmt.Sprintf("names a topic per row; %d exist: %s", len(matching), list)
 	}
 	return missingTopic(check, detail, create, autoCreate, "create every topic rows will name")
+}
+
+// namedTopicFinding checks one topic by its name.
+func namedTopicFinding(check, name string, create bool, autoCreate string, topics map[string]int) relay.Finding {
+	if n, ok := topics[name]; ok {
+		return relay.Finding{Check: check, Status: relay.CheckOK, Detail: fmt.Sprintf("exists, %d partitions", n)}
+	}
+	return missingTopic(check, "does not exist", create, autoCreate, "create topic "+name)
 }
 
 // missingTopic is the finding for topics that may not exist: fine when the

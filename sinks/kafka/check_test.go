@@ -88,6 +88,7 @@ func TestCheckTopics(t *testing.T) {
 		want string
 	}{
 		{"existing", Config{Topic: tmpl(t, "orders")}, "ok topic orders: exists, 3 partitions"},
+		{"dead-letter topic", Config{DeadLetter: "absent.dlq"}, "WARN dead-letter topic absent.dlq: does not exist; a row routed to a missing topic stops the relay"},
 		{"missing, created by the relay", Config{Topic: tmpl(t, "absent"), CreateTopics: true}, "ok topic absent: does not exist; the relay creates missing topics"},
 		{"template", Config{Topic: tmpl(t, DefaultTopic)}, "WARN topic outbox.event.{aggregate_type}: names a topic per row; 2 exist: outbox.event.invoice, outbox.event.order;"},
 		{"template, nothing matches", Config{Topic: tmpl(t, "{aggregate_type}.events"), CreateTopics: true}, "ok topic {aggregate_type}.events: names a topic per row; no topic matches it yet; the relay creates"},

@@ -12,9 +12,9 @@ import (
 )
 
 // Check reports, without declaring or publishing anything, whether the
-// relay can publish to cfg.Exchange at cfg.URL: it connects as the sink
-// does and passively declares the exchange. Findings never hold the
-// password.
+// relay can publish to cfg.Exchange (and cfg.DeadLetter) at cfg.URL: it
+// connects as the sink does and passively declares the exchanges. Findings
+// never hold the password.
 func Check(ctx context.Context, cfg Config) []relay.Finding {
 	const check = "rabbitmq"
 	u, err := url.Parse(cfg.URL)
@@ -36,13 +36,17 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 	defer conn.Close()
 	version, _ := conn.Properties["version"].(string)
 	out := []relay.Finding{{Check: check, Status: relay.CheckOK, Detail: fmt.Sprintf("connected to %s (RabbitMQ %s)", redacted, version)}}
-	return append(out, exchangeFinding(conn, cfg.Exchange, u.User.Username()))
+	out = append(out, exchangeFinding(conn, "exchange", cfg.Exchange, u.User.Username()))
+	if cfg.DeadLetter != "" {
+		out = append(out, exchangeFinding(conn, "dead-letter exchange", cfg.DeadLetter, u.User.Username()))
+	}
+	return out
 }
 
 // exchangeFinding passively declares the exchange: it exists, it is
 // missing (the sink declares it), or the user may not use it.
-func exchangeFinding(conn *amqp.Connection, exchange, user string) relay.Finding {
-	check := "exchange " + exchange
+func exchangeFinding(conn *amqp.Connection, what, exchange, user string) relay.Finding {
+	check := what + " " + exchange
 	ch, err := conn.Channel()
 	if err != nil {
 		return relay.Finding{Check: check, Status: relay.CheckFail, Detail: fmt.Sprintf("cannot open a channel: %v", err)}

@@ -29,8 +29,9 @@ func TestCheckFindsAnExistingExchange(t *testing.T) {
 
 func TestCheckDeclaresNothing(t *testing.T) {
 	exchange := "relaytest.check." + suffix()
-	fs := rabbitmq.Check(testContext(t, 30*time.Second), rabbitmq.Config{URL: amqpURL, Exchange: exchange})
-	expectFindings(t, fs, []string{"ok rabbitmq: connected to", "ok exchange " + exchange + ": does not exist; the relay will declare it"})
+	fs := rabbitmq.Check(testContext(t, 30*time.Second), rabbitmq.Config{URL: amqpURL, Exchange: exchange, DeadLetter: exchange + ".dlx"})
+	expectFindings(t, fs, []string{"ok rabbitmq: connected to", "ok exchange " + exchange + ": does not exist; the relay will declare it",
+		"ok dead-letter exchange " + exchange + ".dlx: does not exist; the relay will declare it"})
 	b := dialBroker(t)
 	err := b.ch.ExchangeDeclarePassive(exchange, amqp.ExchangeTopic, true, false, false, false, nil)
 	if err == nil {
