@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,8 +117,10 @@ func testMain(m *testing.M) int {
 // env is one test's world: its own database, slot, publication and
 // exchange or topics, so tests cannot see each other's events.
 type env struct {
-	t        *testing.T
-	name     string
+	t    *testing.T
+	name string
+	// dbURL is the relay's RELAY_DATABASE_URL: the least-privilege role of
+	// schema/role.sql, not a superuser. db is the superuser's pool.
 	dbURL    string
 	db       *pgxpool.Pool
 	amqpURL  string
@@ -146,7 +149,7 @@ func newEnvOn(t *testing.T, server *services.Postgres) *env {
 		t.Fatalf("create database: %v", err)
 	}
 	e := &env{t: t, name: name, dbURL: server.URL(name), amqpURL: amqpURL, exchange: "outbox_" + name, slot: "slot_" + name}
-	db, err := pgxpool.New(ctx, e.dbURL)
+	db, err := pgxpool.New(ctx, server.URL(name))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -165,7 +168,44 @@ func newEnvOn(t *testing.T, server *services.Postgres) *env {
 		t.Fatal(err)
 	}
 	e.exec(string(schema))
+	e.dbURL = e.applyRole(server)
 	return e
+}
+
+// roleMu serialises role.sql: roles belong to the cluster, and two
+// concurrent CREATE ROLE of the same name fail on a unique index rather than
+// with the duplicate_object that role.sql tolerates.
+var roleMu sync.Mutex
+
+// applyRole applies schema/role.sql to the env's database, as a DBA would,
+// with the env's publication, and returns a URL as the role it creates. The
+// relay runs as that role in every test, so the suite shows that what
+// role.sql grants is enough. The test servers trust loopback connections,
+// so the password is not checked.
+func (e *env) applyRole(server *services.Postgres) string {
+	e.t.Helper()
+	sql, err := os.ReadFile("../schema/role.sql")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	func() {
+		roleMu.Lock()
+		defer roleMu.Unlock()
+		e.exec(strings.ReplaceAll(string(sql), "outbox_relay", "pub_"+e.name))
+	}()
+	var super, replication bool
+	if err := e.db.QueryRow(e.t.Context(), "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'relay'").Scan(&super, &replication); err != nil {
+		e.t.Fatalf("read role relay: %v", err)
+	}
+	if super || !replication {
+		e.t.Fatalf("role relay: superuser %v, replication %v; want a replication role that is no superuser", super, replication)
+	}
+	u, err := url.Parse(server.URL(e.name))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	u.User = url.UserPassword("relay", "change-me")
+	return u.String()
 }
 
 // newKafkaEnv is newEnv with the relay publishing to the shared Kafka
@@ -270,8 +310,13 @@ func (e *env) startRelay() *relayProc {
 		if p.exited() {
 			e.t.Fatalf("relay exited with %v before streaming; log:\n%s", p.err, p.log.String())
 		}
+		// A slot is active while it is being created too, and a relay
+		// killed then leaves no slot: wait for START_REPLICATION.
 		var active bool
-		err := e.db.QueryRow(e.t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", e.slot).Scan(&active)
+		err := e.db.QueryRow(e.t.Context(), `
+			SELECT coalesce(a.query LIKE 'START_REPLICATION%', false)
+			FROM pg_replication_slots r LEFT JOIN pg_stat_activity a ON a.pid = r.active_pid
+			WHERE r.slot_name = $1`, e.slot).Scan(&active)
 		if err != nil || !active {
 			return fmt.Errorf("slot %s not streaming yet (%v)", e.slot, err)
 		}

@@ -1,9 +1,45 @@
--- A least-privilege role for the relay. Run as a superuser, after
--- outbox.sql; replace the password. The relay needs REPLICATION to open a
--- replication connection and create its slot, and SELECT on the outbox to
--- check its columns at start. Because creating a publication requires
--- owning the table, the publication is created here, by the owner.
-CREATE ROLE relay WITH LOGIN REPLICATION PASSWORD 'change-me';
+-- A least-privilege role for the relay. Run it in the outbox database, after
+-- outbox.sql, as a superuser (or as the outbox table's owner holding
+-- CREATEROLE and REPLICATION). Change the password, or authenticate the role
+-- with a client certificate (pg_hba.conf "hostssl ... cert" for both the
+-- database and "replication"; README, TLS).
+--
+-- What the relay does, and what it needs for it:
+--   replication connection, create and drop its slot   REPLICATION
+--   check tables, columns, publication, slot (catalogs) nothing more
+--   advisory lock, pg_logical_emit_message heartbeat    nothing more
+--   the outbox tables                                   SELECT; it never writes
+-- It is no superuser and owns nothing. Creating a publication FOR TABLE needs
+-- ownership of the table, so the owner creates it here; the relay then only
+-- checks that it publishes inserts of exactly RELAY_TABLES. To add an outbox
+-- table later, grant SELECT on it and add it to the publication here
+-- (ALTER PUBLICATION outbox_relay ADD TABLE ...) before adding it to
+-- RELAY_TABLES: the relay's own attempt would fail for want of ownership.
+--
+-- Roles belong to the cluster, grants and publications to one database: run
+-- this file in each database that has an outbox; the role is created once.
+DO $$
+BEGIN
+    CREATE ROLE relay WITH LOGIN REPLICATION PASSWORD 'change-me';
+EXCEPTION WHEN duplicate_object THEN
+    RAISE NOTICE 'role relay exists; its attributes and password are left as they are';
+END
+$$;
 GRANT USAGE ON SCHEMA public TO relay;
 GRANT SELECT ON public.outbox TO relay;
 CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert');
+
+-- The initial backfill's progress (RELAY_SNAPSHOT=initial): the relay reads
+-- and writes its own small table; schema/relay_state.sql has the same DDL.
+CREATE SCHEMA IF NOT EXISTS relay;
+CREATE TABLE IF NOT EXISTS relay.backfill (
+    slot_name   text    NOT NULL,
+    table_name  text    NOT NULL,
+    start_lsn   pg_lsn,
+    rows_done   bigint  NOT NULL DEFAULT 0,
+    last_key    text[],
+    done        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (slot_name, table_name)
+);
+GRANT USAGE ON SCHEMA relay TO relay;
+GRANT SELECT, INSERT, UPDATE ON relay.backfill TO relay;
