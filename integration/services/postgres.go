@@ -59,6 +59,13 @@ type PostgresOptions struct {
 	// ExtraConf is appended to postgresql.conf and wins over the defaults
 	// set here. Values are quoted for you.
 	ExtraConf map[string]string
+	// TLS, when set, turns ssl on with this certificate. Connections
+	// without TLS are still accepted, except from ClientCertUsers.
+	TLS *TLS
+	// ClientCertUsers may connect only over TLS with a client certificate
+	// whose CN is their name (pg_hba "hostssl … cert"), to databases and
+	// for replication; the other users keep trust. Needs TLS.CAFile.
+	ClientCertUsers []string
 }
 
 // StartPostgres creates a fresh cluster with initdb and starts it on a free
@@ -247,6 +254,21 @@ func (p *Postgres) writeConf(opts PostgresOptions) error {
 	if opts.Fast {
 		conf["fsync"] = "off"
 	}
+	if opts.TLS != nil {
+		files, err := opts.TLS.install(p.Dir, p.cred)
+		if err != nil {
+			return err
+		}
+		conf["ssl"] = "on"
+		conf["ssl_cert_file"] = files.cert
+		conf["ssl_key_file"] = files.key
+		if files.ca != "" {
+			conf["ssl_ca_file"] = files.ca
+		}
+	}
+	if err := p.requireClientCerts(opts); err != nil {
+		return err
+	}
 	for k, v := range opts.ExtraConf {
 		conf[k] = v
 	}
@@ -269,6 +291,35 @@ func (p *Postgres) writeConf(opts PostgresOptions) error {
 		return fmt.Errorf("services: postgresql.conf: %w", err)
 	}
 	return f.Close()
+}
+
+// requireClientCerts puts lines for opts.ClientCertUsers before initdb's
+// trust lines in pg_hba.conf: the first line that matches decides.
+func (p *Postgres) requireClientCerts(opts PostgresOptions) error {
+	if len(opts.ClientCertUsers) == 0 {
+		return nil
+	}
+	if opts.TLS == nil || opts.TLS.CAFile == "" {
+		return errors.New("services: ClientCertUsers needs TLS with a CAFile")
+	}
+	path := filepath.Join(p.dataDir, "pg_hba.conf")
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("services: pg_hba.conf: %w", err)
+	}
+	var b strings.Builder
+	b.WriteString("# Added by github.com/relay-dev/relay/integration/services.\n")
+	for _, u := range opts.ClientCertUsers {
+		for _, db := range []string{"all", "replication"} {
+			fmt.Fprintf(&b, "hostssl %s %s 127.0.0.1/32 cert\n", db, u)
+			fmt.Fprintf(&b, "host %s %s 127.0.0.1/32 reject\n", db, u)
+		}
+	}
+	// Written in place, so the file keeps its owner.
+	if err := os.WriteFile(path, append([]byte(b.String()), old...), 0); err != nil {
+		return fmt.Errorf("services: pg_hba.conf: %w", err)
+	}
+	return nil
 }
 
 // start launches the postmaster and waits until it serves queries. p.mu held.

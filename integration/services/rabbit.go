@@ -38,6 +38,8 @@ var rabbitSeq atomic.Int64
 type Rabbit struct {
 	// Port is the AMQP port on 127.0.0.1, kept across restarts.
 	Port int
+	// TLSPort is the AMQPS port on 127.0.0.1 with RabbitOptions.TLS; else 0.
+	TLSPort int
 	// Dir holds the node's Mnesia database, message store, configuration,
 	// Erlang cookie and log; Close removes it.
 	Dir string
@@ -53,10 +55,28 @@ type Rabbit struct {
 	closed bool
 }
 
+// RabbitOptions tunes a throwaway node.
+type RabbitOptions struct {
+	// TLS, when set, adds a TLS listener on TLSPort beside the plain one.
+	TLS *TLS
+	// RequireClientCert makes the TLS listener refuse clients without a
+	// certificate from TLS.CAFile (verify_peer, fail_if_no_peer_cert).
+	RequireClientCert bool
+	// MaxMessageSize, when positive, is the node's max_message_size in
+	// bytes: tests of oversized messages need a limit they can exceed
+	// cheaply, and the setting is node-wide, so such tests get a node.
+	MaxMessageSize int
+}
+
 // StartRabbit starts a fresh node on free ports and returns once an AMQP
 // connection as guest/guest succeeds. The caller must Close it; on error
 // nothing is left behind.
 func StartRabbit(ctx context.Context) (*Rabbit, error) {
+	return StartRabbitWith(ctx, RabbitOptions{})
+}
+
+// StartRabbitWith is StartRabbit with options.
+func StartRabbitWith(ctx context.Context, opts RabbitOptions) (*Rabbit, error) {
 	if !isExecutable(rabbitServerScript) {
 		return nil, fmt.Errorf("services: RabbitMQ not found (%s is missing); install it with: %s", rabbitServerScript, rabbitInstallHint)
 	}
@@ -93,7 +113,12 @@ func StartRabbit(ctx context.Context) (*Rabbit, error) {
 			r.Close()
 		}
 	}()
-	if err := r.writeConfig(); err != nil {
+	if opts.TLS != nil {
+		if r.TLSPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+	}
+	if err := r.writeConfig(opts); err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
@@ -111,13 +136,21 @@ func (r *Rabbit) path(name string) string { return filepath.Join(r.Dir, name) }
 // writeConfig gives the node its own copy of every file it would otherwise
 // read from /etc/rabbitmq, notably rabbitmq-env.conf, whose NODENAME would
 // otherwise make this node impersonate the system one.
-func (r *Rabbit) writeConfig() error {
+func (r *Rabbit) writeConfig(opts RabbitOptions) error {
+	tlsConf, err := r.tlsConfig(opts)
+	if err != nil {
+		return err
+	}
+	maxSize := ""
+	if opts.MaxMessageSize > 0 {
+		maxSize = fmt.Sprintf("max_message_size = %d\n", opts.MaxMessageSize)
+	}
 	files := map[string]string{
 		"rabbitmq-env.conf": "",
 		"rabbitmq.conf": "# Throwaway test node.\n" +
 			// tmpfs-backed /tmp on CI can be small; the default 50MB limit
 			// would block publishers with a disk alarm.
-			"disk_free_limit.absolute = 1MB\n",
+			"disk_free_limit.absolute = 1MB\n" + tlsConf + maxSize,
 		"advanced.config": "[].\n",
 		// No management plugin: it adds seconds to every start.
 		"enabled_plugins": "[].\n",
@@ -133,6 +166,31 @@ func (r *Rabbit) writeConfig() error {
 		}
 	}
 	return nil
+}
+
+// tlsConfig is the rabbitmq.conf part of the TLS listener, if any.
+func (r *Rabbit) tlsConfig(opts RabbitOptions) (string, error) {
+	if opts.TLS == nil {
+		return "", nil
+	}
+	if opts.RequireClientCert && opts.TLS.CAFile == "" {
+		return "", errors.New("services: RequireClientCert needs TLS.CAFile")
+	}
+	files, err := opts.TLS.install(r.Dir, nil)
+	if err != nil {
+		return "", err
+	}
+	conf := fmt.Sprintf("listeners.ssl.default = 127.0.0.1:%d\nssl_options.certfile = %s\nssl_options.keyfile = %s\n",
+		r.TLSPort, files.cert, files.key)
+	if files.ca != "" {
+		conf += fmt.Sprintf("ssl_options.cacertfile = %s\n", files.ca)
+	}
+	if opts.RequireClientCert {
+		conf += "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n"
+	} else {
+		conf += "ssl_options.verify = verify_none\n"
+	}
+	return conf, nil
 }
 
 func (r *Rabbit) env() []string {
@@ -235,6 +293,21 @@ func (r *Rabbit) start(ctx context.Context) error {
 	if err != nil {
 		r.killLocked()
 		return withLog(fmt.Errorf("services: rabbitmq node %s on port %d not ready: %w", r.nodeName, r.Port, err), r.logPath)
+	}
+	if r.TLSPort != 0 {
+		tlsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.TLSPort))
+		err = pollUntil(ctx, rabbitReadyWithin, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+			c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", tlsAddr)
+			if err != nil {
+				return false, err
+			}
+			c.Close()
+			return true, nil
+		})
+		if err != nil {
+			r.killLocked()
+			return withLog(fmt.Errorf("services: rabbitmq TLS listener on port %d not ready: %w", r.TLSPort, err), r.logPath)
+		}
 	}
 	return nil
 }
