@@ -55,6 +55,9 @@ type config struct {
 	KafkaSASLPassword      string   `env:"RELAY_KAFKA_SASL_PASSWORD" secret:"true" help:"SASL password (never logged)"`
 	KafkaSASLPasswordFile  string   `env:"RELAY_KAFKA_SASL_PASSWORD_FILE" help:"file holding RELAY_KAFKA_SASL_PASSWORD, e.g. a mounted secret; a trailing newline is ignored"`
 
+	Format            string `env:"RELAY_FORMAT" envDefault:"raw" help:"message format: raw (the body is the payload), cloudevents (CloudEvents 1.0 binary mode: the body is the payload, attributes in ce_ (Kafka) or cloudEvents: (AMQP) headers) or cloudevents-structured (the body is the CloudEvents JSON)"`
+	CloudEventsSource string `env:"RELAY_CLOUDEVENTS_SOURCE" help:"CloudEvents source attribute, a URI-reference naming the producing service, e.g. /orders or urn:acme:orders (required with the cloudevents formats)"`
+
 	ColumnPreset        string `env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
 	ColumnID            string `env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
 	ColumnAggregateType string `env:"RELAY_COLUMN_AGGREGATE_TYPE" help:"column of the aggregate type (default from the preset)"`
@@ -200,6 +203,16 @@ func (c *config) validate() []string {
 		add("RELAY_AMQP_CONFIRM_WINDOW", "%d: want 1 to 65535", c.AMQPConfirmWindow)
 	}
 	bad = append(bad, c.validateKafka()...)
+	if f, err := relay.ParseFormat(c.Format); err != nil {
+		add("RELAY_FORMAT", "%v", err)
+	} else if f != relay.FormatRaw && c.CloudEventsSource == "" {
+		add("RELAY_CLOUDEVENTS_SOURCE", "required with RELAY_FORMAT=%s: a URI-reference naming the producing service, e.g. /orders", c.Format)
+	}
+	if c.CloudEventsSource != "" {
+		if _, err := url.Parse(c.CloudEventsSource); err != nil {
+			add("RELAY_CLOUDEVENTS_SOURCE", "%q: not a URI-reference", c.CloudEventsSource)
+		}
+	}
 	if c.ColumnPreset != "standard" && c.ColumnPreset != "debezium" {
 		add("RELAY_COLUMN_PRESET", "%q: want standard or debezium", c.ColumnPreset)
 	}
@@ -368,6 +381,12 @@ func (c *config) transactionalID() string {
 // kafkaTLS reports whether the Kafka connection uses TLS.
 func (c *config) kafkaTLS() bool {
 	return c.KafkaTLS || c.KafkaTLSCAFile != "" || c.KafkaTLSCertFile != ""
+}
+
+// format is RELAY_FORMAT, valid once validate passed.
+func (c *config) format() relay.Format {
+	f, _ := relay.ParseFormat(c.Format)
+	return f
 }
 
 // columns resolves the preset and the per-column overrides.

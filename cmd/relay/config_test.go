@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
 )
 
@@ -50,6 +51,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		KafkaCheckpointTopic:   "relay.checkpoints",
 		KafkaPartitions:        -1,
 		KafkaReplicationFactor: -1,
+		Format:                 "raw",
 		ColumnPreset:           "standard",
 		MaxInFlight:            4096,
 		MaxInFlightBytes:       64 << 20,
@@ -172,6 +174,24 @@ func TestLoadConfigValid(t *testing.T) {
 			env:  envWith("RELAY_AMQP_ROUTING_KEY", "outbox.{tenant}.{event_type}"),
 		},
 		{
+			name: "cloudevents with a source",
+			env:  envWith("RELAY_FORMAT", "cloudevents", "RELAY_CLOUDEVENTS_SOURCE", "/orders"),
+			check: func(t *testing.T, c config) {
+				if c.format() != relay.FormatCloudEvents || c.CloudEventsSource != "/orders" {
+					t.Errorf("format %v, source %q", c.format(), c.CloudEventsSource)
+				}
+			},
+		},
+		{
+			name: "structured cloudevents with a URN source",
+			env:  envWith("RELAY_FORMAT", "cloudevents-structured", "RELAY_CLOUDEVENTS_SOURCE", "urn:acme:orders"),
+			check: func(t *testing.T, c config) {
+				if c.format() != relay.FormatCloudEventsStructured {
+					t.Errorf("format %v", c.format())
+				}
+			},
+		},
+		{
 			name: "slot at 63 characters",
 			env:  envWith("RELAY_SLOT", "_"+strings.Repeat("a", 62), "RELAY_PUBLICATION", "pub_2"),
 		},
@@ -223,6 +243,10 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{name: "routing key empty placeholder", env: envWith("RELAY_AMQP_ROUTING_KEY", "a.{}"), want: []string{"RELAY_AMQP_ROUTING_KEY"}},
 		{name: "confirm window zero", env: envWith("RELAY_AMQP_CONFIRM_WINDOW", "0"), want: []string{"RELAY_AMQP_CONFIRM_WINDOW"}},
 		{name: "confirm window too big", env: envWith("RELAY_AMQP_CONFIRM_WINDOW", "65536"), want: []string{"RELAY_AMQP_CONFIRM_WINDOW"}},
+		{name: "unknown format", env: envWith("RELAY_FORMAT", "avro"), want: []string{"RELAY_FORMAT"}},
+		{name: "cloudevents without a source", env: envWith("RELAY_FORMAT", "cloudevents"), want: []string{"RELAY_CLOUDEVENTS_SOURCE"}},
+		{name: "structured cloudevents without a source", env: envWith("RELAY_FORMAT", "cloudevents-structured"), want: []string{"RELAY_CLOUDEVENTS_SOURCE"}},
+		{name: "cloudevents source not a URI", env: envWith("RELAY_FORMAT", "cloudevents", "RELAY_CLOUDEVENTS_SOURCE", "/orders%zz"), want: []string{"RELAY_CLOUDEVENTS_SOURCE"}},
 		{name: "unknown column preset", env: envWith("RELAY_COLUMN_PRESET", "kafka-connect"), want: []string{"RELAY_COLUMN_PRESET"}},
 		{name: "max in flight zero", env: envWith("RELAY_MAX_IN_FLIGHT", "0"), want: []string{"RELAY_MAX_IN_FLIGHT"}},
 		{name: "max in flight negative", env: envWith("RELAY_MAX_IN_FLIGHT", "-5"), want: []string{"RELAY_MAX_IN_FLIGHT"}},

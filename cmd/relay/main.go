@@ -274,6 +274,8 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			// into flight; half keeps the next one filling meanwhile.
 			TransactionMaxEvents: max(cfg.MaxInFlight/2, 1),
 			DeadLetter:           cfg.DeadLetter,
+			Format:               cfg.format(),
+			CloudEventsSource:    cfg.CloudEventsSource,
 			Logger:               log,
 		}
 		if cfg.kafkaTLS() {
@@ -293,13 +295,15 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			return nil, err
 		}
 		return rabbitmq.New(ctx, rabbitmq.Config{
-			URL:           cfg.AMQPURL,
-			Exchange:      cfg.AMQPExchange,
-			RoutingKey:    routingKey,
-			ConfirmWindow: cfg.AMQPConfirmWindow,
-			DeadLetter:    cfg.DeadLetter,
-			Metrics:       m,
-			Logger:        log,
+			URL:               cfg.AMQPURL,
+			Exchange:          cfg.AMQPExchange,
+			RoutingKey:        routingKey,
+			ConfirmWindow:     cfg.AMQPConfirmWindow,
+			DeadLetter:        cfg.DeadLetter,
+			Format:            cfg.format(),
+			CloudEventsSource: cfg.CloudEventsSource,
+			Metrics:           m,
+			Logger:            log,
 		})
 	}
 }

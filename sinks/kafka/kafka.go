@@ -68,6 +68,11 @@ type Config struct {
 	// DeadLetter is the topic dead letters go to (relay.Event.DeadLetter),
 	// with header x-relay-error the reason. Empty: none.
 	DeadLetter string
+	// Format shapes each record: relay.FormatRaw (the default) produces
+	// the payload; the CloudEvents formats need CloudEventsSource, the
+	// source attribute of every event.
+	Format            relay.Format
+	CloudEventsSource string
 	// Logger receives connection trouble and data loss warnings. Default: discard.
 	Logger *slog.Logger
 }
@@ -82,8 +87,9 @@ type Sink struct {
 	log     *slog.Logger
 	healthy atomic.Bool
 
-	dlq string
-	txn *txn // nil unless exactly-once
+	dlq    string
+	format format
+	txn    *txn // nil unless exactly-once
 	// slots bounds the records produced and not yet acknowledged. kgo
 	// bounds them too, but blocks on the context given to Produce and
 	// fails that partition's buffered records when it ends; records are
@@ -116,6 +122,9 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if cfg.Topic == nil {
 		return nil, errors.New("kafka: topic template is required")
 	}
+	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
+		return nil, fmt.Errorf("kafka: format %s needs a CloudEvents source", cfg.Format)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -130,6 +139,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		limits: map[string]int32{},
 		slots:  make(chan struct{}, maxBuffered),
 		dlq:    cfg.DeadLetter,
+		format: format{mode: cfg.Format, source: cfg.CloudEventsSource},
 	}
 	conn := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -278,13 +288,16 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	if err != nil {
 		return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
 	}
+	r, err := record(ev, topic, s.format)
+	if err != nil {
+		return err
+	}
 	if err := s.prepare(ctx, topic); err != nil {
 		if relay.IsPermanent(err) {
 			return relay.Permanent(fmt.Errorf("event %s: %w", ev.ID, err))
 		}
 		return err
 	}
-	r := record(ev, topic)
 	ev.Destination = topic
 	if s.txn != nil {
 		return s.txn.publish(ctx, ev, r)
@@ -315,15 +328,25 @@ func (s *Sink) acquire(ctx context.Context) error {
 
 func (s *Sink) release() { <-s.slots }
 
-// record builds the Kafka record of ev. The header column's keys come
-// first and the relay's own headers last, so that a consumer reading the
-// last value of a header (as Java's Headers.lastHeader does) cannot be
-// fooled by a header column forging them.
-func record(ev *relay.Event, topic string) *kgo.Record {
-	headers := make([]kgo.RecordHeader, 0, len(ev.Headers)+4)
+// record builds the Kafka record of ev in format f. The header column's
+// keys come first and the relay's own headers last, so that a consumer
+// reading the last value of a header (as Java's Headers.lastHeader does)
+// cannot be fooled by a header column forging them.
+func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
+	if ev.DeadLetter != "" {
+		// A dead letter is the row as it was, whatever made it bad; the
+		// format must not fail it a second time.
+		f = format{}
+	}
+	fheaders, value, err := f.apply(ev)
+	if err != nil {
+		return nil, err
+	}
+	headers := make([]kgo.RecordHeader, 0, len(ev.Headers)+len(fheaders)+4)
 	for _, h := range ev.Headers {
 		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
 	}
+	headers = append(headers, fheaders...)
 	headers = append(headers,
 		kgo.RecordHeader{Key: "id", Value: []byte(ev.ID)},
 		kgo.RecordHeader{Key: "event_type", Value: []byte(ev.EventType)},
@@ -340,10 +363,10 @@ func record(ev *relay.Event, topic string) *kgo.Record {
 	return &kgo.Record{
 		Topic:     topic,
 		Key:       []byte(ev.AggregateID),
-		Value:     ev.Payload,
+		Value:     value,
 		Headers:   headers,
 		Timestamp: ev.CreatedAt,
-	}
+	}, nil
 }
 
 // produceError classifies a failed record. kgo retries retriable errors

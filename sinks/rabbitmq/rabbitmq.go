@@ -60,6 +60,11 @@ type Config struct {
 	// declared as a durable topic exchange when absent; their routing key is
 	// the source table, and header x-relay-error the reason. Empty: none.
 	DeadLetter string
+	// Format shapes each message: relay.FormatRaw (the default) publishes
+	// the payload; the CloudEvents formats need CloudEventsSource, the
+	// source attribute of every event.
+	Format            relay.Format
+	CloudEventsSource string
 	// Metrics counts republished events; nil counts nothing.
 	Metrics *metrics.Metrics
 	// Logger receives connection failures and recoveries. Default: discard.
@@ -70,6 +75,8 @@ type Config struct {
 type Sink struct {
 	exchange string
 	dlx      string
+	format   relay.Format
+	ceSource string
 	metrics  *metrics.Metrics
 	key      *relay.Template
 	window   int
@@ -151,6 +158,9 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if len(cfg.Exchange) > maxShortstr {
 		return nil, fmt.Errorf("rabbitmq: exchange name is %d bytes, AMQP allows at most %d", len(cfg.Exchange), maxShortstr)
 	}
+	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
+		return nil, fmt.Errorf("rabbitmq: format %s needs a CloudEvents source", cfg.Format)
+	}
 	if cfg.ConfirmWindow <= 0 {
 		cfg.ConfirmWindow = defaultWindow
 	}
@@ -162,6 +172,8 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	s := &Sink{
 		exchange: cfg.Exchange,
 		dlx:      cfg.DeadLetter,
+		format:   cfg.Format,
+		ceSource: cfg.CloudEventsSource,
 		metrics:  cfg.Metrics,
 		key:      cfg.RoutingKey,
 		window:   cfg.ConfirmWindow,
@@ -350,12 +362,27 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 			return nil, relay.BadRow(ev, fmt.Errorf("%s is %d bytes, AMQP allows at most %d", f.name, len(f.value), maxShortstr))
 		}
 	}
+	body, contentType, err := s.body(ev)
+	if err != nil {
+		return nil, relay.BadRow(ev, err)
+	}
 	headers := make(amqp.Table, len(ev.Headers)+3)
 	for _, h := range ev.Headers {
 		if len(h.Key) > maxShortstr {
 			return nil, relay.BadRow(ev, fmt.Errorf("header name is %d bytes, AMQP allows at most %d", len(h.Key), maxShortstr))
 		}
 		headers[h.Key] = h.Value
+	}
+	if s.format == relay.FormatCloudEvents && ev.DeadLetter == "" {
+		attrs, err := relay.CloudEventAttributes(ev, s.ceSource)
+		if err != nil {
+			return nil, relay.BadRow(ev, err)
+		}
+		// Strings throughout, the canonical form the binding accepts for
+		// every type: an AMQP 0-9-1 timestamp has whole seconds only.
+		for _, a := range attrs {
+			headers[cloudEventsPrefix+a.Key] = a.Value
+		}
 	}
 	// The built-ins come last so a header column cannot forge them.
 	headers["aggregate_type"] = ev.AggregateType
@@ -371,12 +398,12 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		key:      key,
 		msg: amqp.Publishing{
 			Headers:      headers,
-			ContentType:  ev.ContentType,
+			ContentType:  contentType,
 			DeliveryMode: amqp.Persistent,
 			MessageId:    ev.ID,
 			Type:         ev.EventType,
 			Timestamp:    ev.CreatedAt,
-			Body:         ev.Payload,
+			Body:         body,
 		},
 	}, nil
 }
