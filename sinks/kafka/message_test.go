@@ -14,7 +14,7 @@ import (
 )
 
 // These tests pin down what a consumer reads: the exact header names of
-// the CloudEvents Kafka binding, against kfake.
+// the CloudEvents Kafka binding and W3C trace context, against kfake.
 
 const (
 	traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -105,6 +105,38 @@ func TestCloudEventsStructuredModeValue(t *testing.T) {
 	}
 	if !maps.EqualFunc(body, wantBody, func(a, b any) bool { return fmt.Sprint(a) == fmt.Sprint(b) }) {
 		t.Errorf("value %v, want %v", body, wantBody)
+	}
+}
+
+// recordCarrier reads trace context the way OpenTelemetry's Kafka carriers
+// do (franz-go's kotel.RecordCarrier, the Java instrumentation's
+// lastHeader): the last header with the key, as a string.
+type recordCarrier struct{ r *kgo.Record }
+
+func (c recordCarrier) Get(key string) string {
+	v := ""
+	for _, h := range c.r.Headers {
+		if h.Key == key {
+			v = string(h.Value)
+		}
+	}
+	return v
+}
+
+func TestTraceContextReachesTheConsumersPropagator(t *testing.T) {
+	brokers := cluster(t)
+	s := newSink(t, Config{Brokers: brokers, Topic: tmpl(t, DefaultTopic), CreateTopics: true, Partitions: 1, ReplicationFactor: -1})
+	o := newOutcome(1)
+	publishAll(t, s, o, tracedEvent(o, "traced-1"))
+
+	r := consume(t, brokers, "outbox.event.order", 1)[0]
+	// propagation.TraceContext reads exactly these two keys.
+	c := recordCarrier{r}
+	if got := c.Get("traceparent"); got != traceparent {
+		t.Errorf("traceparent = %q, want %q", got, traceparent)
+	}
+	if got := c.Get("tracestate"); got != tracestate {
+		t.Errorf("tracestate = %q, want %q", got, tracestate)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 )
 
 // These tests pin down what a consumer reads: the exact header names of
-// the CloudEvents AMQP binding, against the real broker.
+// the CloudEvents AMQP binding and W3C trace context, against the real
+// broker.
 
 const (
 	traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -161,6 +162,35 @@ func TestCloudEventsStructuredModeBody(t *testing.T) {
 				t.Errorf("message %d: structured mode has header %q", i, k)
 			}
 		}
+	}
+}
+
+// amqpCarrier reads trace context the way OpenTelemetry carriers over
+// amqp091-go header tables do (a TextMapCarrier whose Get type-asserts the
+// value to string): a []byte or any other type would be invisible to it.
+type amqpCarrier amqp.Table
+
+func (c amqpCarrier) Get(key string) string {
+	v, _ := c[key].(string)
+	return v
+}
+
+func TestTraceContextReachesTheConsumersPropagator(t *testing.T) {
+	ctx := testContext(t, time.Minute)
+	exchange := "relaytest.x." + suffix()
+	s := sinkWith(t, ctx, exchange, rabbitmq.Config{})
+	b := dialBroker(t)
+	queue := b.queue(exchange)
+	publishConfirmed(t, ctx, s, tracedEvent("traced-1"))
+
+	d := b.drain(ctx, queue, 1)[0]
+	// propagation.TraceContext reads exactly these two keys.
+	c := amqpCarrier(d.Headers)
+	if got := c.Get("traceparent"); got != traceparent {
+		t.Errorf("traceparent = %q, want %q", got, traceparent)
+	}
+	if got := c.Get("tracestate"); got != tracestate {
+		t.Errorf("tracestate = %q, want %q", got, tracestate)
 	}
 }
 
