@@ -59,6 +59,8 @@ const (
 	// extension's attributes of the same names.
 	HeaderTraceparent = "traceparent"
 	HeaderTracestate  = "tracestate"
+	// HeaderDestination overrides the routing template (Event.Route).
+	HeaderDestination = "destination"
 )
 
 // Header returns the value of the headers column's key.

@@ -144,3 +144,25 @@ func TestStructuredCloudEvent(t *testing.T) {
 		t.Error("no error for an event without a type")
 	}
 }
+
+func TestRoute(t *testing.T) {
+	tests := []struct {
+		name    string
+		to      string
+		headers []Header
+		want    string
+	}{
+		{name: "none", want: ""},
+		{name: "column", to: "/billing.commands", want: "/billing.commands"},
+		{name: "header", headers: []Header{{"destination", "audit"}}, want: "audit"},
+		{name: "column wins over header", to: "a", headers: []Header{{"destination", "b"}}, want: "a"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := &Event{To: tt.to, Headers: tt.headers}
+			if got := ev.Route(); got != tt.want {
+				t.Errorf("Route() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

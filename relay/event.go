@@ -32,6 +32,9 @@ type Event struct {
 	Index int
 	// Row holds every column of the row in text form, for routing templates.
 	Row Row
+	// To is the row's own destination, from the destination column; see
+	// Route.
+	To string
 
 	// Invalid is set by the source on a row it could not read as an
 	// event (a RowError); the relay dead-letters or stops at it.
@@ -89,6 +92,18 @@ func (e *Event) Field(name string) (string, bool) {
 	return e.Row.Get(name)
 }
 
+// Route is where the row asked to be sent, overriding the routing
+// template: the destination column, else the headers column's
+// "destination" key; empty when the row names none. What it means is the
+// sink's to say (a topic; a routing key, exchange/routing-key or /queue).
+func (e *Event) Route() string {
+	if e.To != "" {
+		return e.To
+	}
+	v, _ := e.Header(HeaderDestination)
+	return v
+}
+
 // Done reports the broker's verdict on the event: nil once the broker has
 // confirmed it, or the error that stops the stream. A sink calls it exactly
 // once per published event, from any goroutine.
@@ -104,7 +119,7 @@ func (e *Event) OnDone(f func(*Event, error)) { e.done = f }
 
 // Size is the event's approximate memory footprint, for the in-flight byte budget.
 func (e *Event) Size() int {
-	n := len(e.ID) + len(e.Table) + len(e.AggregateType) + len(e.AggregateID) + len(e.EventType) + len(e.Payload) + 256
+	n := len(e.ID) + len(e.Table) + len(e.AggregateType) + len(e.AggregateID) + len(e.EventType) + len(e.Payload) + len(e.To) + 256
 	for _, h := range e.Headers {
 		n += len(h.Key) + len(h.Value) + 32
 	}

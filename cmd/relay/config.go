@@ -66,6 +66,7 @@ type config struct {
 	ColumnPayload       string `env:"RELAY_COLUMN_PAYLOAD" help:"column of the payload: jsonb, json, text or bytea (default from the preset)"`
 	ColumnHeaders       string `env:"RELAY_COLUMN_HEADERS" help:"JSON object column of extra headers; optional (default from the preset)"`
 	ColumnCreatedAt     string `env:"RELAY_COLUMN_CREATED_AT" help:"timestamp column of the message timestamp; optional, else the commit time (default from the preset)"`
+	ColumnDestination   string `env:"RELAY_COLUMN_DESTINATION" help:"text column naming a row's own destination, which overrides the routing template; optional (default from the preset: destination in standard, none in debezium)"`
 
 	MaxInFlight      int           `env:"RELAY_MAX_IN_FLIGHT" envDefault:"4096" help:"events handed to the broker and not yet confirmed, at most"`
 	MaxInFlightBytes int           `env:"RELAY_MAX_IN_FLIGHT_BYTES" envDefault:"67108864" help:"approximate bytes of those events, at most"`
@@ -401,7 +402,7 @@ func (c *config) columns() pgsource.Columns {
 	}{
 		{c.ColumnID, &cols.ID}, {c.ColumnAggregateType, &cols.AggregateType}, {c.ColumnAggregateID, &cols.AggregateID},
 		{c.ColumnEventType, &cols.EventType}, {c.ColumnPayload, &cols.Payload}, {c.ColumnHeaders, &cols.Headers},
-		{c.ColumnCreatedAt, &cols.CreatedAt},
+		{c.ColumnCreatedAt, &cols.CreatedAt}, {c.ColumnDestination, &cols.Destination},
 	} {
 		if o.v != "" {
 			*o.dst = o.v

@@ -367,7 +367,7 @@ func TestConfigColumns(t *testing.T) {
 			env:  envWith("RELAY_COLUMN_ID", "event_id", "RELAY_COLUMN_PAYLOAD", "body", "RELAY_COLUMN_CREATED_AT", "ts"),
 			want: pgsource.Columns{
 				ID: "event_id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "event_type",
-				Payload: "body", Headers: "headers", CreatedAt: "ts",
+				Payload: "body", Headers: "headers", CreatedAt: "ts", Destination: "destination",
 			},
 		},
 		{
@@ -390,8 +390,18 @@ func TestConfigColumns(t *testing.T) {
 			env:  envWith("RELAY_COLUMN_EVENT_TYPE", "тип_события"),
 			want: pgsource.Columns{
 				ID: "id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "тип_события",
-				Payload: "payload", Headers: "headers", CreatedAt: "created_at",
+				Payload: "payload", Headers: "headers", CreatedAt: "created_at", Destination: "destination",
 			},
+		},
+		{
+			name: "destination column renamed",
+			env:  envWith("RELAY_COLUMN_DESTINATION", "send_to"),
+			want: func() pgsource.Columns { c := pgsource.StandardColumns; c.Destination = "send_to"; return c }(),
+		},
+		{
+			name: "destination column added to debezium",
+			env:  envWith("RELAY_COLUMN_PRESET", "debezium", "RELAY_COLUMN_DESTINATION", "destination"),
+			want: func() pgsource.Columns { c := pgsource.DebeziumColumns; c.Destination = "destination"; return c }(),
 		},
 	}
 	for _, tt := range tests {

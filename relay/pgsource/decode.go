@@ -34,7 +34,7 @@ type relation struct {
 	names                               []string
 	types                               []uint32
 	id, aggType, aggID, evType, payload int
-	headers, createdAt                  int
+	headers, createdAt, destination     int
 }
 
 // newRelation maps a Relation message onto the configured columns. A
@@ -69,6 +69,7 @@ func newRelation(namespace, name string, cols []column, m Columns) (*relation, e
 	r.payload = find(m.Payload, true)
 	r.headers = find(m.Headers, false)
 	r.createdAt = find(m.CreatedAt, false)
+	r.destination = find(m.Destination, false)
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("table %s has no column %s", r.table, strings.Join(missing, ", "))
 	}
@@ -188,6 +189,9 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 			return ev, bad("headers column %s: %v", rel.names[rel.headers], err)
 		}
 		ev.Headers = h
+	}
+	if rel.destination >= 0 && values[rel.destination] != nil {
+		ev.To = string(values[rel.destination])
 	}
 	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
 		t, err := decodeTimestamp(values[rel.createdAt])

@@ -1084,3 +1084,39 @@ func FuzzDecodeInsert(f *testing.F) {
 		}
 	})
 }
+
+func TestDestinationColumn(t *testing.T) {
+	withDest := append(standardTable(oidJSONB), column{"destination", oidText})
+	row := func(dest tupleCol) []byte {
+		return insertMsg(1, txt("7f0c6b6e-5b2a-4d47-9a0e-1c2d3e4f5a6b"), txt("order"), txt("42"), txt("ship"),
+			txt(`{}`), txt(`{"destination":"from-header"}`), txt("2024-05-06 07:08:09+00"), txt("acme"), dest)
+	}
+	tests := []struct {
+		name      string
+		cols      []column
+		m         Columns
+		msg       []byte
+		wantTo    string
+		wantRoute string
+	}{
+		{name: "column set", cols: withDest, m: StandardColumns, msg: row(txt("/orders.commands")), wantTo: "/orders.commands", wantRoute: "/orders.commands"},
+		{name: "column null falls back to the header", cols: withDest, m: StandardColumns, msg: row(null()), wantRoute: "from-header"},
+		{name: "column absent", cols: standardTable(oidJSONB), m: StandardColumns,
+			msg: insertMsg(1, txt("7f0c6b6e-5b2a-4d47-9a0e-1c2d3e4f5a6b"), txt("order"), txt("42"), txt("ship"),
+				txt(`{}`), txt(`{}`), txt("2024-05-06 07:08:09+00"), txt("acme")), wantRoute: ""},
+		{name: "unmapped column ignored", cols: withDest, m: func() Columns { c := StandardColumns; c.Destination = ""; return c }(),
+			msg: row(txt("/orders.commands")), wantRoute: "from-header"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rels := map[uint32]*relation{1: mustRelation(t, tt.cols, tt.m)}
+			ev, err := decodeInsert(tt.msg, rels)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.To != tt.wantTo || ev.Route() != tt.wantRoute {
+				t.Errorf("To %q Route %q, want %q %q", ev.To, ev.Route(), tt.wantTo, tt.wantRoute)
+			}
+		})
+	}
+}

@@ -19,17 +19,18 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// Columns names the outbox table's columns. Headers and CreatedAt are
-// optional: when the table has no such column, events carry no headers and
-// the commit time as their timestamp.
+// Columns names the outbox table's columns. Headers, CreatedAt and
+// Destination are optional: when the table has no such column, events carry
+// no headers, the commit time as their timestamp, and go where the routing
+// template says (relay.Event.Route).
 type Columns struct {
-	ID, AggregateType, AggregateID, EventType, Payload, Headers, CreatedAt string
+	ID, AggregateType, AggregateID, EventType, Payload, Headers, CreatedAt, Destination string
 }
 
 // StandardColumns is the layout of schema/outbox.sql.
 var StandardColumns = Columns{
 	ID: "id", AggregateType: "aggregate_type", AggregateID: "aggregate_id", EventType: "event_type",
-	Payload: "payload", Headers: "headers", CreatedAt: "created_at",
+	Payload: "payload", Headers: "headers", CreatedAt: "created_at", Destination: "destination",
 }
 
 // DebeziumColumns is the layout Debezium's outbox event router expects, so

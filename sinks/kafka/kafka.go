@@ -278,15 +278,25 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	topic, err := s.topic.Execute(ev)
-	if ev.DeadLetter != "" {
+	var topic string
+	switch dest := ev.Route(); {
+	case ev.DeadLetter != "":
 		if s.dlq == "" {
 			return relay.Permanent(fmt.Errorf("event %s: no dead-letter topic for: %s", ev.ID, ev.DeadLetter))
 		}
-		topic, err = s.dlq, nil
-	}
-	if err != nil {
-		return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
+		topic = s.dlq
+	case dest != "":
+		t, err := routeTopic(ev, dest)
+		if err != nil {
+			return err
+		}
+		topic = t
+	default:
+		t, err := s.topic.Execute(ev)
+		if err != nil {
+			return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
+		}
+		topic = t
 	}
 	r, err := record(ev, topic, s.format)
 	if err != nil {
@@ -331,7 +341,9 @@ func (s *Sink) release() { <-s.slots }
 // record builds the Kafka record of ev in format f. The header column's
 // keys come first and the relay's own headers last, so that a consumer
 // reading the last value of a header (as Java's Headers.lastHeader does)
-// cannot be fooled by a header column forging them.
+// cannot be fooled by a header column forging them. The headers column's
+// destination key is an instruction to the relay (Event.Route), not a
+// header, except in a dead letter, which shows the row as it was.
 func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	if ev.DeadLetter != "" {
 		// A dead letter is the row as it was, whatever made it bad; the
@@ -344,6 +356,9 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	}
 	headers := make([]kgo.RecordHeader, 0, len(ev.Headers)+len(fheaders)+4)
 	for _, h := range ev.Headers {
+		if h.Key == relay.HeaderDestination && ev.DeadLetter == "" {
+			continue
+		}
 		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: []byte(h.Value)})
 	}
 	headers = append(headers, fheaders...)

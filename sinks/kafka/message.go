@@ -1,6 +1,9 @@
 package kafka
 
 import (
+	"fmt"
+	"regexp"
+
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relay-dev/relay/relay"
@@ -18,6 +21,18 @@ const (
 type format struct {
 	mode   relay.Format
 	source string
+}
+
+// topicNameRE is what Kafka accepts as a topic name.
+var topicNameRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
+
+// routeTopic checks a topic a row named (Event.Route): a name Kafka would
+// refuse fails the row rather than the producer.
+func routeTopic(ev *relay.Event, topic string) (string, error) {
+	if !topicNameRE.MatchString(topic) || topic == "." || topic == ".." {
+		return "", relay.BadRow(ev, fmt.Errorf("destination %q is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-')", topic))
+	}
+	return topic, nil
 }
 
 // apply returns the headers the format adds and the record value: the

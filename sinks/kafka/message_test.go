@@ -14,7 +14,8 @@ import (
 )
 
 // These tests pin down what a consumer reads: the exact header names of
-// the CloudEvents Kafka binding and W3C trace context, against kfake.
+// the CloudEvents Kafka binding, W3C trace context, and routing by a row's
+// destination, against kfake.
 
 const (
 	traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -137,6 +138,58 @@ func TestTraceContextReachesTheConsumersPropagator(t *testing.T) {
 	}
 	if got := c.Get("tracestate"); got != tracestate {
 		t.Errorf("tracestate = %q, want %q", got, tracestate)
+	}
+}
+
+func TestDestinationNamesTheTopic(t *testing.T) {
+	brokers := cluster(t)
+	s := newSink(t, Config{Brokers: brokers, Topic: tmpl(t, DefaultTopic), CreateTopics: true, Partitions: 1, ReplicationFactor: -1})
+	o := newOutcome(3)
+	column := o.event("to-1", "order", "o-1", []byte(`{}`))
+	column.To = "billing.commands"
+	viaHeader := o.event("to-2", "order", "o-2", []byte(`{}`))
+	viaHeader.Headers = []relay.Header{
+		{Key: "correlation_id", Value: "corr-7"}, {Key: "destination", Value: "billing.commands"},
+		{Key: "expiration", Value: "60000"}, {Key: "priority", Value: "5"}, {Key: "reply_to", Value: "orders.replies"},
+	}
+	templated := o.event("to-3", "order", "o-3", []byte(`{}`))
+	publishAll(t, s, o, column, viaHeader, templated)
+
+	recs := consume(t, brokers, "billing.commands", 2)
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, string(r.Key))
+	}
+	if !slices.Equal(ids, []string{"o-1", "o-2"}) {
+		t.Fatalf("billing.commands holds %v, want o-1, o-2", ids)
+	}
+	// The well-known keys stay headers under their own names; the
+	// destination is not a header.
+	got := strings.Join(headerList(recs[1]), " ")
+	for _, want := range []string{"correlation_id=corr-7", "reply_to=orders.replies", "expiration=60000", "priority=5"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("headers %s lack %s", got, want)
+		}
+	}
+	if _, n := header(recs[1], "destination"); n != 0 {
+		t.Errorf("the destination is a header: %s", got)
+	}
+	if r := consume(t, brokers, "outbox.event.order", 1)[0]; string(r.Key) != "o-3" {
+		t.Errorf("templated topic holds %q, want o-3", r.Key)
+	}
+}
+
+func TestDestinationThatIsNoTopicNameIsABadRow(t *testing.T) {
+	brokers := cluster(t)
+	s := newSink(t, Config{Brokers: brokers, Topic: tmpl(t, DefaultTopic), CreateTopics: true, Partitions: 1, ReplicationFactor: -1})
+	o := newOutcome(1)
+	for _, dest := range []string{"/queue", "a b", "..", strings.Repeat("t", 250)} {
+		ev := o.event("bad-"+dest[:1], "order", "o", nil)
+		ev.To = dest
+		err := s.Publish(t.Context(), ev)
+		if _, ok := relay.AsBadRow(err); !ok {
+			t.Errorf("destination %.20q: Publish = %v, want a bad row", dest, err)
+		}
 	}
 }
 

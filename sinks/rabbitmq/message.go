@@ -1,6 +1,13 @@
 package rabbitmq
 
 import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -12,6 +19,96 @@ import (
 // and .NET SDKs, RabbitMQ's AMQP 1.0 plugin passing headers through as
 // application-properties), while only some read the underscore.
 const cloudEventsPrefix = "cloudEvents:"
+
+// Headers-column keys that become AMQP properties instead of headers, so
+// that commands and request/reply flow through the outbox.
+const (
+	keyCorrelationID = "correlation_id"
+	keyReplyTo       = "reply_to"
+	keyExpiration    = "expiration"
+	keyPriority      = "priority"
+)
+
+// splitDestination reads a row's destination: "routing-key" on the
+// configured exchange, "exchange/routing-key", or "/queue" for the default
+// exchange, which routes a message to the queue of that name. The first
+// slash separates, so a routing key may hold slashes and an exchange name
+// may not.
+func splitDestination(dest, exchange string) (string, string) {
+	if x, key, ok := strings.Cut(dest, "/"); ok {
+		return x, key
+	}
+	return exchange, dest
+}
+
+// setProperty moves a well-known headers-column key into its AMQP property
+// and reports whether it did. A value the broker would refuse (closing the
+// channel, so every retry would fail again) is a bad row.
+func setProperty(msg *amqp.Publishing, h relay.Header) (bool, error) {
+	switch h.Key {
+	case keyCorrelationID, keyReplyTo, keyExpiration, keyPriority:
+		if len(h.Value) > maxShortstr {
+			return false, fmt.Errorf("header %s is %d bytes, AMQP allows at most %d", h.Key, len(h.Value), maxShortstr)
+		}
+	}
+	switch h.Key {
+	case keyCorrelationID:
+		msg.CorrelationId = h.Value
+	case keyReplyTo:
+		msg.ReplyTo = h.Value
+	case keyExpiration:
+		// RabbitMQ takes the per-message TTL as a string of milliseconds
+		// and closes the channel on anything else.
+		if _, err := strconv.ParseUint(h.Value, 10, 32); err != nil {
+			return false, fmt.Errorf("header %s %q: want milliseconds, 0 to 4294967295", h.Key, h.Value)
+		}
+		msg.Expiration = h.Value
+	case keyPriority:
+		p, err := strconv.ParseUint(h.Value, 10, 8)
+		if err != nil {
+			return false, fmt.Errorf("header %s %q: want 0 to 255", h.Key, h.Value)
+		}
+		msg.Priority = uint8(p)
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// checkExchange makes sure an exchange a row names exists before the first
+// publish to it: publishing to a missing exchange closes the channel, and
+// recovery would republish into the same error forever. A missing one makes
+// the row bad. The relay does not declare it: a row cannot say which type
+// and arguments it should have. Without a connection to ask, the publish
+// goes ahead; a missing exchange then shows as channel closes in the log.
+func (s *Sink) checkExchange(ev *relay.Event, name string) error {
+	if name == "" || name == s.exchange || name == s.dlx {
+		return nil // the default exchange always exists; the others are declared
+	}
+	s.mu.Lock()
+	known := s.dests[name]
+	conn := s.conn
+	s.mu.Unlock()
+	if known || conn == nil || conn.IsClosed() {
+		return nil
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil
+	}
+	err = ch.ExchangeDeclarePassive(name, amqp.ExchangeTopic, true, false, false, false, nil)
+	_ = ch.Close()
+	var aerr *amqp.Error
+	switch {
+	case err == nil:
+		s.mu.Lock()
+		s.dests[name] = true
+		s.mu.Unlock()
+	case errors.As(err, &aerr) && aerr.Code == amqp.NotFound:
+		return relay.BadRow(ev, fmt.Errorf("destination exchange %q does not exist", name))
+	}
+	return nil
+}
 
 // body is the message body and content type in the sink's format. A dead
 // letter is the row as it was, whatever made it bad: the format must not

@@ -113,7 +113,9 @@ type Sink struct {
 	inflight []*pending
 	byTag    map[uint64]*pending // delivery tag on ch → event
 	maxSize  int                 // the broker's max_message_size, once a 406 told us
-	backoff  *relay.Backoff
+	// dests holds the exchanges rows named (Event.Route) that exist.
+	dests   map[string]bool
+	backoff *relay.Backoff
 }
 
 // pending is an event published or queued for publishing and not yet done.
@@ -187,6 +189,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		stop:     stop,
 		failed:   true,
 		byTag:    map[uint64]*pending{},
+		dests:    map[string]bool{},
 		backoff:  relay.NewBackoff(minBackoff, maxBackoff),
 	}
 
@@ -236,6 +239,9 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	}
 	p, err := s.pending(ev)
 	if err != nil {
+		return err
+	}
+	if err := s.checkExchange(ev, p.exchange); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -341,19 +347,24 @@ func (s *Sink) teardown() {
 
 // pending builds the AMQP message for ev.
 func (s *Sink) pending(ev *relay.Event) (*pending, error) {
-	exchange := s.exchange
-	key, err := s.key.Execute(ev)
-	if ev.DeadLetter != "" {
+	exchange, key := s.exchange, ""
+	switch dest := ev.Route(); {
+	case ev.DeadLetter != "":
 		if s.dlx == "" {
 			return nil, relay.Permanent(fmt.Errorf("event %s: no dead-letter exchange for: %s", ev.ID, ev.DeadLetter))
 		}
-		exchange, key, err = s.dlx, ev.Table, nil
-	}
-	if err != nil {
-		return nil, relay.BadRow(ev, fmt.Errorf("routing key: %w", err))
+		exchange, key = s.dlx, ev.Table
+	case dest != "":
+		exchange, key = splitDestination(dest, s.exchange)
+	default:
+		var err error
+		if key, err = s.key.Execute(ev); err != nil {
+			return nil, relay.BadRow(ev, fmt.Errorf("routing key: %w", err))
+		}
 	}
 	for _, f := range []struct{ name, value string }{
 		{"routing key", key},
+		{"exchange", exchange},
 		{"id (message_id)", ev.ID},
 		{"event type (type)", ev.EventType},
 		{"content type", ev.ContentType},
@@ -366,8 +377,27 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	if err != nil {
 		return nil, relay.BadRow(ev, err)
 	}
+	msg := amqp.Publishing{
+		ContentType:  contentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    ev.ID,
+		Type:         ev.EventType,
+		Timestamp:    ev.CreatedAt,
+		Body:         body,
+	}
 	headers := make(amqp.Table, len(ev.Headers)+3)
 	for _, h := range ev.Headers {
+		if h.Key == relay.HeaderDestination && ev.DeadLetter == "" {
+			continue // an instruction to the relay, carried out above
+		}
+		ok, err := setProperty(&msg, h)
+		if err != nil && ev.DeadLetter == "" {
+			return nil, relay.BadRow(ev, err)
+		}
+		if ok {
+			continue
+		}
+		// A dead letter keeps a value no property can take as a header.
 		if len(h.Key) > maxShortstr {
 			return nil, relay.BadRow(ev, fmt.Errorf("header name is %d bytes, AMQP allows at most %d", len(h.Key), maxShortstr))
 		}
@@ -392,20 +422,8 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		headers["x-relay-error"] = ev.DeadLetter
 		headers["x-relay-index"] = int64(ev.Index)
 	}
-	return &pending{
-		ev:       ev,
-		exchange: exchange,
-		key:      key,
-		msg: amqp.Publishing{
-			Headers:      headers,
-			ContentType:  contentType,
-			DeliveryMode: amqp.Persistent,
-			MessageId:    ev.ID,
-			Type:         ev.EventType,
-			Timestamp:    ev.CreatedAt,
-			Body:         body,
-		},
-	}, nil
+	msg.Headers = headers
+	return &pending{ev: ev, exchange: exchange, key: key, msg: msg}, nil
 }
 
 func (s *Sink) lockWire(ctx context.Context) error {
