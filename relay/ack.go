@@ -32,6 +32,8 @@ type Tracker struct {
 	sizes    []int // ring, parallel to acked
 	onAck    func(*Event)
 	reject   func(*Event, error) bool
+	// doneFn is t.done, bound once: binding it in every Add allocated.
+	doneFn func(*Event, error)
 }
 
 type mark struct {
@@ -56,7 +58,7 @@ func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
 		maxEvents = 1
 	}
 	base := trackerEpoch.Add(1) << trackerSeqBits
-	return &Tracker{
+	t := &Tracker{
 		head:     base,
 		next:     base,
 		acked:    make([]bool, maxEvents),
@@ -66,6 +68,8 @@ func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
 		space:    make(chan struct{}, 1),
 		failed:   make(chan struct{}),
 	}
+	t.doneFn = t.done
+	return t
 }
 
 // Add admits ev into the window and wires its Done to this tracker. It
@@ -80,7 +84,7 @@ func (t *Tracker) Add(ev *Event) bool {
 	}
 	ev.seq = t.next
 	ev.size = size
-	ev.done = t.done
+	ev.done = t.doneFn
 	i := t.next % uint64(len(t.acked))
 	t.acked[i] = false
 	t.sizes[i] = size
