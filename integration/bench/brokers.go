@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +27,12 @@ const (
 // kafkaPartitions is the partition count of every bench topic.
 const kafkaPartitions = 3
 
-// amqpWindow is the relay's default RELAY_AMQP_CONFIRM_WINDOW; the raw
-// publisher uses the same.
-const amqpWindow = 256
+// amqpWindow is RELAY_AMQP_CONFIRM_WINDOW for every relay (-amqp-window;
+// the relay's default unless set); the raw publisher uses the same.
+var amqpWindow = 256
+
+// amqpWindowSet says -amqp-window was given.
+var amqpWindowSet bool
 
 // kafkaMaxBuffered is the relay's Kafka sink bound on unacknowledged
 // records; the raw producer uses the same.
@@ -98,7 +102,11 @@ func (t *target) vars() []string {
 	if t.sink == sinkKafka {
 		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name}
 	}
-	return []string{"RELAY_SINK=rabbitmq", "RELAY_AMQP_URL=" + t.amqpURL, "RELAY_AMQP_EXCHANGE=" + t.name}
+	vars := []string{"RELAY_SINK=rabbitmq", "RELAY_AMQP_URL=" + t.amqpURL, "RELAY_AMQP_EXCHANGE=" + t.name}
+	if amqpWindowSet {
+		vars = append(vars, "RELAY_AMQP_CONFIRM_WINDOW="+strconv.Itoa(amqpWindow))
+	}
+	return vars
 }
 
 // close deletes the topic or queue and exchange, so finished scenarios

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,7 @@ const publication = "outbox_relay"
 // clock in microseconds since the epoch; jsonb sorts shorter keys first, so
 // "ts" leads the text form and a consumer finds it without parsing the rest.
 func payloadSQL(g string) string {
+	g = "(" + g + ")::bigint"
 	return `jsonb_build_object(
 		'ts', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
 		'order_id', ` + g + `,
@@ -59,9 +61,16 @@ var liveInsertSQL = `INSERT INTO outbox (aggregate_type, aggregate_id, event_typ
 type database struct {
 	name string
 	url  string
-	pool *pgxpool.Pool
-	pg   *services.Postgres
+	// streamURL is what the relay and the raw decoder connect with: url,
+	// or the server's Unix socket with -unix-socket.
+	streamURL string
+	pool      *pgxpool.Pool
+	pg        *services.Postgres
 }
+
+// unixSocket makes the relay and the raw decoder connect through the
+// server's Unix socket instead of TCP on loopback (-unix-socket).
+var unixSocket bool
 
 func newDatabase(ctx context.Context, pg *services.Postgres, name, schemaPath string) (*database, error) {
 	schema, err := os.ReadFile(schemaPath)
@@ -72,6 +81,10 @@ func newDatabase(ctx context.Context, pg *services.Postgres, name, schemaPath st
 		return nil, err
 	}
 	d := &database{name: name, url: pg.URL(name), pg: pg}
+	d.streamURL = d.url
+	if unixSocket {
+		d.streamURL = fmt.Sprintf("host=%s port=%d user=postgres dbname=%s", filepath.Join(pg.Dir, "sock"), pg.Port, name)
+	}
 	cfg, err := pgxpool.ParseConfig(d.url)
 	if err != nil {
 		return nil, err
@@ -260,9 +273,12 @@ func rawDecode(ctx context.Context, dbURL, slot string, want int) (time.Duration
 		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("raw decode: %d of %d rows before the deadline", inserts, want)
 		}
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		// A read deadline rather than a context per message, which would
+		// cost more than decoding the message.
+		if err := conn.Conn().SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			return 0, 0, err
+		}
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
 				continue

@@ -38,6 +38,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,8 +64,10 @@ type result struct {
 
 	VsRawDecode  float64 `json:"vs_raw_decode,omitempty"`
 	VsRawPublish float64 `json:"vs_raw_publish,omitempty"`
-	CPUPer100k   float64 `json:"relay_cpu_s_per_100k,omitempty"`
-	PeakRSSMB    float64 `json:"relay_peak_rss_mb,omitempty"`
+	// CPUPer100k is the relay's CPU, or for raw_* the bench process's:
+	// the raw client's.
+	CPUPer100k float64 `json:"cpu_s_per_100k,omitempty"`
+	PeakRSSMB  float64 `json:"relay_peak_rss_mb,omitempty"`
 	// SlotConfirmedAfter is how long after the broker held the last row
 	// the slot's confirmed_flush_lsn covered it (status updates go out at
 	// most once a second).
@@ -109,7 +112,11 @@ func main() {
 	flag.StringVar(&scenarios, "scenarios", "ceiling,drain,big_txn,live", "scenarios to run")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of every drain here (needs a relay built with -tags pprof)")
 	flag.IntVar(&o.profileSeconds, "profile-seconds", 10, "length of each CPU profile")
+	flag.IntVar(&amqpWindow, "amqp-window", amqpWindow, "RELAY_AMQP_CONFIRM_WINDOW of every relay, and the raw publisher's window (default: the relay's default)")
+	flag.BoolVar(&unixSocket, "unix-socket", false, "connect the relay and the raw decoder through PostgreSQL's Unix socket, not TCP on loopback")
+	cpuProfile := flag.String("cpuprofile", "", "write the bench process's own CPU profile here (to audit the raw clients)")
 	flag.Parse()
+	flag.Visit(func(f *flag.Flag) { amqpWindowSet = amqpWindowSet || f.Name == "amqp-window" })
 	var err error
 	if o.txnSizes, err = ints(txnSizes); err == nil {
 		o.liveRates, err = ints(liveRates)
@@ -124,10 +131,22 @@ func main() {
 		o.scenarios[s] = true
 	}
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b := &bench{o: o, out: os.Stdout}
 	if err := b.run(ctx); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -164,8 +183,7 @@ type bench struct {
 	kafka   *services.Kafka
 	results []result
 
-	rawDecode  map[int]float64    // txn rows → events/s
-	rawPublish map[string]float64 // sink → events/s
+	rawDecode map[int]float64 // txn rows → events/s
 }
 
 func progress(format string, args ...any) {
@@ -193,7 +211,7 @@ func (b *bench) run(ctx context.Context) error {
 			return err
 		}
 	}
-	b.rawDecode, b.rawPublish = map[int]float64{}, map[string]float64{}
+	b.rawDecode = map[int]float64{}
 
 	progress("starting PostgreSQL, RabbitMQ and kfake")
 	var wg sync.WaitGroup
@@ -229,8 +247,8 @@ func (b *bench) run(ctx context.Context) error {
 	}
 
 	if b.o.scenarios["ceiling"] || b.o.scenarios["drain"] {
-		for i, size := range b.o.txnSizes {
-			if err := b.backlog(ctx, size, i == 0); err != nil {
+		for _, size := range b.o.txnSizes {
+			if err := b.backlog(ctx, size); err != nil {
 				return err
 			}
 		}
@@ -258,7 +276,7 @@ func relaySlot(sink string) string { return "relay_" + sink }
 // backlog runs the ceilings and drains on one backlog of b.o.rows rows in
 // transactions of size rows: every consumer has a slot made before the
 // rows were committed, so all of them read the same WAL.
-func (b *bench) backlog(ctx context.Context, size int, first bool) error {
+func (b *bench) backlog(ctx context.Context, size int) error {
 	db, err := newDatabase(ctx, b.pg, fmt.Sprintf("bench_txn%d", size), b.o.schema)
 	if err != nil {
 		return err
@@ -281,7 +299,9 @@ func (b *bench) backlog(ctx context.Context, size int, first bool) error {
 	progress("inserted in %s", time.Since(t0).Round(time.Millisecond))
 
 	progress("raw decode, transactions of %d", size)
-	dur, endLSN, err := rawDecode(ctx, db.url, "raw_decode", b.o.rows)
+	cpu0 := selfCPU()
+	dur, endLSN, err := rawDecode(ctx, db.streamURL, "raw_decode", b.o.rows)
+	cpu := selfCPU() - cpu0
 	if err != nil {
 		return fmt.Errorf("raw decode: %w", err)
 	}
@@ -289,35 +309,40 @@ func (b *bench) backlog(ctx context.Context, size int, first bool) error {
 	rate := float64(b.o.rows) / dur.Seconds()
 	b.rawDecode[size] = rate
 	if b.o.scenarios["ceiling"] {
-		b.emit(result{Scenario: "raw_decode", TxnRows: size, Events: int64(b.o.rows), Seconds: dur.Seconds(), EventsPerSec: rate})
+		b.emit(result{Scenario: "raw_decode", TxnRows: size, Events: int64(b.o.rows), Seconds: dur.Seconds(), EventsPerSec: rate,
+			CPUPer100k: cpu.Seconds() / float64(b.o.rows) * 1e5})
 	}
 
-	if first && b.o.scenarios["ceiling"] {
-		msgs, err := db.loadMessages(ctx)
-		if err != nil {
+	var msgs []message
+	if b.o.scenarios["ceiling"] {
+		if msgs, err = db.loadMessages(ctx); err != nil {
 			return fmt.Errorf("load messages: %w", err)
 		}
-		for _, sink := range b.o.sinks {
-			progress("raw publish to %s", sink)
-			t, err := newTarget(ctx, sink, "bench_raw_"+sink, b.kafka.Brokers(), b.rabbit.URL())
+	}
+	// Each sink's publish ceiling is measured right before its drain, so
+	// that both meet the broker in the same state.
+	for _, sink := range b.o.sinks {
+		var ceiling float64
+		if msgs != nil {
+			progress("raw publish to %s, rows of transactions of %d", sink, size)
+			t, err := newTarget(ctx, sink, fmt.Sprintf("bench_raw_%s_txn%d", sink, size), b.kafka.Brokers(), b.rabbit.URL())
 			if err != nil {
 				return err
 			}
+			cpu0 := selfCPU()
 			dur, err := t.rawPublish(ctx, msgs)
+			cpu := selfCPU() - cpu0
 			t.close(context.WithoutCancel(ctx))
 			if err != nil {
 				return fmt.Errorf("raw publish to %s: %w", sink, err)
 			}
-			rate := float64(len(msgs)) / dur.Seconds()
-			b.rawPublish[sink] = rate
-			b.emit(result{Scenario: "raw_publish", Sink: sink, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: rate})
+			ceiling = float64(len(msgs)) / dur.Seconds()
+			b.emit(result{Scenario: "raw_publish", Sink: sink, TxnRows: size, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: ceiling,
+				CPUPer100k: cpu.Seconds() / float64(len(msgs)) * 1e5})
 		}
-	}
-
-	if !b.o.scenarios["drain"] {
-		return nil
-	}
-	for _, sink := range b.o.sinks {
+		if !b.o.scenarios["drain"] {
+			continue
+		}
 		progress("relay drain to %s, transactions of %d", sink, size)
 		r, err := b.drain(ctx, db, sink, relaySlot(sink), fmt.Sprintf("drain_%s_txn%d", sink, size), int64(b.o.rows), endLSN)
 		if err != nil {
@@ -326,8 +351,8 @@ func (b *bench) backlog(ctx context.Context, size int, first bool) error {
 		db.dropSlot(ctx, relaySlot(sink))
 		r.Scenario, r.TxnRows = "drain", size
 		r.VsRawDecode = r.EventsPerSec / b.rawDecode[size]
-		if c := b.rawPublish[sink]; c > 0 {
-			r.VsRawPublish = r.EventsPerSec / c
+		if ceiling > 0 {
+			r.VsRawPublish = r.EventsPerSec / ceiling
 		}
 		b.emit(r)
 	}
@@ -389,7 +414,7 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 	}
 	defer t.close(context.WithoutCancel(ctx))
 	vars := append([]string{
-		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_DATABASE_URL=" + db.streamURL,
 		"RELAY_SLOT=" + slot,
 		"RELAY_HTTP_ADDR=127.0.0.1:0",
 	}, t.vars()...)
@@ -483,7 +508,7 @@ func (b *bench) live(ctx context.Context, sink string) error {
 	defer rc.close()
 	slot := relaySlot(sink)
 	vars := append([]string{
-		"RELAY_DATABASE_URL=" + db.url,
+		"RELAY_DATABASE_URL=" + db.streamURL,
 		"RELAY_SLOT=" + slot,
 		"RELAY_HTTP_ADDR=127.0.0.1:0",
 	}, t.vars()...)
@@ -629,4 +654,13 @@ func num(f float64, prec int) string {
 		return "-"
 	}
 	return strconv.FormatFloat(f, 'f', prec, 64)
+}
+
+// selfCPU is the bench process's user and system CPU so far.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
