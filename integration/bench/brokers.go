@@ -22,6 +22,10 @@ const (
 	sinkKafka   = "kafka"
 	sinkClassic = "rabbitmq_classic"
 	sinkQuorum  = "rabbitmq_quorum"
+	// sinkRawDecode stands for no sink at all in the live scenario: the
+	// raw decoder receives the rows from a slot of its own, the floor of
+	// any relay's latency.
+	sinkRawDecode = "raw_decode"
 )
 
 // kafkaPartitions is the partition count of every bench topic.
@@ -351,15 +355,21 @@ func (t *target) rawAMQP(ctx context.Context, msgs []message) error {
 	return nil
 }
 
-// receiver consumes what reaches t and records, for each message, the time
-// from its row's insert statement (the payload's ts) to its receipt.
+// receiver consumes what reaches t and records each message's receipt.
 type receiver struct {
 	received atomic.Int64
 	mu       sync.Mutex
-	lat      []time.Duration
-	bad      atomic.Int64 // messages without a ts
+	got      []receipt
+	bad      atomic.Int64 // messages without ts or order_id
 	stop     func()
 	done     chan error
+}
+
+// receipt is one message received: its row number, the insert statement's
+// clock (the payload's ts, microseconds) and when it arrived.
+type receipt struct {
+	n, ts int64
+	at    time.Time
 }
 
 func (t *target) receive(ctx context.Context) (*receiver, error) {
@@ -432,24 +442,24 @@ func (t *target) receive(ctx context.Context) (*receiver, error) {
 }
 
 func (r *receiver) add(now time.Time, body []byte) {
-	ts, ok := parseTS(body)
-	if !ok {
+	ts, ok1 := payloadInt(body, "ts")
+	n, ok2 := payloadInt(body, "order_id")
+	if !ok1 || !ok2 {
 		r.bad.Add(1)
 	} else {
-		d := now.Sub(time.UnixMicro(ts))
 		r.mu.Lock()
-		r.lat = append(r.lat, d)
+		r.got = append(r.got, receipt{n: n, ts: ts, at: now})
 		r.mu.Unlock()
 	}
 	r.received.Add(1)
 }
 
-// take returns the latencies recorded so far and starts a new list.
-func (r *receiver) take() []time.Duration {
+// take returns the receipts recorded so far and starts a new list.
+func (r *receiver) take() []receipt {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l := r.lat
-	r.lat = nil
+	l := r.got
+	r.got = nil
 	return l
 }
 

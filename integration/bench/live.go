@@ -20,8 +20,9 @@ const liveClients = 16
 // load commits one outbox row per transaction (durably: synchronous_commit
 // stays on, as in an application) from liveClients sessions: rate rows a
 // second, spread evenly, or as fast as the sessions can when rate is 0. It
-// returns when dur has passed and every started insert has committed.
-func load(ctx context.Context, db *database, rate int, dur time.Duration, next *atomic.Int64, committed *atomic.Int64) error {
+// returns when dur has passed and every started insert has committed, with
+// when each row's commit was acknowledged, by row number.
+func load(ctx context.Context, db *database, rate int, dur time.Duration, next *atomic.Int64, committed *atomic.Int64) (map[int64]time.Time, error) {
 	conns := make([]*pgx.Conn, liveClients)
 	defer func() {
 		for _, c := range conns {
@@ -33,13 +34,18 @@ func load(ctx context.Context, db *database, rate int, dur time.Duration, next *
 	for i := range conns {
 		c, err := pgx.Connect(ctx, db.url)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		conns[i] = c
 		if _, err := c.Prepare(ctx, "insert", liveInsertSQL); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	type commit struct {
+		n  int64
+		at time.Time
+	}
+	acks := make([][]commit, len(conns))
 	end := time.Now().Add(dur)
 	var jobs chan struct{}
 	if rate > 0 {
@@ -47,7 +53,7 @@ func load(ctx context.Context, db *database, rate int, dur time.Duration, next *
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, liveClients)
-	for _, c := range conns {
+	for i, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -59,10 +65,12 @@ func load(ctx context.Context, db *database, rate int, dur time.Duration, next *
 				} else if time.Now().After(end) {
 					return
 				}
-				if _, err := c.Exec(ctx, "insert", next.Add(1)); err != nil {
+				n := next.Add(1)
+				if _, err := c.Exec(ctx, "insert", n); err != nil {
 					errs <- err
 					return
 				}
+				acks[i] = append(acks[i], commit{n, time.Now()})
 				committed.Add(1)
 			}
 		}()
@@ -95,10 +103,16 @@ func load(ctx context.Context, db *database, rate int, dur time.Duration, next *
 	wg.Wait()
 	select {
 	case err := <-errs:
-		return err
+		return nil, err
 	default:
 	}
-	return ctx.Err()
+	at := make(map[int64]time.Time, committed.Load())
+	for _, l := range acks {
+		for _, c := range l {
+			at[c.n] = c.at
+		}
+	}
+	return at, ctx.Err()
 }
 
 // liveRun is one rate of the live scenario against a running relay.
@@ -106,9 +120,10 @@ type liveRun struct {
 	rate       int // 0: as fast as liveClients sessions can
 	committed  int64
 	seconds    float64
-	lat        []time.Duration
-	lagSamples []int64 // committed - received, every 100 ms while loading
-	lagEnd     int64   // when loading stopped
+	lat        []time.Duration // from the commit's acknowledgement to receipt
+	latInsert  []time.Duration // from the insert statement (payload ts) to receipt
+	lagSamples []int64         // committed - received, every 100 ms while loading
+	lagEnd     int64           // when loading stopped
 	catchup    time.Duration
 	cpu        time.Duration
 	rssMaxKB   int64
@@ -142,7 +157,7 @@ func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, rate
 		}
 	}()
 	start := time.Now()
-	err = load(ctx, db, rate, dur, next, &committed)
+	commits, err := load(ctx, db, rate, dur, next, &committed)
 	run.seconds = time.Since(start).Seconds()
 	close(stopLag)
 	<-lagDone
@@ -172,9 +187,18 @@ func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, rate
 		return run, err
 	}
 	run.cpu = u1.cpu - u0.cpu
-	run.lat = rc.take()
+	for _, r := range rc.take() {
+		c, ok := commits[r.n]
+		if !ok {
+			return run, fmt.Errorf("received row %d, which this run did not commit", r.n)
+		}
+		// The relay can receive a row before the commit's acknowledgement
+		// reaches the session; that counts as no latency.
+		run.lat = append(run.lat, max(r.at.Sub(c), 0))
+		run.latInsert = append(run.latInsert, r.at.Sub(time.UnixMicro(r.ts)))
+	}
 	if n := rc.bad.Load(); n > 0 {
-		return run, fmt.Errorf("%d messages without a timestamp in their payload", n)
+		return run, fmt.Errorf("%d messages without ts or order_id in their payload", n)
 	}
 	if got := rc.received.Load() - base; got != run.committed {
 		return run, fmt.Errorf("live %d/s: %d rows committed, %d received (duplicates?)", rate, run.committed, got)

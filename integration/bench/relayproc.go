@@ -104,6 +104,9 @@ func (p *relayProc) scan(r io.Reader, w io.Writer) {
 func (p *relayProc) pid() int { return p.cmd.Process.Pid }
 
 func (p *relayProc) exited() bool {
+	if p == nil {
+		return false // no relay: the raw decoder stands in
+	}
 	select {
 	case <-p.done:
 		return true
@@ -157,6 +160,9 @@ type usage struct {
 
 func (p *relayProc) usage() (usage, error) {
 	u := usage{sampleAt: time.Now()}
+	if p == nil {
+		return u, nil
+	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid()) + "/stat")
 	if err != nil {
 		return u, err
