@@ -76,6 +76,7 @@ type config struct {
 	DeadLetter        string        `env:"RELAY_DEAD_LETTER" help:"exchange (rabbitmq) or topic (kafka) for rows that cannot be published, with the reason in header x-relay-error; empty: the stream stops before such a row and retries"`
 	BlockedRetry      time.Duration `env:"RELAY_BLOCKED_RETRY_INTERVAL" envDefault:"30s" help:"without RELAY_DEAD_LETTER, how often a stream stopped at a bad row tries again"`
 	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
+	Snapshot          string        `env:"RELAY_SNAPSHOT" envDefault:"initial" help:"initial: when the relay creates its slot, publish the rows already in the tables first (progress in relay.backfill, schema/relay_state.sql); never: only rows committed after"`
 	MessagePrefix     string        `env:"RELAY_MESSAGE_PREFIX" envDefault:"outbox" help:"prefix of transactional pg_logical_emit_message messages published as events (table-less outbox, schema/outbox_emit.sql); empty: off"`
 	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
 
@@ -228,6 +229,9 @@ func (c *config) validate() []string {
 	}
 	if c.ShutdownTimeout < 0 {
 		add("RELAY_SHUTDOWN_TIMEOUT", "%s: must not be negative", c.ShutdownTimeout)
+	}
+	if c.Snapshot != pgsource.SnapshotInitial && c.Snapshot != pgsource.SnapshotNever {
+		add("RELAY_SNAPSHOT", "%q: want initial or never", c.Snapshot)
 	}
 	if c.BlockedRetry < 100*time.Millisecond {
 		add("RELAY_BLOCKED_RETRY_INTERVAL", "%s: must be at least 100ms", c.BlockedRetry)

@@ -60,6 +60,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		BlockedRetry:           30 * time.Second,
 		HeartbeatInterval:      30 * time.Second,
 		MessagePrefix:          "outbox",
+		Snapshot:               "initial",
 		LogLevel:               "info",
 		LogFormat:              "json",
 		HTTPAddr:               ":8080",

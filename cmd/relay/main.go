@@ -112,6 +112,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		SlotRecreate:    cfg.SlotRecreate,
 		MessagePrefix:   cfg.MessagePrefix,
+		Snapshot:        cfg.Snapshot,
 		Metrics:         m,
 		Logger:          log,
 	})
@@ -187,6 +188,13 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 			return err
 		}
 		log.Warn("stopped streaming: the leader lock was lost; standing by", "error", err)
+		// Give a waiting standby, which tries every second, the first
+		// chance at the lock.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
 	}
 }
 

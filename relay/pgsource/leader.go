@@ -117,7 +117,8 @@ func (l *Leader) holder(ctx context.Context, key int64) string {
 		SELECT l.pid, a.application_name, host(a.client_addr)
 		FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 		WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-		  AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid`, key).Scan(&pid, &app, &addr)
+		  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.classid::bigint = ($1::bigint >> 32) & 4294967295 AND l.objid::bigint = $1::bigint & 4294967295`, key).Scan(&pid, &app, &addr)
 	if err != nil {
 		return ""
 	}

@@ -58,6 +58,9 @@ type Config struct {
 	// ShutdownTimeout bounds how long shutdown waits for in-flight events to
 	// be confirmed before the final status update. Default 10s.
 	ShutdownTimeout time.Duration
+	// Snapshot is SnapshotInitial to publish the rows already in the
+	// tables when the slot is created (see backfill.go), or SnapshotNever.
+	Snapshot string
 	// MessagePrefix is the prefix of transactional logical decoding
 	// messages (pg_logical_emit_message(true, prefix, envelope)) that are
 	// published like outbox rows; empty: messages are not requested.
@@ -70,6 +73,12 @@ type Config struct {
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 }
+
+// Snapshot settings.
+const (
+	SnapshotInitial = "initial"
+	SnapshotNever   = "never"
+)
 
 // Source is a relay.Source over PostgreSQL logical replication.
 type Source struct {
@@ -130,6 +139,11 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 	slot, err := s.prepare(ctx, repl)
 	if err != nil {
 		return err
+	}
+	if len(slot.backfill) > 0 {
+		if err := s.backfill(ctx, slot.backfill, slot.base, slot.snapshot, slot.confirmed, out, tr); err != nil {
+			return err
+		}
 	}
 	args := []string{"proto_version '1'", "publication_names '" + s.cfg.Publication + "'"}
 	if s.cfg.MessagePrefix != "" {
@@ -462,14 +476,11 @@ func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
 		}
 		timer.Stop()
 	}
-	select {
-	case st.out <- ev:
-		return nil
-	case <-st.tr.Failed():
-		return st.tr.Err()
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	// Once admitted it must reach the sink, or shutdown would wait for a
+	// confirm that never comes; out has room for the whole window, so
+	// this does not block.
+	st.out <- ev
+	return nil
 }
 
 // shutdown stops handing on events, waits a bounded time for what is in

@@ -104,6 +104,7 @@ type fixture struct {
 	relay         *relay.Relay
 	deadLetter    bool
 	messagePrefix string
+	snapshot      string
 }
 
 func newFixture(t *testing.T, ddl string) *fixture {
@@ -136,7 +137,7 @@ func (f *fixture) run(t *testing.T, cols pgsource.Columns, sink relay.Sink, tabl
 		}
 		ts = append(ts, tb)
 	}
-	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond, MessagePrefix: f.messagePrefix})
+	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond, MessagePrefix: f.messagePrefix, Snapshot: f.snapshot})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -508,4 +509,73 @@ func ids(evs []*relay.Event) []string {
 		out[i] = ev.ID
 	}
 	return out
+}
+
+func TestInitialBackfillPublishesExistingRowsOnceThenStreams(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	f.snapshot = pgsource.SnapshotInitial
+	const existing = 5000
+	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at)
+		SELECT 'order', (i % 7)::text, 'old', jsonb_build_object('i', i), now() - interval '1 hour' + i * interval '1 ms'
+		FROM generate_series(1, $1) i`, existing); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	// Rows keep coming while the backfill runs: each must be in exactly
+	// one of the backfill and the stream.
+	stop := make(chan struct{})
+	inserted := make(chan int)
+	writer, err := pgx.Connect(t.Context(), f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(context.Background())
+	go func() {
+		n := 0
+		defer func() { inserted <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := writer.Exec(context.Background(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', '1', 'new', '{}')`); err != nil {
+				t.Error(err)
+				return
+			}
+			n++
+		}
+	}()
+	rec.wait(t, existing)
+	waitSlot(t, f)
+	close(stop)
+	n := <-inserted
+	evs := rec.wait(t, existing+n)
+	time.Sleep(500 * time.Millisecond)
+	evs = rec.got()
+	seen := map[string]int{}
+	for _, ev := range evs {
+		seen[ev.ID]++
+	}
+	var want int
+	if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM outbox").Scan(&want); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != want || len(evs) != want {
+		t.Fatalf("%d events, %d distinct, %d rows in the table (%d inserted during the backfill): want each row exactly once", len(evs), len(seen), want, n)
+	}
+	// The existing rows come first, in insertion order, before any new one.
+	for i, ev := range evs[:existing] {
+		if ev.EventType != "old" || string(ev.Payload) != fmt.Sprintf(`{"i": %d}`, i+1) {
+			t.Fatalf("event %d is %s %s, want the existing row %d in insertion order", i, ev.EventType, ev.Payload, i+1)
+		}
+		if i > 0 && !(ev.CommitLSN == evs[i-1].CommitLSN && ev.Index == evs[i-1].Index+1) {
+			t.Fatalf("backfilled event %d at %s#%d after %s#%d: positions must follow each other", i, ev.CommitLSN, ev.Index, evs[i-1].CommitLSN, evs[i-1].Index)
+		}
+	}
+	var done bool
+	if err := f.db.QueryRow(t.Context(), "SELECT bool_and(done) FROM relay.backfill WHERE slot_name = $1", f.slot).Scan(&done); err != nil || !done {
+		t.Errorf("relay.backfill says done=%v (%v)", done, err)
+	}
 }

@@ -50,6 +50,11 @@ func (t Table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize
 type slotInfo struct {
 	confirmed relay.LSN
 	created   bool
+	// snapshot is the exported snapshot of a slot just created for a
+	// backfill; backfill lists the tables still to backfill, after base rows.
+	snapshot string
+	backfill []backfillState
+	base     int64
 }
 
 // prepare checks the database and creates what is missing: it runs on a
@@ -74,7 +79,12 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 	if err := s.ensurePublication(ctx, conn); err != nil {
 		return slotInfo{}, err
 	}
-	return s.ensureSlot(ctx, conn, repl)
+	slot, err := s.ensureSlot(ctx, conn, repl)
+	if err != nil || s.cfg.Snapshot != SnapshotInitial {
+		return slot, err
+	}
+	slot.backfill, slot.base, err = s.pendingBackfill(ctx, conn)
+	return slot, err
 }
 
 // checkTables verifies that every table exists with the mapped columns, so
@@ -221,9 +231,18 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		if s.slotSeen {
 			s.log.Warn("replication slot disappeared; recreating it as RELAY_SLOT_RECREATE allows: rows committed since its last confirmed position may never be published", "slot", s.cfg.Slot)
 		}
+		action := "NOEXPORT_SNAPSHOT"
+		if s.cfg.Snapshot == SnapshotInitial {
+			// Recorded first: a relay killed once the slot exists
+			// must still backfill.
+			if err := s.planBackfill(ctx, conn); err != nil {
+				return slotInfo{}, err
+			}
+			action = "EXPORT_SNAPSHOT"
+		}
 		res, err := pglogrepl.CreateReplicationSlot(ctx, repl, s.cfg.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 			Mode:           pglogrepl.LogicalReplication,
-			SnapshotAction: "NOEXPORT_SNAPSHOT",
+			SnapshotAction: action,
 		})
 		if isCode(err, codeDuplicateObject) && attempt == 0 {
 			continue // created concurrently: read it again
@@ -237,7 +256,7 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 		}
 		s.slotSeen = true
 		s.log.Info("created replication slot", "slot", s.cfg.Slot, "consistent_point", res.ConsistentPoint)
-		return slotInfo{confirmed: relay.LSN(lsn), created: true}, nil
+		return slotInfo{confirmed: relay.LSN(lsn), created: true, snapshot: res.SnapshotName}, nil
 	}
 }
 

@@ -294,6 +294,9 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		topic = t
 	default:
 		t, err := s.topic.Execute(ev)
+		if err == nil && t == "" {
+			err = errors.New("the template renders an empty name")
+		}
 		if err != nil {
 			return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
 		}

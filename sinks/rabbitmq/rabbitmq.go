@@ -361,6 +361,11 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		if key, err = s.key.Execute(ev); err != nil {
 			return nil, relay.BadRow(ev, fmt.Errorf("routing key: %w", err))
 		}
+		if key == "" {
+			// Legal in AMQP, but a template that renders nothing is a
+			// row missing what routes it, not a route.
+			return nil, relay.BadRow(ev, errors.New("routing key: the template renders an empty key"))
+		}
 	}
 	for _, f := range []struct{ name, value string }{
 		{"routing key", key},
