@@ -113,7 +113,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 30*time.Second, "duration of each live rate")
 	flag.StringVar(&txnSizes, "txn-sizes", "1000,1", "rows per transaction of the backlogs")
 	flag.StringVar(&sinks, "sinks", strings.Join([]string{sinkKafka, sinkClassic, sinkQuorum}, ","), "sinks to drain to")
-	flag.StringVar(&liveSinks, "live-sinks", sinkKafka+","+sinkClassic, "sinks of the live scenario")
+	flag.StringVar(&liveSinks, "live-sinks", sinkKafka+","+sinkClassic, "sinks of the live scenario; raw_decode: no relay, the raw decoder receives the rows (the floor)")
 	flag.StringVar(&liveRates, "live-rates", "1000,5000,0", "live rates in rows/s; 0: as fast as 16 sessions can")
 	flag.StringVar(&scenarios, "scenarios", "ceiling,drain,big_txn,live", "scenarios to run")
 	flag.StringVar(&o.profileDir, "profile", "", "write CPU and allocation profiles of every drain and live rate here (needs a relay built with -tags pprof)")
