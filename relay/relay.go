@@ -50,6 +50,9 @@ type Config struct {
 	// Blocked reports the row meanwhile.
 	DeadLetter   bool
 	BlockedRetry time.Duration
+	// OnPublished, when set, is called for every event the broker
+	// confirmed, from the sink's goroutines; it must not block.
+	OnPublished func(*Event)
 	// Metrics records events and errors; nil records nothing.
 	Metrics *metrics.Metrics
 	// Logger receives lifecycle events and errors; never one line per event.
@@ -233,6 +236,9 @@ type rejected struct {
 // acked runs for every confirmed event.
 func (r *Relay) acked(ev *Event) {
 	r.cfg.Metrics.Published(ev.Destination, ev.CommitTime)
+	if r.cfg.OnPublished != nil {
+		r.cfg.OnPublished(ev)
+	}
 	if re := r.blocked.Load(); re != nil && re.LSN == ev.CommitLSN && re.Index == ev.Index {
 		if r.blocked.CompareAndSwap(re, nil) {
 			r.cfg.Metrics.Blocked(false)

@@ -43,3 +43,6 @@ CREATE TABLE IF NOT EXISTS relay.backfill (
 );
 GRANT USAGE ON SCHEMA relay TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.backfill TO relay;
+
+-- With RELAY_CLEANUP=after-publish the relay deletes published rows:
+-- GRANT DELETE ON public.outbox TO relay;

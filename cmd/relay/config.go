@@ -78,6 +78,7 @@ type config struct {
 	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
 	Snapshot          string        `env:"RELAY_SNAPSHOT" envDefault:"initial" help:"initial: when the relay creates its slot, publish the rows already in the tables first (progress in relay.backfill, schema/relay_state.sql); never: only rows committed after"`
 	MessagePrefix     string        `env:"RELAY_MESSAGE_PREFIX" envDefault:"outbox" help:"prefix of transactional pg_logical_emit_message messages published as events (table-less outbox, schema/outbox_emit.sql); empty: off"`
+	Cleanup           string        `env:"RELAY_CLEANUP" help:"after-publish: delete each outbox row once the broker confirmed it, in batches off the hot path (the role needs DELETE); empty: the relay never writes the tables"`
 	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
 
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -232,6 +233,9 @@ func (c *config) validate() []string {
 	}
 	if c.Snapshot != pgsource.SnapshotInitial && c.Snapshot != pgsource.SnapshotNever {
 		add("RELAY_SNAPSHOT", "%q: want initial or never", c.Snapshot)
+	}
+	if c.Cleanup != "" && c.Cleanup != "after-publish" {
+		add("RELAY_CLEANUP", "%q: want after-publish or empty", c.Cleanup)
 	}
 	if c.BlockedRetry < 100*time.Millisecond {
 		add("RELAY_BLOCKED_RETRY_INTERVAL", "%s: must be at least 100ms", c.BlockedRetry)

@@ -235,8 +235,20 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 		}
 	}()
 
+	var onPublished func(*relay.Event)
+	if cfg.Cleanup != "" {
+		cleaner := pgsource.NewCleaner(cfg.DatabaseURL, cfg.columns(), log)
+		onPublished = cleaner.Published
+		cleaned := make(chan struct{})
+		go func() {
+			defer close(cleaned)
+			cleaner.Run(ctx)
+		}()
+		defer func() { cancel(nil); <-cleaned }()
+	}
 	r := relay.New(relay.Config{
 		Source:           src,
+		OnPublished:      onPublished,
 		Sink:             sink,
 		MaxInFlight:      cfg.MaxInFlight,
 		MaxInFlightBytes: cfg.MaxInFlightBytes,
