@@ -532,7 +532,7 @@ func (s *Sink) dial(ctx context.Context) (*amqp.Connection, error) {
 				c.Close()
 				return nil, err
 			}
-			return c, nil
+			return gather(c), nil
 		},
 	})
 }
