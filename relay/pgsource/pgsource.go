@@ -4,10 +4,13 @@
 package pgsource
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -199,6 +202,14 @@ func (s *Source) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg.RuntimeParams["DateStyle"] = "ISO"
 	cfg.RuntimeParams["TimeZone"] = "UTC"
 	cfg.RuntimeParams["bytea_output"] = "hex"
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok && err == nil {
+			return newBatchConn(tc), nil
+		}
+		return c, err
+	}
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect for replication to %s: %w", relay.RedactURL(s.cfg.ConnString), err)
@@ -337,26 +348,30 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 			return fmt.Errorf("parse xlogdata: %w", err)
 		}
 		st.walEnd = max(st.walEnd, relay.LSN(xld.ServerWALEnd))
-		// The receive buffer is reused by the next read; events keep slices
-		// of this copy.
-		return st.logical(ctx, xld.WALStart, append([]byte(nil), xld.WALData...))
+		return st.logical(ctx, xld.WALStart, xld.WALData)
 	default:
 		return fmt.Errorf("unknown replication message %q", data[0])
 	}
 }
 
-// logical handles one pgoutput message. Every type protocol version 1 can
-// send is handled or refused explicitly: skipping one silently could
-// advance the slot past rows.
+// logical handles one pgoutput message, which data holds in the receive
+// buffer that the next read reuses: what an event keeps is copied. Every
+// type protocol version 1 can send is handled or refused explicitly:
+// skipping one silently could advance the slot past rows.
 func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []byte) error {
 	if len(data) == 0 {
 		return errors.New("empty pgoutput message")
 	}
-	if data[0] == byte(pglogrepl.MessageTypeInsert) {
+	switch data[0] {
+	case byte(pglogrepl.MessageTypeBegin), byte(pglogrepl.MessageTypeCommit):
+		// A row's two companions, parsed in place: through pglogrepl.Parse
+		// they cost more allocations than the row itself.
+		return st.boundary(data, walStart)
+	case byte(pglogrepl.MessageTypeInsert):
 		if !st.inTxn {
 			return errors.New("insert outside a transaction")
 		}
-		ev, err := decodeInsert(data, st.rels)
+		ev, err := decodeInsert(bytes.Clone(data), st.rels)
 		if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
 			return fmt.Errorf("decode insert at %s: %w", relay.LSN(walStart), err)
 		}
@@ -371,28 +386,11 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		st.index++
 		return st.emit(ctx, ev)
 	}
-	msg, err := pglogrepl.Parse(data)
+	msg, err := pglogrepl.Parse(bytes.Clone(data))
 	if err != nil {
 		return fmt.Errorf("parse pgoutput message %q at %s: %w", data[0], relay.LSN(walStart), err)
 	}
 	switch m := msg.(type) {
-	case *pglogrepl.BeginMessage:
-		st.inTxn = true
-		st.commitLSN = relay.LSN(m.FinalLSN)
-		st.commitTime = m.CommitTime
-		st.index = 0
-	case *pglogrepl.CommitMessage:
-		if !st.inTxn {
-			return errors.New("commit outside a transaction")
-		}
-		st.inTxn = false
-		if st.index > 0 {
-			st.src.cfg.Metrics.Transaction()
-		}
-		// A restart resumes after the confirmed position and skips any
-		// transaction whose commit record starts before it, so the end of
-		// this transaction becomes safe only once all its rows are confirmed.
-		st.tr.Mark(relay.LSN(m.TransactionEndLSN))
 	case *pglogrepl.RelationMessage:
 		cols := make([]column, len(m.Columns))
 		for i, c := range m.Columns {
@@ -419,6 +417,44 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		return fmt.Errorf("unhandled pgoutput message %T at %s", msg, relay.LSN(walStart))
 	}
 	return nil
+}
+
+// boundary handles a Begin or a Commit message.
+func (st *stream) boundary(data []byte, walStart pglogrepl.LSN) error {
+	be := binary.BigEndian
+	if data[0] == byte(pglogrepl.MessageTypeBegin) {
+		// Byte1('B') Int64(final LSN) Int64(commit time) Int32(xid)
+		if len(data) < 21 {
+			return fmt.Errorf("begin message of %d bytes at %s", len(data), relay.LSN(walStart))
+		}
+		st.inTxn = true
+		st.commitLSN = relay.LSN(be.Uint64(data[1:]))
+		st.commitTime = pgTime(int64(be.Uint64(data[9:])))
+		st.index = 0
+		return nil
+	}
+	// Byte1('C') Int8(flags) Int64(commit LSN) Int64(end LSN) Int64(commit time)
+	if len(data) < 26 {
+		return fmt.Errorf("commit message of %d bytes at %s", len(data), relay.LSN(walStart))
+	}
+	if !st.inTxn {
+		return errors.New("commit outside a transaction")
+	}
+	st.inTxn = false
+	if st.index > 0 {
+		st.src.cfg.Metrics.Transaction()
+	}
+	// A restart resumes after the confirmed position and skips any
+	// transaction whose commit record starts before it, so the end of
+	// this transaction becomes safe only once all its rows are confirmed.
+	st.tr.Mark(relay.LSN(be.Uint64(data[10:])))
+	return nil
+}
+
+// pgTime converts PostgreSQL's microseconds since 2000-01-01 UTC.
+func pgTime(us int64) time.Time {
+	const y2k = 946684800 // 2000-01-01 in Unix seconds
+	return time.Unix(y2k+us/1e6, us%1e6*1e3)
 }
 
 // message handles a logical decoding message: one with the outbox prefix
