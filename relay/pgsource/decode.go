@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/relay-dev/relay/relay"
 )
@@ -97,8 +98,8 @@ func payloadTypeOK(oid uint32) bool {
 var errBadRow = errors.New("bad outbox row")
 
 // decodeInsert turns an Insert message (data starts at its 'I' byte) into
-// an event. Column values are slices of data, which the caller must not
-// reuse.
+// an event. The event's values and strings alias data (see aliasString),
+// which the caller hands over: it must neither reuse nor modify it.
 func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) {
 	if len(data) < 8 {
 		return nil, fmt.Errorf("insert message of %d bytes", len(data))
@@ -115,7 +116,14 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 	if n != len(rel.names) {
 		return nil, fmt.Errorf("insert into %s: %d columns, relation has %d", rel.table, n, len(rel.names))
 	}
-	values := make([][]byte, n)
+	// One allocation for the event and, for a typical outbox, its values.
+	r := &row{}
+	var values [][]byte
+	if n <= len(r.values) {
+		values = r.values[:n:n]
+	} else {
+		values = make([][]byte, n)
+	}
 	p := 8
 	for i := range n {
 		if p >= len(data) {
@@ -143,17 +151,29 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 			return nil, fmt.Errorf("insert into %s: column %s has tuple data kind %q", rel.table, rel.names[i], kind)
 		}
 	}
-	return rel.event(values)
+	return rel.fill(&r.Event, values)
 }
 
-// event builds the event for one row of rel. For a bad row it returns the
-// event as far as it got, with an error wrapping errBadRow.
+// row is an event allocated together with room for the values of a
+// typical outbox row.
+type row struct {
+	relay.Event
+	values [8][]byte
+}
+
+// event builds the event for one row of rel from values it takes over, as
+// decodeInsert does. For a bad row it returns the event as far as it got,
+// with an error wrapping errBadRow.
 func (rel *relation) event(values [][]byte) (*relay.Event, error) {
-	ev := &relay.Event{Table: rel.table, Row: relay.Row{Names: rel.names, Values: values}}
+	return rel.fill(&relay.Event{}, values)
+}
+
+func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error) {
+	ev.Table, ev.Row = rel.table, relay.Row{Names: rel.names, Values: values}
 	if values[rel.id] == nil {
 		return ev, fmt.Errorf("%w in %s: id column %s is null", errBadRow, rel.table, rel.names[rel.id])
 	}
-	ev.ID = string(values[rel.id])
+	ev.ID = aliasString(values[rel.id])
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w %s in %s: %s", errBadRow, ev.ID, rel.table, fmt.Sprintf(format, args...))
 	}
@@ -164,7 +184,7 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 		if values[f.i] == nil {
 			return ev, bad("column %s is null", rel.names[f.i])
 		}
-		*f.dst = string(values[f.i])
+		*f.dst = aliasString(values[f.i])
 	}
 	// A NULL payload is an empty body (a tombstone in Kafka), as with
 	// Debezium's outbox router.
@@ -191,7 +211,7 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 		ev.Headers = h
 	}
 	if rel.destination >= 0 && values[rel.destination] != nil {
-		ev.To = string(values[rel.destination])
+		ev.To = aliasString(values[rel.destination])
 	}
 	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
 		t, err := decodeTimestamp(values[rel.createdAt])
@@ -201,6 +221,18 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 		ev.CreatedAt = t
 	}
 	return ev, nil
+}
+
+// aliasString returns b as a string without copying it. The source owns
+// every buffer it decodes from (a copy of the message, never the receive
+// buffer) and writes none after decoding, so the string cannot change: a
+// row's id, aggregate, event type and headers cost no allocation of their
+// own. They keep the row's buffer alive, which the event does anyway.
+func aliasString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // decodeBytea decodes bytea's hex output format (\x…), which the relay
@@ -218,7 +250,8 @@ func decodeBytea(b []byte) ([]byte, error) {
 
 // decodeHeaders reads a JSON object into headers sorted by key. String
 // values are taken as they are; any other value as its JSON text, so a
-// header never silently disappears.
+// header never silently disappears. The headers may alias b, which must
+// not be modified afterwards.
 func decodeHeaders(b []byte) ([]relay.Header, error) {
 	if hs, ok := fastHeaders(b); ok {
 		return hs, nil

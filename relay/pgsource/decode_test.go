@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -1118,5 +1120,44 @@ func TestDestinationColumn(t *testing.T) {
 				t.Errorf("To %q Route %q, want %q %q", ev.To, ev.Route(), tt.wantTo, tt.wantRoute)
 			}
 		})
+	}
+}
+
+// TestBoundaryMatchesPglogrepl: Begin and Commit, parsed in place, give
+// what pglogrepl.Parse gives, and the commit's end LSN becomes safe.
+func TestBoundaryMatchesPglogrepl(t *testing.T) {
+	be := binary.BigEndian
+	for _, us := range []int64{0, 786_000_000_123_456, -1_500_000} {
+		begin := be.AppendUint32(be.AppendUint64(be.AppendUint64([]byte{'B'}, 0x1_0000_2000), uint64(us)), 4242)
+		commit := be.AppendUint64(be.AppendUint64(be.AppendUint64([]byte{'C', 0}, 0x1_0000_2000), 0x1_0000_2040), uint64(us))
+		st := &stream{src: &Source{}, tr: relay.NewTracker(8, 1<<20, 0)}
+		if err := st.boundary(begin, 0); err != nil {
+			t.Fatal(err)
+		}
+		m, err := pglogrepl.Parse(begin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := m.(*pglogrepl.BeginMessage)
+		if !st.inTxn || st.commitLSN != relay.LSN(b.FinalLSN) || !st.commitTime.Equal(b.CommitTime) {
+			t.Fatalf("begin at %d µs: in txn %v, lsn %s, time %s; pglogrepl: %s, %s", us, st.inTxn, st.commitLSN, st.commitTime, b.FinalLSN, b.CommitTime)
+		}
+		if err := st.boundary(commit, 0); err != nil {
+			t.Fatal(err)
+		}
+		m, err = pglogrepl.Parse(commit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := m.(*pglogrepl.CommitMessage)
+		if st.inTxn || st.tr.Safe() != relay.LSN(c.TransactionEndLSN) {
+			t.Fatalf("commit: in txn %v, safe %s; pglogrepl end %s", st.inTxn, st.tr.Safe(), c.TransactionEndLSN)
+		}
+		if err := st.boundary(commit, 0); err == nil {
+			t.Fatal("a second commit outside a transaction was accepted")
+		}
+		if err := st.boundary(begin[:20], 0); err == nil {
+			t.Fatal("a truncated begin was accepted")
+		}
 	}
 }
