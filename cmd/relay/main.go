@@ -32,7 +32,9 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(run(os.Args[1:], environ(), os.Stdout, os.Stderr))
+	env := environ()
+	oneProc(env)
+	os.Exit(run(os.Args[1:], env, os.Stdout, os.Stderr))
 }
 
 func environ() map[string]string {
