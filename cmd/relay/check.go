@@ -71,11 +71,14 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 				ConnString:   cfg.DatabaseURL,
 				Tables:       cfg.tables(),
 				Columns:      cfg.columns(),
+				TableColumns: cfg.tableColumns(),
 				Slot:         cfg.Slot,
 				Publication:  cfg.Publication,
 				SlotRecreate: cfg.SlotRecreate,
 			},
-			Templates: cfg.templates(),
+			Templates:      cfg.templates(),
+			TableTemplates: cfg.checkTableTemplates(),
+			Variable:       cfg.variableFor,
 		})
 	})
 	wg.Go(func() { broker = checkBroker(ctx, cfg) })
@@ -97,14 +100,39 @@ func (c *config) templates() map[string]*relay.Template {
 	return map[string]*relay.Template{key: t}
 }
 
+// checkTableTemplates returns, for each table that sets its own routing
+// template, what templates returns for it, keyed by the variable in
+// effect: the table's own, or the global one.
+func (c *config) checkTableTemplates() map[pgsource.Table]map[string]*relay.Template {
+	global := "RELAY_AMQP_ROUTING_KEY"
+	if c.Sink == "kafka" {
+		global = "RELAY_KAFKA_TOPIC"
+	}
+	var out map[pgsource.Table]map[string]*relay.Template
+	for _, t := range c.tables() {
+		if _, ok := c.perTable[t][global]; !ok {
+			continue
+		}
+		tc := c.forTable(t)
+		if out == nil {
+			out = map[pgsource.Table]map[string]*relay.Template{}
+		}
+		for _, tpl := range tc.templates() {
+			out[t] = map[string]*relay.Template{c.variableFor(t, global): tpl}
+		}
+	}
+	return out
+}
+
 func checkBroker(ctx context.Context, cfg config) []relay.Finding {
 	if cfg.Sink != "kafka" {
-		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange, DeadLetter: cfg.DeadLetter})
+		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange, Exchanges: cfg.tableExchanges(), DeadLetter: cfg.DeadLetter})
 	}
 	topic, _ := relay.ParseTemplate(cfg.KafkaTopic)
 	kc := kafka.Config{
 		Brokers:         cfg.KafkaBrokers,
 		Topic:           topic,
+		Topics:          cfg.tableTemplates("RELAY_KAFKA_TOPIC"),
 		CreateTopics:    cfg.KafkaCreateTopics,
 		ExactlyOnce:     cfg.KafkaExactlyOnce,
 		TransactionalID: cfg.transactionalID(),

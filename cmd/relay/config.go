@@ -34,12 +34,12 @@ type config struct {
 
 	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps://; TLS files through the cacertfile, certfile, keyfile query parameters (required for rabbitmq, or RELAY_AMQP_URL_FILE)"`
 	AMQPURLFile       string `env:"RELAY_AMQP_URL_FILE" help:"file holding RELAY_AMQP_URL, e.g. a mounted secret; a trailing newline is ignored"`
-	AMQPExchange      string `env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
-	AMQPRoutingKey    string `env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
+	AMQPExchange      string `table:"true" env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
+	AMQPRoutingKey    string `table:"true" env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
 	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"256" help:"publishes awaiting a broker confirm at most"`
 
 	KafkaBrokers           []string `env:"RELAY_KAFKA_BROKERS" help:"comma-separated Kafka seed brokers, host:port (required for kafka)"`
-	KafkaTopic             string   `env:"RELAY_KAFKA_TOPIC" envDefault:"outbox.event.{aggregate_type}" help:"topic template of {column} placeholders"`
+	KafkaTopic             string   `table:"true" env:"RELAY_KAFKA_TOPIC" envDefault:"outbox.event.{aggregate_type}" help:"topic template of {column} placeholders"`
 	KafkaCreateTopics      bool     `env:"RELAY_KAFKA_CREATE_TOPICS" envDefault:"false" help:"create missing topics; else the cluster must have them or auto-create them"`
 	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
 	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
@@ -58,15 +58,15 @@ type config struct {
 	Format            string `env:"RELAY_FORMAT" envDefault:"raw" help:"message format: raw (the body is the payload), cloudevents (CloudEvents 1.0 binary mode: the body is the payload, attributes in ce_ (Kafka) or cloudEvents: (AMQP) headers) or cloudevents-structured (the body is the CloudEvents JSON)"`
 	CloudEventsSource string `env:"RELAY_CLOUDEVENTS_SOURCE" help:"CloudEvents source attribute, a URI-reference naming the producing service, e.g. /orders or urn:acme:orders (required with the cloudevents formats)"`
 
-	ColumnPreset        string `env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
-	ColumnID            string `env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
-	ColumnAggregateType string `env:"RELAY_COLUMN_AGGREGATE_TYPE" help:"column of the aggregate type (default from the preset)"`
-	ColumnAggregateID   string `env:"RELAY_COLUMN_AGGREGATE_ID" help:"column of the aggregate id (default from the preset)"`
-	ColumnEventType     string `env:"RELAY_COLUMN_EVENT_TYPE" help:"column of the event type (default from the preset)"`
-	ColumnPayload       string `env:"RELAY_COLUMN_PAYLOAD" help:"column of the payload: jsonb, json, text or bytea (default from the preset)"`
-	ColumnHeaders       string `env:"RELAY_COLUMN_HEADERS" help:"JSON object column of extra headers; optional (default from the preset)"`
-	ColumnCreatedAt     string `env:"RELAY_COLUMN_CREATED_AT" help:"timestamp column of the message timestamp; optional, else the commit time (default from the preset)"`
-	ColumnDestination   string `env:"RELAY_COLUMN_DESTINATION" help:"text column naming a row's own destination, which overrides the routing template; optional (default from the preset: destination in standard, none in debezium)"`
+	ColumnPreset        string `table:"true" env:"RELAY_COLUMN_PRESET" envDefault:"standard" help:"outbox column layout: standard (schema/outbox.sql) or debezium (id, aggregatetype, aggregateid, type, payload)"`
+	ColumnID            string `table:"true" env:"RELAY_COLUMN_ID" help:"column of the event id, the dedup key (default from the preset)"`
+	ColumnAggregateType string `table:"true" env:"RELAY_COLUMN_AGGREGATE_TYPE" help:"column of the aggregate type (default from the preset)"`
+	ColumnAggregateID   string `table:"true" env:"RELAY_COLUMN_AGGREGATE_ID" help:"column of the aggregate id (default from the preset)"`
+	ColumnEventType     string `table:"true" env:"RELAY_COLUMN_EVENT_TYPE" help:"column of the event type (default from the preset)"`
+	ColumnPayload       string `table:"true" env:"RELAY_COLUMN_PAYLOAD" help:"column of the payload: jsonb, json, text or bytea (default from the preset)"`
+	ColumnHeaders       string `table:"true" env:"RELAY_COLUMN_HEADERS" help:"JSON object column of extra headers; optional (default from the preset)"`
+	ColumnCreatedAt     string `table:"true" env:"RELAY_COLUMN_CREATED_AT" help:"timestamp column of the message timestamp; optional, else the commit time (default from the preset)"`
+	ColumnDestination   string `table:"true" env:"RELAY_COLUMN_DESTINATION" help:"text column naming a row's own destination, which overrides the routing template; optional (default from the preset: destination in standard, none in debezium)"`
 
 	MaxInFlight      int           `env:"RELAY_MAX_IN_FLIGHT" envDefault:"4096" help:"events handed to the broker and not yet confirmed, at most"`
 	MaxInFlightBytes int           `env:"RELAY_MAX_IN_FLIGHT_BYTES" envDefault:"67108864" help:"approximate bytes of those events, at most"`
@@ -84,6 +84,11 @@ type config struct {
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"RELAY_LOG_FORMAT" envDefault:"json" help:"json or text"`
 	HTTPAddr  string `env:"RELAY_HTTP_ADDR" envDefault:":8080" help:"address of the HTTP server for /healthz, /readyz and /metrics; empty disables it"`
+
+	// perTable holds the per-table variables (tables.go), by table and
+	// the global variable each overrides; env does not read them, as
+	// their names depend on RELAY_TABLES.
+	perTable map[pgsource.Table]map[string]tableOverride
 }
 
 // configError lists every bad variable, one per line.
@@ -113,12 +118,13 @@ func loadConfig(environ map[string]string) (config, error) {
 		cfg.HTTPAddr = ""
 	}
 	bad = append(bad, cfg.readSecretFiles()...)
+	bad = append(bad, cfg.readTableVariables(environ)...)
 	reported := map[string]bool{}
 	for _, line := range bad {
 		key, _, _ := strings.Cut(line, ":")
 		reported[key] = true
 	}
-	for _, line := range cfg.validate() {
+	for _, line := range append(cfg.validate(), cfg.validateTables()...) {
 		// A variable that did not parse holds its zero value: it is
 		// reported already, with the value given.
 		if key, _, _ := strings.Cut(line, ":"); !reported[key] {
@@ -444,6 +450,9 @@ func (c *config) logAttrs() []any {
 	v := reflect.ValueOf(*c)
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
+		if !f.IsExported() {
+			continue
+		}
 		key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 		val := fmt.Sprint(v.Field(i).Interface())
 		if val == "" || val == "[]" {
@@ -457,7 +466,7 @@ func (c *config) logAttrs() []any {
 		}
 		attrs = append(attrs, strings.ToLower(strings.TrimPrefix(key, "RELAY_")), val)
 	}
-	return attrs
+	return append(attrs, c.tableLogAttrs()...)
 }
 
 // variable is one documented environment variable.
@@ -472,6 +481,9 @@ func variables() []variable {
 	vars := make([]variable, 0, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
 		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
 		// required:"true" marks a variable that is required unless its
 		// _FILE twin is set, which env's own option cannot express.
@@ -511,6 +523,7 @@ Configuration is read from the environment only:
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
 	}
 	tw.Flush()
+	printTableHelp(w)
 	fmt.Fprint(w, `
 Exit codes: 0 after a clean stop, 1 on an error retrying cannot fix,
 2 on invalid configuration (before connecting).

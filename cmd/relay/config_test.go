@@ -74,6 +74,12 @@ func TestLoadConfigDefaults(t *testing.T) {
 	v := reflect.ValueOf(cfg)
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
+		if !f.IsExported() {
+			if !v.Field(i).IsZero() {
+				t.Errorf("%s is set without per-table variables", f.Name)
+			}
+			continue
+		}
 		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 		if _, set := minimalEnv()[name]; set {
 			continue

@@ -155,7 +155,7 @@ func driftProblems(files map[string][]byte, knownVars, knownMetrics []string) (p
 				continue
 			}
 			seen[v] = true
-			if !slices.Contains(knownVars, v) {
+			if !slices.Contains(knownVars, v) && !isTableVariable(v) {
 				problems = append(problems, fmt.Sprintf("%s names %s, which the relay does not read%s", name, v, suggestion(v, knownVars)))
 			}
 		}
@@ -251,6 +251,8 @@ func TestDriftProblemsNamesWhatTheCodeLacks(t *testing.T) {
 		"deploy/grafana/x.json":  []byte(`{"templating": {"list": [{"query": "label_values(relay_leader, job)"}]}}`),
 		"deploy/anchors/c.yml":   []byte("x: &a {RELAY_SINK: kafka}\ny: *a\nz:\n  <<: *a\n"),
 		"deploy/prom/other.yaml": []byte("expr: up{job=\"relay\"} == 0 and outbox_relay_x > 0\n"),
+		// A per-table variable of any table is known; a mistyped setting is not.
+		"deploy/tables.yml": []byte("a: RELAY_TABLE_SALES_OUTBOX_KAFKA_TOPIC\nb: RELAY_TABLE_SALES_OUTBOX_AMQP_ROUTNG_KEY\n"),
 	}
 	knownVars := []string{"RELAY_SLOT", "RELAY_AMQP_URL", "RELAY_DATABASE_URL", "RELAY_SINK"}
 	knownMetrics := []string{"relay_events_published_total", "relay_leader", "relay_replication_lag_bytes"}
@@ -262,6 +264,7 @@ func TestDriftProblemsNamesWhatTheCodeLacks(t *testing.T) {
 		"deploy/k8s.yaml names RELAY_SLOTT, which the relay does not read; did you mean RELAY_SLOT?",
 		"deploy/relay.service names RELAY_AMQP_ULR, which the relay does not read; did you mean RELAY_AMQP_URL?",
 		"deploy/rules.yml uses metric relay_lag_bytes, which the relay does not export",
+		"deploy/tables.yml names RELAY_TABLE_SALES_OUTBOX_AMQP_ROUTNG_KEY, which the relay does not read",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d problems, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))

@@ -108,6 +108,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		ConnString:      cfg.DatabaseURL,
 		Tables:          cfg.tables(),
 		Columns:         cfg.columns(),
+		TableColumns:    cfg.tableColumns(),
 		Slot:            cfg.Slot,
 		Publication:     cfg.Publication,
 		StatusInterval:  cfg.StatusInterval,
@@ -239,7 +240,7 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 
 	var onPublished func(*relay.Event)
 	if cfg.Cleanup != "" {
-		cleaner := pgsource.NewCleaner(cfg.DatabaseURL, cfg.columns(), log)
+		cleaner := pgsource.NewCleaner(cfg.DatabaseURL, cfg.columns(), cfg.tableColumns(), log)
 		onPublished = cleaner.Published
 		cleaned := make(chan struct{})
 		go func() {
@@ -286,6 +287,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 		kc := kafka.Config{
 			Brokers:           cfg.KafkaBrokers,
 			Topic:             topic,
+			Topics:            cfg.tableTemplates("RELAY_KAFKA_TOPIC"),
 			CreateTopics:      cfg.KafkaCreateTopics,
 			Partitions:        cfg.KafkaPartitions,
 			ReplicationFactor: cfg.KafkaReplicationFactor,
@@ -320,6 +322,8 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			URL:               cfg.AMQPURL,
 			Exchange:          cfg.AMQPExchange,
 			RoutingKey:        routingKey,
+			Exchanges:         cfg.tableExchanges(),
+			RoutingKeys:       cfg.tableTemplates("RELAY_AMQP_ROUTING_KEY"),
 			ConfirmWindow:     cfg.AMQPConfirmWindow,
 			DeadLetter:        cfg.DeadLetter,
 			Format:            cfg.format(),

@@ -37,8 +37,10 @@ func unknownVariables(environ map[string]string) []unknownVariable {
 	var unknown []unknownVariable
 	for name := range environ {
 		// RELAY_TEST_ variables configure the test harness, which passes
-		// its environment on to the relays it starts.
-		if !strings.HasPrefix(name, "RELAY_") || strings.HasPrefix(name, "RELAY_TEST_") || slices.Contains(known, name) {
+		// its environment on to the relays it starts. Per-table variables
+		// are loadConfig's to judge, as only RELAY_TABLES tells a valid
+		// one: it refuses each it cannot place, with the closest valid name.
+		if !strings.HasPrefix(name, "RELAY_") || strings.HasPrefix(name, "RELAY_TEST_") || strings.HasPrefix(name, tableVarPrefix) || slices.Contains(known, name) {
 			continue
 		}
 		unknown = append(unknown, unknownVariable{Name: name, Suggestion: closest(name, known)})

@@ -185,7 +185,7 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	if err != nil {
 		return err
 	}
-	rel, err := newRelation(st.table.Schema, st.table.Name, cols, s.cfg.Columns)
+	rel, err := newRelation(st.table.Schema, st.table.Name, cols, s.cfg.columnsOf(st.table))
 	if err != nil {
 		return relay.Permanent(err)
 	}

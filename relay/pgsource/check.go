@@ -21,7 +21,31 @@ type CheckConfig struct {
 	Config
 	// Templates are the routing templates, keyed by the variable that sets
 	// each: a placeholder naming a column the tables lack fails every row.
-	Templates map[string]*relay.Template
+	// TableTemplates replaces them for the tables it names.
+	Templates      map[string]*relay.Template
+	TableTemplates map[Table]map[string]*relay.Template
+	// Variable names the variable that sets the global setting variable
+	// (RELAY_COLUMN_ID, ...) for table t, for the fixes the findings
+	// suggest; nil: the global variable itself.
+	Variable func(t Table, variable string) string
+}
+
+// templatesOf returns the routing templates of table t.
+func (c *CheckConfig) templatesOf(t Table) map[string]*relay.Template {
+	if m, ok := c.TableTemplates[t]; ok {
+		return m
+	}
+	return c.Templates
+}
+
+// variableOf names the variable that sets variable for table t.
+func (c *CheckConfig) variableOf(t Table) func(string) string {
+	return func(v string) string {
+		if c.Variable == nil {
+			return v
+		}
+		return c.Variable(t, v)
+	}
 }
 
 // checkTimeout bounds each connection attempt of the preflight, so that an
@@ -83,14 +107,14 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 			continue
 		}
 		tables[t] = tf
-		add(tableFindings(t, tf, srv.user, cfg.Columns, cfg.Templates)...)
+		add(tableFindings(t, tf, srv.user, cfg.columnsOf(t), cfg.templatesOf(t), cfg.variableOf(t))...)
 	}
 
 	pub, err := readPublication(ctx, conn, cfg.Publication)
 	if err != nil {
 		add(fail("publication "+cfg.Publication, fmt.Sprintf("cannot read pg_publication: %v", err), ""))
 	} else {
-		add(publicationFindings(cfg.Publication, cfg.Tables, tables, pub, srv, cfg.Columns)...)
+		add(publicationFindings(cfg.Publication, cfg.Tables, tables, pub, srv, cfg.columnsOf)...)
 	}
 	if slotErr != nil {
 		add(fail("slot "+cfg.Slot, fmt.Sprintf("cannot read pg_replication_slots: %v", slotErr), ""))
@@ -269,11 +293,16 @@ var eventFields = []string{"id", "aggregate_type", "aggregate_id", "event_type",
 
 // tableFindings checks one table: that it exists and can be published, the
 // role may read it, and its columns match the mapping and the templates.
-func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates map[string]*relay.Template) []relay.Finding {
+// variable names the variable setting a global setting for this table
+// (nil: the global one).
+func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates map[string]*relay.Template, variable func(string) string) []relay.Finding {
+	if variable == nil {
+		variable = func(v string) string { return v }
+	}
 	check := "table " + t.String()
 	if !tf.exists {
 		return []relay.Finding{fail(check, "does not exist",
-			"create it (schema/outbox.sql, or schema/debezium_outbox.sql with RELAY_COLUMN_PRESET=debezium) or fix RELAY_TABLES")}
+			"create it (schema/outbox.sql, or schema/debezium_outbox.sql with "+variable("RELAY_COLUMN_PRESET")+"=debezium) or fix RELAY_TABLES")}
 	}
 	if tf.kind != 'r' && tf.kind != 'p' {
 		return []relay.Finding{fail(check, fmt.Sprintf("is not a table (relkind %q); only tables can be published", tf.kind),
@@ -295,6 +324,7 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 	var missing, fixes, nullable, shown []string
 	var typeFailed bool
 	for _, mc := range mapping(m) {
+		mc.variable = variable(mc.variable)
 		c, found := byName[mc.name]
 		switch {
 		case mc.name == "":
@@ -328,7 +358,7 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 		if err != nil {
 			detail = err.Error()
 		}
-		fix := "set RELAY_COLUMN_PRESET (standard or debezium)"
+		fix := "set " + variable("RELAY_COLUMN_PRESET") + " (standard or debezium)"
 		if len(fixes) > 0 {
 			fix += " or " + strings.Join(fixes, ", ")
 		}
@@ -375,7 +405,7 @@ func columnTypeFindings(check string, t Table, mc mappedColumn, c tableColumn) [
 			return []relay.Finding{warn(check, fmt.Sprintf("headers column %s is %s: a value that is not a JSON object stops the relay at its row", c.name, c.typeName), retype("jsonb"))}
 		default:
 			return []relay.Finding{fail(check, fmt.Sprintf("headers column %s is %s; it must hold JSON objects", c.name, c.typeName),
-				retype("jsonb")+" or unset RELAY_COLUMN_HEADERS")}
+				retype("jsonb")+" or unset "+mc.variable)}
 		}
 	case "created at":
 		switch c.typ {
@@ -384,7 +414,7 @@ func columnTypeFindings(check string, t Table, mc mappedColumn, c tableColumn) [
 			return []relay.Finding{warn(check, fmt.Sprintf("created_at column %s is %s: a value that is not an ISO timestamp stops the relay at its row", c.name, c.typeName), retype("timestamptz"))}
 		default:
 			return []relay.Finding{fail(check, fmt.Sprintf("created_at column %s is %s; it must be timestamptz or timestamp", c.name, c.typeName),
-				retype("timestamptz")+" or unset RELAY_COLUMN_CREATED_AT")}
+				retype("timestamptz")+" or unset "+mc.variable)}
 		}
 	}
 	return nil
@@ -444,7 +474,7 @@ func readPublication(ctx context.Context, conn *pgx.Conn, name string) (pubFacts
 // publicationFindings compares the publication with what the relay needs
 // (setup.go's ensurePublication): inserts of exactly the outbox tables,
 // every mapped column, or the right to create or complete it.
-func publicationFindings(name string, want []Table, tables map[Table]*tableFacts, p pubFacts, srv server, m Columns) []relay.Finding {
+func publicationFindings(name string, want []Table, tables map[Table]*tableFacts, p pubFacts, srv server, columnsOf func(Table) Columns) []relay.Finding {
 	check := "publication " + name
 	ident := pgx.Identifier{name}.Sanitize()
 	idents := make([]string, len(want))
@@ -487,7 +517,7 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 		}
 		if pt.columns != nil {
 			var lacking []string
-			for _, mc := range mapping(m) {
+			for _, mc := range mapping(columnsOf(pt.Table)) {
 				if mc.name != "" && !slices.Contains(pt.columns, mc.name) && hasColumn(tables[pt.Table], mc.name) {
 					lacking = append(lacking, mc.name)
 				}

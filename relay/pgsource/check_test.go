@@ -161,7 +161,7 @@ func TestTableFindings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			matchAll(t, tableFindings(outbox, &tt.tf, "relay", tt.cols, tt.templates), tt.want)
+			matchAll(t, tableFindings(outbox, &tt.tf, "relay", tt.cols, tt.templates, nil), tt.want)
 		})
 	}
 }
@@ -213,7 +213,7 @@ func TestPublicationFindings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			matchAll(t, publicationFindings("outbox_relay", []Table{outbox}, tt.tables, tt.p, tt.srv, StandardColumns), tt.want)
+			matchAll(t, publicationFindings("outbox_relay", []Table{outbox}, tt.tables, tt.p, tt.srv, func(Table) Columns { return StandardColumns }), tt.want)
 		})
 	}
 }

@@ -21,9 +21,10 @@ import (
 // insert-and-delete pattern or a periodic DELETE by age covers that case.
 // The publication publishes inserts only, so the deletes are not events.
 type Cleaner struct {
-	connString string
-	columns    Columns
-	log        *slog.Logger
+	connString   string
+	columns      Columns
+	tableColumns map[Table]Columns
+	log          *slog.Logger
 
 	mu      sync.Mutex
 	pending map[string][]string // table → confirmed ids
@@ -33,12 +34,13 @@ type Cleaner struct {
 // cleanBatch is the most rows one DELETE removes.
 const cleanBatch = 500
 
-// NewCleaner returns a Cleaner for the tables' id column in columns.
-func NewCleaner(connString string, columns Columns, log *slog.Logger) *Cleaner {
+// NewCleaner returns a Cleaner for the tables' id column in columns, or
+// in tableColumns for the tables it names, as in Config.
+func NewCleaner(connString string, columns Columns, tableColumns map[Table]Columns, log *slog.Logger) *Cleaner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Cleaner{connString: connString, columns: columns, log: log.With("component", "cleanup"),
+	return &Cleaner{connString: connString, columns: columns, tableColumns: tableColumns, log: log.With("component", "cleanup"),
 		pending: map[string][]string{}, wake: make(chan struct{}, 1)}
 }
 
@@ -114,17 +116,21 @@ func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]s
 	if err != nil {
 		return err
 	}
+	id := c.columns.ID
+	if m, ok := c.tableColumns[t]; ok {
+		id = m.ID
+	}
 	typ, ok := types[table]
 	if !ok {
 		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-			WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`, t.ident(), c.columns.ID).Scan(&typ)
+			WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`, t.ident(), id).Scan(&typ)
 		if err != nil {
-			return fmt.Errorf("type of %s.%s: %w", table, c.columns.ID, err)
+			return fmt.Errorf("type of %s.%s: %w", table, id, err)
 		}
 		types[table] = typ
 	}
 	// Compared in the column's own type, so the primary key index serves.
-	query := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", t.ident(), pgx.Identifier{c.columns.ID}.Sanitize(), typ)
+	query := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", t.ident(), pgx.Identifier{id}.Sanitize(), typ)
 	for len(ids) > 0 {
 		n := min(len(ids), cleanBatch)
 		if _, err := conn.Exec(ctx, query, ids[:n]); err != nil {

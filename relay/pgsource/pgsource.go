@@ -50,8 +50,10 @@ type Config struct {
 	ConnString string
 	// Tables are the outbox tables, in one publication and one slot.
 	Tables []Table
-	// Columns maps the outbox fields onto every table's columns.
-	Columns Columns
+	// Columns maps the outbox fields onto the tables' columns, except for
+	// the tables TableColumns names, which have a mapping of their own.
+	Columns      Columns
+	TableColumns map[Table]Columns
 	// Slot and Publication are created when missing.
 	Slot, Publication string
 	// StatusInterval is the longest time between two standby status
@@ -399,7 +401,7 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		if !st.src.published(m.Namespace, m.RelationName) {
 			return relay.Permanent(fmt.Errorf("publication %s streams table %s.%s, which is not in RELAY_TABLES", st.src.cfg.Publication, m.Namespace, m.RelationName))
 		}
-		rel, err := newRelation(m.Namespace, m.RelationName, cols, st.src.cfg.Columns)
+		rel, err := newRelation(m.Namespace, m.RelationName, cols, st.src.cfg.columnsOf(Table{Schema: m.Namespace, Name: m.RelationName}))
 		if err != nil {
 			return relay.Permanent(err)
 		}
@@ -545,6 +547,14 @@ func (st *stream) shutdown(ctx context.Context) error {
 	}
 	st.src.log.Info("stopped", "confirmed_lsn", st.sent.String())
 	return ctx.Err()
+}
+
+// columnsOf is the column mapping of table t.
+func (c *Config) columnsOf(t Table) Columns {
+	if m, ok := c.TableColumns[t]; ok {
+		return m
+	}
+	return c.Columns
 }
 
 func (s *Source) published(schema, name string) bool {

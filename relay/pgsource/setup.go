@@ -118,8 +118,12 @@ func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) error {
 			problems = append(problems, fmt.Sprintf("table %s does not exist (create it with schema/outbox.sql, or fix RELAY_TABLES)", t))
 			continue
 		}
-		if _, err := newRelation(t.Schema, t.Name, cols, s.cfg.Columns); err != nil {
-			problems = append(problems, err.Error()+" (set RELAY_COLUMN_PRESET or the RELAY_COLUMN_* variables)")
+		if _, err := newRelation(t.Schema, t.Name, cols, s.cfg.columnsOf(t)); err != nil {
+			fix := " (set RELAY_COLUMN_PRESET or the RELAY_COLUMN_* variables)"
+			if len(s.cfg.Tables) > 1 {
+				fix = " (set RELAY_COLUMN_PRESET or the RELAY_COLUMN_* variables, or the table's own RELAY_TABLE_<SCHEMA>_<TABLE>_COLUMN_*)"
+			}
+			problems = append(problems, err.Error()+fix)
 		}
 	}
 	if len(problems) > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -23,7 +24,7 @@ const checkTimeout = 15 * time.Second
 
 // Check reports, without creating or producing anything, whether the relay
 // can produce with cfg: a broker answers a metadata request, the topic
-// (and the dead-letter topic) exists or will be created (by the relay with CreateTopics, or by the
+// (the tables' own topics, the dead-letter topic) exists or will be created (by the relay with CreateTopics, or by the
 // cluster), and for exactly-once whether the checkpoint topic exists and a
 // transaction coordinator answers. Never does anything that would fence a
 // running relay.
@@ -79,6 +80,11 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 	}
 	if cfg.Topic != nil {
 		out = append(out, topicFinding(cfg.Topic, cfg.CreateTopics, autoCreate, topics))
+	}
+	for _, table := range slices.Sorted(maps.Keys(cfg.Topics)) {
+		f := topicFinding(cfg.Topics[table], cfg.CreateTopics, autoCreate, topics)
+		f.Check += " (of table " + table + ")"
+		out = append(out, f)
 	}
 	if cfg.DeadLetter != "" {
 		out = append(out, namedTopicFinding("dead-letter topic "+cfg.DeadLetter, cfg.DeadLetter, cfg.CreateTopics, autoCreate, topics))

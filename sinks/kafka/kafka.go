@@ -45,6 +45,9 @@ type Config struct {
 	Brokers []string
 	// Topic renders each event's topic. Required.
 	Topic *relay.Template
+	// Topics replaces Topic for the events of the tables it names, keyed
+	// by relay.Event.Table (schema.name).
+	Topics map[string]*relay.Template
 	// CreateTopics creates a topic the first time an event is routed to it,
 	// with Partitions and ReplicationFactor (-1: the broker's default).
 	// Without it the cluster must have the topic or create it itself
@@ -81,6 +84,7 @@ type Config struct {
 type Sink struct {
 	cl      *kgo.Client
 	topic   *relay.Template
+	topics  map[string]*relay.Template // Config.Topics
 	create  bool
 	parts   int32
 	repl    int16
@@ -122,6 +126,11 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if cfg.Topic == nil {
 		return nil, errors.New("kafka: topic template is required")
 	}
+	for table, t := range cfg.Topics {
+		if t == nil {
+			return nil, fmt.Errorf("kafka: topic template of table %s is nil", table)
+		}
+	}
 	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
 		return nil, fmt.Errorf("kafka: format %s needs a CloudEvents source", cfg.Format)
 	}
@@ -131,6 +140,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	s := &Sink{
 		topic:  cfg.Topic,
+		topics: cfg.Topics,
 		create: cfg.CreateTopics,
 		parts:  cfg.Partitions,
 		repl:   cfg.ReplicationFactor,
@@ -293,7 +303,7 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		}
 		topic = t
 	default:
-		t, err := s.topic.Execute(ev)
+		t, err := s.topicOf(ev).Execute(ev)
 		if err == nil && t == "" {
 			err = errors.New("the template renders an empty name")
 		}
@@ -328,6 +338,14 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		ev.Done(nil)
 	})
 	return nil
+}
+
+// topicOf is the topic template of ev's table.
+func (s *Sink) topicOf(ev *relay.Event) *relay.Template {
+	if t, ok := s.topics[ev.Table]; ok {
+		return t
+	}
+	return s.topic
 }
 
 // acquire takes a slot for one record, waiting until ctx ends.

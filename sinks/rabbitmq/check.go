@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
+	"strings"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -12,7 +15,7 @@ import (
 )
 
 // Check reports, without declaring or publishing anything, whether the
-// relay can publish to cfg.Exchange (and cfg.DeadLetter) at cfg.URL: it
+// relay can publish to cfg.Exchange (and cfg.Exchanges, cfg.DeadLetter) at cfg.URL: it
 // connects as the sink does and passively declares the exchanges. Findings
 // never hold the password.
 func Check(ctx context.Context, cfg Config) []relay.Finding {
@@ -37,6 +40,18 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 	version, _ := conn.Properties["version"].(string)
 	out := []relay.Finding{{Check: check, Status: relay.CheckOK, Detail: fmt.Sprintf("connected to %s (RabbitMQ %s)", redacted, version)}}
 	out = append(out, exchangeFinding(conn, "exchange", cfg.Exchange, u.User.Username()))
+	// The tables' own exchanges, each once, naming the tables it serves.
+	byExchange := map[string][]string{}
+	for _, table := range slices.Sorted(maps.Keys(cfg.Exchanges)) {
+		if x := cfg.Exchanges[table]; x != cfg.Exchange {
+			byExchange[x] = append(byExchange[x], table)
+		}
+	}
+	for _, x := range slices.Sorted(maps.Keys(byExchange)) {
+		f := exchangeFinding(conn, "exchange", x, u.User.Username())
+		f.Check += " (of table " + strings.Join(byExchange[x], ", ") + ")"
+		out = append(out, f)
+	}
 	if cfg.DeadLetter != "" {
 		out = append(out, exchangeFinding(conn, "dead-letter exchange", cfg.DeadLetter, u.User.Username()))
 	}

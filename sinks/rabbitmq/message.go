@@ -3,6 +3,7 @@ package rabbitmq
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -82,7 +83,7 @@ func setProperty(msg *amqp.Publishing, h relay.Header) (bool, error) {
 // and arguments it should have. Without a connection to ask, the publish
 // goes ahead; a missing exchange then shows as channel closes in the log.
 func (s *Sink) checkExchange(ev *relay.Event, name string) error {
-	if name == "" || name == s.exchange || name == s.dlx {
+	if name == "" || slices.Contains(s.declared, name) {
 		return nil // the default exchange always exists; the others are declared
 	}
 	s.mu.Lock()

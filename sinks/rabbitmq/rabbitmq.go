@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -54,6 +55,12 @@ type Config struct {
 	Exchange string
 	// RoutingKey renders each event's routing key. Required.
 	RoutingKey *relay.Template
+	// Exchanges and RoutingKeys replace Exchange and RoutingKey for the
+	// events of the tables they name, keyed by relay.Event.Table
+	// (schema.name). Their exchanges are declared like Exchange; a row's
+	// destination without an exchange goes to its table's.
+	Exchanges   map[string]string
+	RoutingKeys map[string]*relay.Template
 	// ConfirmWindow is the most publishes awaiting a broker confirm. Default 256.
 	ConfirmWindow int
 	// DeadLetter is the exchange dead letters go to (relay.Event.DeadLetter),
@@ -79,6 +86,11 @@ type Sink struct {
 	ceSource string
 	metrics  *metrics.Metrics
 	key      *relay.Template
+	// tableExchanges and tableKeys are Config.Exchanges and RoutingKeys.
+	tableExchanges map[string]string
+	tableKeys      map[string]*relay.Template
+	// declared are the exchanges recovery declares (declaredExchanges).
+	declared []string
 	window   int
 	log      *slog.Logger
 	url      string // holds the password: never log it, log redacted
@@ -160,6 +172,16 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if len(cfg.Exchange) > maxShortstr {
 		return nil, fmt.Errorf("rabbitmq: exchange name is %d bytes, AMQP allows at most %d", len(cfg.Exchange), maxShortstr)
 	}
+	for table, x := range cfg.Exchanges {
+		if x == "" || len(x) > maxShortstr {
+			return nil, fmt.Errorf("rabbitmq: exchange of table %s is %d bytes, AMQP allows 1 to %d", table, len(x), maxShortstr)
+		}
+	}
+	for table, k := range cfg.RoutingKeys {
+		if k == nil {
+			return nil, fmt.Errorf("rabbitmq: routing key template of table %s is nil", table)
+		}
+	}
 	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
 		return nil, fmt.Errorf("rabbitmq: format %s needs a CloudEvents source", cfg.Format)
 	}
@@ -191,6 +213,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		byTag:    map[uint64]*pending{},
 		dests:    map[string]bool{},
 		backoff:  relay.NewBackoff(minBackoff, maxBackoff),
+
+		tableExchanges: cfg.Exchanges,
+		tableKeys:      cfg.RoutingKeys,
+		declared:       declaredExchanges(cfg),
 	}
 
 	// The relay calls New once at startup, so a broker that is still
@@ -347,7 +373,7 @@ func (s *Sink) teardown() {
 
 // pending builds the AMQP message for ev.
 func (s *Sink) pending(ev *relay.Event) (*pending, error) {
-	exchange, key := s.exchange, ""
+	exchange, key := s.exchangeOf(ev), ""
 	switch dest := ev.Route(); {
 	case ev.DeadLetter != "":
 		if s.dlx == "" {
@@ -355,10 +381,10 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		}
 		exchange, key = s.dlx, ev.Table
 	case dest != "":
-		exchange, key = splitDestination(dest, s.exchange)
+		exchange, key = splitDestination(dest, exchange)
 	default:
 		var err error
-		if key, err = s.key.Execute(ev); err != nil {
+		if key, err = s.keyOf(ev).Execute(ev); err != nil {
 			return nil, relay.BadRow(ev, fmt.Errorf("routing key: %w", err))
 		}
 		if key == "" {
@@ -429,6 +455,37 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	}
 	msg.Headers = headers
 	return &pending{ev: ev, exchange: exchange, key: key, msg: msg}, nil
+}
+
+// exchangeOf is the exchange of ev's table.
+func (s *Sink) exchangeOf(ev *relay.Event) string {
+	if x, ok := s.tableExchanges[ev.Table]; ok {
+		return x
+	}
+	return s.exchange
+}
+
+// keyOf is the routing key template of ev's table.
+func (s *Sink) keyOf(ev *relay.Event) *relay.Template {
+	if k, ok := s.tableKeys[ev.Table]; ok {
+		return k
+	}
+	return s.key
+}
+
+// declaredExchanges lists the exchanges a sink of cfg declares: its own,
+// the dead-letter exchange and the tables', each once.
+func declaredExchanges(cfg Config) []string {
+	xs := []string{cfg.Exchange}
+	if cfg.DeadLetter != "" && cfg.DeadLetter != cfg.Exchange {
+		xs = append(xs, cfg.DeadLetter)
+	}
+	for _, table := range slices.Sorted(maps.Keys(cfg.Exchanges)) {
+		if x := cfg.Exchanges[table]; !slices.Contains(xs, x) {
+			xs = append(xs, x)
+		}
+	}
+	return xs
 }
 
 func (s *Sink) lockWire(ctx context.Context) error {

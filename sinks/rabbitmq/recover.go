@@ -79,10 +79,7 @@ func (s *Sink) recover(ctx context.Context) error {
 		go s.watchBlocked(c, blocks)
 	}
 
-	for _, x := range []string{s.exchange, s.dlx} {
-		if x == "" {
-			continue
-		}
+	for _, x := range s.declared {
 		if err := declareExchange(conn, x); err != nil {
 			return err
 		}
