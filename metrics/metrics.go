@@ -23,7 +23,7 @@ type Metrics struct {
 	publishErrors   *prometheus.CounterVec
 	retries         prometheus.Counter
 	inFlight        prometheus.Gauge
-	deadLettered    prometheus.Counter
+	deadLettered    *prometheus.CounterVec
 	confirmedLSN    prometheus.Gauge
 	walEnd          prometheus.Gauge
 	lagBytes        prometheus.Gauge
@@ -44,12 +44,12 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 		sink: sink,
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_events_published_total",
-			Help: "Events the broker confirmed, by sink and destination (exchange or topic).",
-		}, []string{"sink", "destination"}),
+			Help: "Events the broker confirmed, by sink, source table and destination (exchange or topic).",
+		}, []string{"sink", "table", "destination"}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_publish_errors_total",
-			Help: "Failed publishes, by sink and reason.",
-		}, []string{"sink", "reason"}),
+			Help: "Failed publishes, by sink, source table and reason.",
+		}, []string{"sink", "table", "reason"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_publish_retries_total",
 			Help: "Events published again after a nack, a return, a lost connection or a session restart.",
@@ -58,10 +58,10 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 			Name: "relay_events_in_flight",
 			Help: "Events handed to the broker and not yet confirmed.",
 		}),
-		deadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_dead_lettered_total",
-			Help: "Rows that could not be published and went to the dead-letter destination.",
-		}),
+			Help: "Rows that could not be published and went to the dead-letter destination, by source table.",
+		}, []string{"table"}),
 		confirmedLSN: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_confirmed_lsn",
 			Help: "Last LSN confirmed to PostgreSQL (flushed), as a number.",
@@ -146,12 +146,13 @@ func Names() []string {
 	return names
 }
 
-// Published counts an event the broker confirmed, committed at commit.
-func (m *Metrics) Published(destination string, commit time.Time) {
+// Published counts an event of table (relay.Event.Table) the broker
+// confirmed, committed at commit.
+func (m *Metrics) Published(table, destination string, commit time.Time) {
 	if m == nil {
 		return
 	}
-	m.published.WithLabelValues(m.sink, destination).Inc()
+	m.published.WithLabelValues(m.sink, table, destination).Inc()
 	now := time.Now()
 	if !commit.IsZero() {
 		m.commitToAck.Observe(max(now.Sub(commit).Seconds(), 0))
@@ -159,13 +160,13 @@ func (m *Metrics) Published(destination string, commit time.Time) {
 	m.lastPublish.Set(float64(now.UnixNano()) / 1e9)
 }
 
-// PublishError counts a failed publish; reason is a short stable word
-// (too_large, unroutable, nack, connection, permanent, ...).
-func (m *Metrics) PublishError(reason string) {
+// PublishError counts a failed publish of an event of table; reason is a
+// short stable word (too_large, unroutable, nack, connection, permanent, ...).
+func (m *Metrics) PublishError(table, reason string) {
 	if m == nil {
 		return
 	}
-	m.publishErrors.WithLabelValues(m.sink, reason).Inc()
+	m.publishErrors.WithLabelValues(m.sink, table, reason).Inc()
 }
 
 // Retried counts n events published again.
@@ -184,12 +185,25 @@ func (m *Metrics) InFlight(n int) {
 	m.inFlight.Set(float64(n))
 }
 
-// DeadLettered counts a row sent to the dead-letter destination.
-func (m *Metrics) DeadLettered() {
+// Tables starts the dead-letter count of each source table at 0. A series
+// that appears only with its first dead letter would show Prometheus no
+// increase (it has no earlier sample), and the alert on dead letters would
+// miss the first of each table.
+func (m *Metrics) Tables(tables ...string) {
 	if m == nil {
 		return
 	}
-	m.deadLettered.Inc()
+	for _, t := range tables {
+		m.deadLettered.WithLabelValues(t)
+	}
+}
+
+// DeadLettered counts a row of table sent to the dead-letter destination.
+func (m *Metrics) DeadLettered(table string) {
+	if m == nil {
+		return
+	}
+	m.deadLettered.WithLabelValues(table).Inc()
 }
 
 // Positions records the confirmed LSN and the server's WAL end.

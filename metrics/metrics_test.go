@@ -2,8 +2,11 @@ package metrics
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestNamesListsTheContract(t *testing.T) {
@@ -23,8 +26,50 @@ func TestNamesListsTheContract(t *testing.T) {
 
 func TestNilMetricsRecordNothing(t *testing.T) {
 	var m *Metrics
-	m.Published("x", time.Time{})
-	m.PublishError("x")
+	m.Published("public.outbox", "x", time.Time{})
+	m.PublishError("public.outbox", "x")
+	m.DeadLettered("public.outbox")
 	m.Positions(1, 2)
 	m.Leader(true)
+}
+
+// TestCountersAreLabelledByTable: with several outbox tables, published
+// events, errors and dead letters are counted per source table.
+func TestCountersAreLabelledByTable(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, "rabbitmq")
+	m.Tables("sales.outbox", "billing.outbox")
+	m.Published("sales.outbox", "outbox", time.Now())
+	m.Published("sales.outbox", "outbox", time.Now())
+	m.Published("billing.outbox", "billing", time.Now())
+	m.PublishError("billing.outbox", "bad_row")
+	m.DeadLettered("billing.outbox")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, s := range f.GetMetric() {
+			if s.GetCounter() == nil {
+				continue
+			}
+			labels := []string{}
+			for _, l := range s.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			got[f.GetName()+"{"+strings.Join(labels, ",")+"}"] = s.GetCounter().GetValue()
+		}
+	}
+	for series, want := range map[string]float64{
+		"relay_events_published_total{destination=outbox,sink=rabbitmq,table=sales.outbox}":    2,
+		"relay_events_published_total{destination=billing,sink=rabbitmq,table=billing.outbox}": 1,
+		"relay_publish_errors_total{reason=bad_row,sink=rabbitmq,table=billing.outbox}":        1,
+		"relay_dead_lettered_total{table=billing.outbox}":                                      1,
+		"relay_dead_lettered_total{table=sales.outbox}":                                        0,
+	} {
+		if v, ok := got[series]; !ok || v != want {
+			t.Errorf("%s = %v, want %v; have %v", series, got[series], want, got)
+		}
+	}
 }

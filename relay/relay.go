@@ -140,7 +140,7 @@ func (r *Relay) session(ctx context.Context) error {
 	// in-flight bound is the channel's.
 	rejects := make(chan rejected, r.cfg.MaxInFlight)
 	tr.Hooks(r.acked, func(ev *Event, err error) bool {
-		r.cfg.Metrics.PublishError(reason(err))
+		r.cfg.Metrics.PublishError(ev.Table, reason(err))
 		if _, ok := AsBadRow(err); !ok || !r.cfg.DeadLetter {
 			return false
 		}
@@ -194,7 +194,7 @@ func (r *Relay) session(ctx context.Context) error {
 			}
 			if cause != nil {
 				if ev.Invalid != nil {
-					r.cfg.Metrics.PublishError(reason(cause))
+					r.cfg.Metrics.PublishError(ev.Table, reason(cause))
 				}
 				ev, cause = r.deadLetter(ev, cause)
 				if cause != nil {
@@ -206,7 +206,7 @@ func (r *Relay) session(ctx context.Context) error {
 				if pubCtx.Err() != nil {
 					return nil
 				}
-				r.cfg.Metrics.PublishError(reason(err))
+				r.cfg.Metrics.PublishError(ev.Table, reason(err))
 				if _, ok := AsBadRow(err); ok && ev.DeadLetter == "" && r.cfg.DeadLetter {
 					select {
 					case rejects <- rejected{ev, err}:
@@ -235,7 +235,7 @@ type rejected struct {
 
 // acked runs for every confirmed event.
 func (r *Relay) acked(ev *Event) {
-	r.cfg.Metrics.Published(ev.Destination, ev.CommitTime)
+	r.cfg.Metrics.Published(ev.Table, ev.Destination, ev.CommitTime)
 	if r.cfg.OnPublished != nil {
 		r.cfg.OnPublished(ev)
 	}
@@ -267,7 +267,7 @@ func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
 	}
 	dl.done = func(_ *Event, err error) {
 		if err == nil {
-			r.cfg.Metrics.DeadLettered()
+			r.cfg.Metrics.DeadLettered(ev.Table)
 		}
 		// The original's Done: the tracker acks it, or fails the stream.
 		ev.Done(err)

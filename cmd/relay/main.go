@@ -104,6 +104,14 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, cfg.Sink)
+	var tables []string
+	for _, t := range cfg.tables() {
+		tables = append(tables, t.String())
+	}
+	if cfg.MessagePrefix != "" {
+		tables = append(tables, pgsource.MessageTable)
+	}
+	m.Tables(tables...)
 	src, err := pgsource.New(pgsource.Config{
 		ConnString:      cfg.DatabaseURL,
 		Tables:          cfg.tables(),
