@@ -41,3 +41,26 @@ func TestReadmeDocumentsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeDocumentsPerTableSettings: README's configuration table has a
+// row for the per-table variables that names every per-table setting.
+func TestReadmeDocumentsPerTableSettings(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := ""
+	for line := range strings.Lines(string(readme)) {
+		if strings.HasPrefix(line, "| `RELAY_TABLE_<SCHEMA>_<TABLE>_<SETTING>` |") {
+			row = line
+		}
+	}
+	if row == "" {
+		t.Fatal("README's configuration table has no row for RELAY_TABLE_<SCHEMA>_<TABLE>_<SETTING>")
+	}
+	for _, s := range perTableSettings() {
+		if !strings.Contains(row, "`"+s+"`") {
+			t.Errorf("README's per-table row does not name %s", s)
+		}
+	}
+}

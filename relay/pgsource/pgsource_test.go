@@ -105,6 +105,8 @@ type fixture struct {
 	deadLetter    bool
 	messagePrefix string
 	snapshot      string
+	// tableColumns is the sources's Config.TableColumns.
+	tableColumns map[pgsource.Table]pgsource.Columns
 }
 
 func newFixture(t *testing.T, ddl string) *fixture {
@@ -137,7 +139,7 @@ func (f *fixture) run(t *testing.T, cols pgsource.Columns, sink relay.Sink, tabl
 		}
 		ts = append(ts, tb)
 	}
-	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond, MessagePrefix: f.messagePrefix, Snapshot: f.snapshot})
+	src, err := pgsource.New(pgsource.Config{ConnString: f.url, Tables: ts, Columns: cols, TableColumns: f.tableColumns, Slot: f.slot, Publication: f.slot, StatusInterval: 200 * time.Millisecond, MessagePrefix: f.messagePrefix, Snapshot: f.snapshot})
 	if err != nil {
 		t.Fatal(err)
 	}
