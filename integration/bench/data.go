@@ -134,6 +134,53 @@ func (d *database) slotConfirmed(ctx context.Context, slot string) (pglogrepl.LS
 	return lsn, err
 }
 
+// walsenderCPU is the CPU the walsender streaming slot has used: its
+// whole session, which is the backlog's decoding and sending.
+func (d *database) walsenderCPU(ctx context.Context, slot string) (time.Duration, error) {
+	var pid *int32
+	err := d.pool.QueryRow(ctx, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&pid)
+	if err != nil {
+		return 0, err
+	}
+	if pid == nil {
+		return 0, fmt.Errorf("slot %s has no walsender", slot)
+	}
+	return procCPU(int(*pid))
+}
+
+// serverDecode is PostgreSQL's decoding alone, without a network client:
+// the backlog read from slot with pg_logical_slot_peek_binary_changes,
+// pgoutput as the relay asks for it. It returns the time and the
+// backend's CPU.
+func (d *database) serverDecode(ctx context.Context, slot string, want int) (time.Duration, time.Duration, error) {
+	c, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Release()
+	var pid int
+	if err := c.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return 0, 0, err
+	}
+	cpu0, err := procCPU(pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	var inserts int
+	err = c.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+		'proto_version', '1', 'publication_names', $2) WHERE substr(data, 1, 1) = 'I'`, slot, publication).Scan(&inserts)
+	dur := time.Since(start)
+	if err != nil {
+		return 0, 0, err
+	}
+	if inserts != want {
+		return 0, 0, fmt.Errorf("server decode: %d inserts, want %d", inserts, want)
+	}
+	cpu1, err := procCPU(pid)
+	return dur, cpu1 - cpu0, err
+}
+
 // waitSlotActive returns once a walsender streams from slot.
 func (d *database) waitSlotActive(ctx context.Context, slot string, p *relayProc) error {
 	deadline := time.Now().Add(time.Minute)
@@ -249,23 +296,37 @@ func (d *database) loadMessages(ctx context.Context) ([]message, error) {
 // acknowledges the last commit once a second and at the end. It returns
 // after the commit that follows the want-th insert, with that commit's end
 // LSN.
-func rawDecode(ctx context.Context, dbURL, slot string, want int) (time.Duration, pglogrepl.LSN, error) {
+func rawDecode(ctx context.Context, db *database, slot string, want int) (time.Duration, pglogrepl.LSN, time.Duration, error) {
+	dur, lsn, conn, err := rawDecodeStream(ctx, db.streamURL, slot, want)
+	if conn == nil {
+		return dur, lsn, 0, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err != nil {
+		return dur, lsn, 0, err
+	}
+	pgCPU, err := db.walsenderCPU(ctx, slot)
+	return dur, lsn, pgCPU, err
+}
+
+// rawDecodeStream is rawDecode's client; it returns the replication
+// connection still open, so that its walsender can be looked at.
+func rawDecodeStream(ctx context.Context, dbURL, slot string, want int) (time.Duration, pglogrepl.LSN, *pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(dbURL)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	cfg.RuntimeParams["replication"] = "database"
 	start := time.Now()
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
 	err = pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
 		PluginArgs: []string{"proto_version '1'", "publication_names '" + publication + "'"},
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("start replication: %w", err)
+		return 0, 0, conn, fmt.Errorf("start replication: %w", err)
 	}
 	ack := func(lsn pglogrepl.LSN) error {
 		return pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
@@ -281,46 +342,46 @@ func rawDecode(ctx context.Context, dbURL, slot string, want int) (time.Duration
 	)
 	for {
 		if ctx.Err() != nil {
-			return 0, 0, ctx.Err()
+			return 0, 0, conn, ctx.Err()
 		}
 		if time.Now().After(deadline) {
-			return 0, 0, fmt.Errorf("raw decode: %d of %d rows before the deadline", inserts, want)
+			return 0, 0, conn, fmt.Errorf("raw decode: %d of %d rows before the deadline", inserts, want)
 		}
 		// A read deadline rather than a context per message, which would
 		// cost more than decoding the message.
 		if err := conn.Conn().SetReadDeadline(time.Now().Add(time.Second)); err != nil {
-			return 0, 0, err
+			return 0, 0, conn, err
 		}
 		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
 				continue
 			}
-			return 0, 0, fmt.Errorf("receive: %w", err)
+			return 0, 0, conn, fmt.Errorf("receive: %w", err)
 		}
 		cd, ok := msg.(*pgproto3.CopyData)
 		if !ok {
-			return 0, 0, fmt.Errorf("unexpected %T", msg)
+			return 0, 0, conn, fmt.Errorf("unexpected %T", msg)
 		}
 		switch cd.Data[0] {
 		case pglogrepl.PrimaryKeepaliveMessageByteID:
 			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, conn, err
 			}
 			if ka.ReplyRequested {
 				if err := ack(last); err != nil {
-					return 0, 0, err
+					return 0, 0, conn, err
 				}
 			}
 		case pglogrepl.XLogDataByteID:
 			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, conn, err
 			}
 			m, err := pglogrepl.Parse(xld.WALData)
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, conn, err
 			}
 			switch m := m.(type) {
 			case *pglogrepl.InsertMessage:
@@ -332,16 +393,16 @@ func rawDecode(ctx context.Context, dbURL, slot string, want int) (time.Duration
 				last = m.TransactionEndLSN
 				if inserts >= want {
 					if err := ack(last); err != nil {
-						return 0, 0, err
+						return 0, 0, conn, err
 					}
 					_ = sink
-					return time.Since(start), last, nil
+					return time.Since(start), last, conn, nil
 				}
 			}
 		}
 		if time.Since(acked) >= time.Second {
 			if err := ack(last); err != nil {
-				return 0, 0, err
+				return 0, 0, conn, err
 			}
 			acked = time.Now()
 		}

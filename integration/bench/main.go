@@ -7,8 +7,11 @@
 //
 // Scenarios:
 //
+//   - server_decode: PostgreSQL decodes the backlog on its own slot with
+//     pg_logical_slot_peek_binary_changes, no network client at all: what
+//     pgoutput alone costs, the upper bound of any reader.
 //   - raw_decode: a minimal pglogrepl client decodes and acknowledges the
-//     backlog on its own slot: the decode ceiling.
+//     backlog on its own slot: the decode ceiling the issue names.
 //   - raw_publish: the same rows published from memory with the relay's
 //     client library and safety settings (franz-go idempotent acks=all;
 //     amqp091 persistent, mandatory, confirms with the relay's window): the
@@ -22,7 +25,8 @@
 //     a consumer, and whether the lag stays bounded.
 //
 // Every relay run also reports its CPU seconds per 100k events and its peak
-// RSS, from /proc. Completion is observed without consuming (topic high
+// RSS, from /proc, and the CPU of the walsender that streamed to it (PG
+// CPU), which shares the machine's cores with it. Completion is observed without consuming (topic high
 // watermarks, queue depth), so that a consumer does not take CPU from the
 // relay; the live scenario consumes.
 //
@@ -62,12 +66,16 @@ type result struct {
 	Seconds      float64 `json:"seconds"`
 	EventsPerSec float64 `json:"events_per_s"`
 
-	VsRawDecode  float64 `json:"vs_raw_decode,omitempty"`
-	VsRawPublish float64 `json:"vs_raw_publish,omitempty"`
+	VsRawDecode    float64 `json:"vs_raw_decode,omitempty"`
+	VsServerDecode float64 `json:"vs_server_decode,omitempty"`
+	VsRawPublish   float64 `json:"vs_raw_publish,omitempty"`
 	// CPUPer100k is the relay's CPU, or for raw_* the bench process's:
 	// the raw client's.
 	CPUPer100k float64 `json:"cpu_s_per_100k,omitempty"`
-	PeakRSSMB  float64 `json:"relay_peak_rss_mb,omitempty"`
+	// PGCPUPer100k is the CPU of the PostgreSQL process that decoded the
+	// rows: the walsender of the stream, or for server_decode the backend.
+	PGCPUPer100k float64 `json:"pg_cpu_s_per_100k,omitempty"`
+	PeakRSSMB    float64 `json:"relay_peak_rss_mb,omitempty"`
 	// SlotConfirmedAfter is how long after the broker held the last row
 	// the slot's confirmed_flush_lsn covered it (status updates go out at
 	// most once a second).
@@ -120,6 +128,10 @@ func main() {
 	flag.IntVar(&o.profileSeconds, "profile-seconds", 10, "length of each CPU profile")
 	flag.IntVar(&amqpWindow, "amqp-window", amqpWindow, "RELAY_AMQP_CONFIRM_WINDOW of every relay, and the raw publisher's window (default: the relay's default)")
 	flag.BoolVar(&unixSocket, "unix-socket", false, "connect the relay and the raw decoder through PostgreSQL's Unix socket, not TCP on loopback")
+	flag.Func("relay-env", "space-separated VAR=value added to every relay's environment, e.g. GOMAXPROCS=2", func(v string) error {
+		relayEnv = append(relayEnv, strings.Fields(v)...)
+		return nil
+	})
 	cpuProfile := flag.String("cpuprofile", "", "write the bench process's own CPU profile here (to audit the raw clients)")
 	flag.Parse()
 	flag.Visit(func(f *flag.Flag) { amqpWindowSet = amqpWindowSet || f.Name == "amqp-window" })
@@ -189,7 +201,8 @@ type bench struct {
 	kafka   *services.Kafka
 	results []result
 
-	rawDecode map[int]float64 // txn rows → events/s
+	rawDecode    map[int]float64 // txn rows → events/s
+	serverDecode map[int]float64
 }
 
 func progress(format string, args ...any) {
@@ -217,7 +230,7 @@ func (b *bench) run(ctx context.Context) error {
 			return err
 		}
 	}
-	b.rawDecode = map[int]float64{}
+	b.rawDecode, b.serverDecode = map[int]float64{}, map[int]float64{}
 
 	progress("starting PostgreSQL, RabbitMQ and kfake")
 	var wg sync.WaitGroup
@@ -288,7 +301,7 @@ func (b *bench) backlog(ctx context.Context, size int) error {
 		return err
 	}
 	defer db.close(context.WithoutCancel(ctx))
-	slots := []string{"raw_decode"}
+	slots := []string{"server_decode", "raw_decode"}
 	for _, s := range b.o.sinks {
 		slots = append(slots, relaySlot(s))
 	}
@@ -307,19 +320,32 @@ func (b *bench) backlog(ctx context.Context, size int) error {
 		return err
 	}
 
+	progress("server decode, transactions of %d", size)
+	dur, pgCPU, err := db.serverDecode(ctx, "server_decode", b.o.rows)
+	if err != nil {
+		return fmt.Errorf("server decode: %w", err)
+	}
+	db.dropSlot(ctx, "server_decode")
+	rate := float64(b.o.rows) / dur.Seconds()
+	b.serverDecode[size] = rate
+	if b.o.scenarios["ceiling"] {
+		b.emit(result{Scenario: "server_decode", TxnRows: size, Events: int64(b.o.rows), Seconds: dur.Seconds(), EventsPerSec: rate,
+			PGCPUPer100k: per100k(pgCPU, b.o.rows)})
+	}
+
 	progress("raw decode, transactions of %d", size)
 	cpu0 := selfCPU()
-	dur, endLSN, err := rawDecode(ctx, db.streamURL, "raw_decode", b.o.rows)
+	dur, endLSN, pgCPU, err := rawDecode(ctx, db, "raw_decode", b.o.rows)
 	cpu := selfCPU() - cpu0
 	if err != nil {
 		return fmt.Errorf("raw decode: %w", err)
 	}
 	db.dropSlot(ctx, "raw_decode")
-	rate := float64(b.o.rows) / dur.Seconds()
+	rate = float64(b.o.rows) / dur.Seconds()
 	b.rawDecode[size] = rate
 	if b.o.scenarios["ceiling"] {
 		b.emit(result{Scenario: "raw_decode", TxnRows: size, Events: int64(b.o.rows), Seconds: dur.Seconds(), EventsPerSec: rate,
-			CPUPer100k: cpu.Seconds() / float64(b.o.rows) * 1e5})
+			CPUPer100k: per100k(cpu, b.o.rows), PGCPUPer100k: per100k(pgCPU, b.o.rows)})
 	}
 
 	var msgs []message
@@ -360,6 +386,7 @@ func (b *bench) backlog(ctx context.Context, size int) error {
 		db.dropSlot(ctx, relaySlot(sink))
 		r.Scenario, r.TxnRows = "drain", size
 		r.VsRawDecode = r.EventsPerSec / b.rawDecode[size]
+		r.VsServerDecode = r.EventsPerSec / b.serverDecode[size]
 		if ceiling > 0 {
 			r.VsRawPublish = r.EventsPerSec / ceiling
 		}
@@ -488,6 +515,11 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 			return r, fmt.Errorf("profile: %w", err)
 		}
 	}
+	if pgCPU, err := db.walsenderCPU(ctx, slot); err == nil {
+		r.PGCPUPer100k = per100k(pgCPU, int(rows))
+	} else {
+		progress("walsender CPU of %s: %v", slot, err)
+	}
 	if err := p.stop(); err != nil {
 		return r, err
 	}
@@ -604,13 +636,13 @@ func (b *bench) live(ctx context.Context, sink string) error {
 func (b *bench) table(w io.Writer) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tsink\ttxn rows\tevents\tseconds\tevents/s\t÷ raw decode\t÷ raw publish\tCPU s/100k\tpeak RSS MB\tslot +s\t")
+	fmt.Fprintln(tw, "scenario\tsink\ttxn rows\tevents\tseconds\tevents/s\t÷ server decode\t÷ raw decode\t÷ raw publish\tCPU s/100k\tPG CPU s/100k\tpeak RSS MB\tslot +s\t")
 	for _, r := range b.results {
 		if r.Scenario == "live" {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, dash(r.Sink), intOrDash(r.TxnRows), r.Events, r.Seconds, r.EventsPerSec,
-			ratio(r.VsRawDecode), ratio(r.VsRawPublish), num(r.CPUPer100k, 2), num(r.PeakRSSMB, 1), num(r.SlotConfirmedAfter, 2))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, dash(r.Sink), intOrDash(r.TxnRows), r.Events, r.Seconds, r.EventsPerSec,
+			ratio(r.VsServerDecode), ratio(r.VsRawDecode), ratio(r.VsRawPublish), num(r.CPUPer100k, 2), num(r.PGCPUPer100k, 2), num(r.PeakRSSMB, 1), num(r.SlotConfirmedAfter, 2))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -696,6 +728,11 @@ func num(f float64, prec int) string {
 		return "-"
 	}
 	return strconv.FormatFloat(f, 'f', prec, 64)
+}
+
+// per100k is cpu per 100k of n events, in seconds.
+func per100k(cpu time.Duration, n int) float64 {
+	return cpu.Seconds() / float64(n) * 1e5
 }
 
 // selfCPU is the bench process's user and system CPU so far.

@@ -40,6 +40,10 @@ const clkTck = 100
 
 // startRelay runs bin with vars, logging to a file named after the scenario
 // in dir.
+// relayEnv is added to every relay's environment (-relay-env), to compare
+// runtime settings such as GOMAXPROCS.
+var relayEnv []string
+
 func startRelay(bin, dir, name string, vars []string) (*relayProc, error) {
 	p := &relayProc{
 		logPath: filepath.Join(dir, name+".relay.log"),
@@ -52,6 +56,7 @@ func startRelay(bin, dir, name string, vars []string) (*relayProc, error) {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = vars
+	cmd.Env = append(cmd.Env, relayEnv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -163,20 +168,12 @@ func (p *relayProc) usage() (usage, error) {
 	if p == nil {
 		return u, nil
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid()) + "/stat")
+	cpu, err := procCPU(p.pid())
 	if err != nil {
 		return u, err
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	// Fields after the command: state is f[0], so utime (field 14) is f[11].
-	if len(f) < 13 {
-		return u, fmt.Errorf("short /proc stat: %q", s)
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	u.cpu = time.Duration(ut+st) * time.Second / clkTck
-	b, err = os.ReadFile("/proc/" + strconv.Itoa(p.pid()) + "/status")
+	u.cpu = cpu
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid()) + "/status")
 	if err != nil {
 		return u, err
 	}
@@ -202,6 +199,23 @@ type rssSampler struct {
 	stopc chan struct{}
 	done  chan struct{}
 	maxKB int64
+}
+
+// procCPU is the user and system CPU process pid has used so far.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	// Fields after the command: state is f[0], so utime (field 14) is f[11].
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc stat: %q", s)
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / clkTck, nil
 }
 
 func sampleRSS(p *relayProc, every time.Duration) *rssSampler {
