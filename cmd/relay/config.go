@@ -36,7 +36,7 @@ type config struct {
 	AMQPURLFile       string `env:"RELAY_AMQP_URL_FILE" help:"file holding RELAY_AMQP_URL, e.g. a mounted secret; a trailing newline is ignored"`
 	AMQPExchange      string `table:"true" env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
 	AMQPRoutingKey    string `table:"true" env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
-	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"256" help:"publishes awaiting a broker confirm at most"`
+	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"2048" help:"publishes awaiting a broker confirm at most"`
 
 	KafkaBrokers           []string `env:"RELAY_KAFKA_BROKERS" help:"comma-separated Kafka seed brokers, host:port (required for kafka)"`
 	KafkaTopic             string   `table:"true" env:"RELAY_KAFKA_TOPIC" envDefault:"outbox.event.{aggregate_type}" help:"topic template of {column} placeholders"`

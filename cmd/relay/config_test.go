@@ -46,7 +46,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		AMQPURL:                "amqp://guest:secret@127.0.0.1:5672/",
 		AMQPExchange:           "outbox",
 		AMQPRoutingKey:         "{aggregate_type}.{event_type}",
-		AMQPConfirmWindow:      256,
+		AMQPConfirmWindow:      2048,
 		KafkaTopic:             "outbox.event.{aggregate_type}",
 		KafkaCheckpointTopic:   "relay.checkpoints",
 		KafkaPartitions:        -1,

@@ -33,7 +33,7 @@ const kafkaPartitions = 3
 
 // amqpWindow is RELAY_AMQP_CONFIRM_WINDOW for every relay (-amqp-window;
 // the relay's default unless set); the raw publisher uses the same.
-var amqpWindow = 256
+var amqpWindow = 2048
 
 // amqpWindowSet says -amqp-window was given.
 var amqpWindowSet bool
