@@ -26,6 +26,10 @@ const (
 	// raw decoder receives the rows from a slot of its own, the floor of
 	// any relay's latency.
 	sinkRawDecode = "raw_decode"
+	// sinkNone stands for no reader at all: the sessions commit as fast as
+	// they can with no slot, the machine's insert ceiling that the live
+	// scenario's maximum rates are judged against.
+	sinkNone = "none"
 )
 
 // kafkaPartitions is the partition count of every bench topic.
