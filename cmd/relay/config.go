@@ -525,6 +525,10 @@ Configuration is read from the environment only:
 	tw.Flush()
 	printTableHelp(w)
 	fmt.Fprint(w, `
+GOMAXPROCS: the relay runs its Go code on one core unless GOMAXPROCS is set
+(the stream is capped by PostgreSQL's single-threaded decoding; see
+docs/benchmarks.md).
+
 Exit codes: 0 after a clean stop, 1 on an error retrying cannot fix,
 2 on invalid configuration (before connecting).
 `)
