@@ -125,13 +125,20 @@ type liveRun struct {
 	lagSamples []int64         // committed - received, every 100 ms while loading
 	lagEnd     int64           // when loading stopped
 	catchup    time.Duration
-	cpu        time.Duration
+	cpu        time.Duration // the relay's
+	pgCPU      time.Duration // the walsender's
+	brokerCPU  time.Duration
 	rssMaxKB   int64
 }
 
-// runLive drives one rate against the relay p that publishes to t, and
-// waits until the consumer has every row.
-func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, rate int, dur time.Duration, next *atomic.Int64) (liveRun, error) {
+// meter reads the CPU used so far by the walsender of the stream and by
+// the broker (0 where there is none).
+type meter func(context.Context) (pg, broker time.Duration)
+
+// runLive drives one rate against the relay p (nil: the raw decoder
+// reads the slot) whose rows rc receives, and waits until rc has every
+// row.
+func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, m meter, rate int, dur time.Duration, next *atomic.Int64) (liveRun, error) {
 	run := liveRun{rate: rate}
 	var committed atomic.Int64
 	base := rc.received.Load()
@@ -140,6 +147,7 @@ func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, rate
 	if err != nil {
 		return run, err
 	}
+	pg0, broker0 := m(ctx)
 	rss := sampleRSS(p, 100*time.Millisecond)
 	lagDone := make(chan struct{})
 	stopLag := make(chan struct{})
@@ -187,6 +195,8 @@ func runLive(ctx context.Context, db *database, p *relayProc, rc *receiver, rate
 		return run, err
 	}
 	run.cpu = u1.cpu - u0.cpu
+	pg1, broker1 := m(ctx)
+	run.pgCPU, run.brokerCPU = pg1-pg0, broker1-broker0
 	for _, r := range rc.take() {
 		c, ok := commits[r.n]
 		if !ok {

@@ -77,7 +77,10 @@ type result struct {
 	// PGCPUPer100k is the CPU of the PostgreSQL process that decoded the
 	// rows: the walsender of the stream, or for server_decode the backend.
 	PGCPUPer100k float64 `json:"pg_cpu_s_per_100k,omitempty"`
-	PeakRSSMB    float64 `json:"relay_peak_rss_mb,omitempty"`
+	// BrokerCPUPer100k is the broker's CPU (every process of the RabbitMQ
+	// node or kfake) over the same time, which shares the cores too.
+	BrokerCPUPer100k float64 `json:"broker_cpu_s_per_100k,omitempty"`
+	PeakRSSMB        float64 `json:"relay_peak_rss_mb,omitempty"`
 	// SlotConfirmedAfter is how long after the broker held the last row
 	// the slot's confirmed_flush_lsn covered it (status updates go out at
 	// most once a second).
@@ -366,16 +369,16 @@ func (b *bench) backlog(ctx context.Context, size int) error {
 			if err != nil {
 				return err
 			}
-			cpu0 := selfCPU()
+			cpu0, broker0 := selfCPU(), b.brokerCPU(sink)
 			dur, err := t.rawPublish(ctx, msgs)
-			cpu := selfCPU() - cpu0
+			cpu, broker := selfCPU()-cpu0, b.brokerCPU(sink)-broker0
 			t.close(context.WithoutCancel(ctx))
 			if err != nil {
 				return fmt.Errorf("raw publish to %s: %w", sink, err)
 			}
 			ceiling = float64(len(msgs)) / dur.Seconds()
 			b.emit(result{Scenario: "raw_publish", Sink: sink, TxnRows: size, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: ceiling,
-				CPUPer100k: cpu.Seconds() / float64(len(msgs)) * 1e5})
+				CPUPer100k: per100k(cpu, len(msgs)), BrokerCPUPer100k: per100k(broker, len(msgs))})
 		}
 		if !b.o.scenarios["drain"] {
 			continue
@@ -459,6 +462,7 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 		"RELAY_SLOT=" + slot,
 		"RELAY_HTTP_ADDR=127.0.0.1:0",
 	}, t.vars()...)
+	broker0 := b.brokerCPU(sink)
 	p, err := startRelay(b.o.relayBin, b.dir, name, vars)
 	if err != nil {
 		return result{}, err
@@ -480,6 +484,7 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 	if err != nil {
 		return result{}, err
 	}
+	broker := b.brokerCPU(sink) - broker0
 	u, err := p.usage()
 	if err != nil {
 		return result{}, err
@@ -492,6 +497,8 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 		EventsPerSec: float64(rows) / dur.Seconds(),
 		CPUPer100k:   u.cpu.Seconds() / float64(rows) * 1e5,
 		PeakRSSMB:    float64(u.hwmKB) / 1024,
+
+		BrokerCPUPer100k: per100k(broker, int(rows)),
 	}
 	// The relay's guarantee: the slot moves past the rows only once the
 	// broker has them. It must get there, soon.
@@ -547,12 +554,23 @@ func (b *bench) live(ctx context.Context, sink string) error {
 	}
 	var rc *receiver
 	var p *relayProc // nil for raw_decode
+	slot := "raw_live"
+	if sink != sinkRawDecode {
+		slot = relaySlot(sink)
+	}
+	m := func(ctx context.Context) (pg, broker time.Duration) {
+		pg, err := db.walsenderCPU(ctx, slot)
+		if err != nil {
+			progress("walsender CPU of %s: %v", slot, err)
+		}
+		return pg, b.brokerCPU(sink)
+	}
 	if sink == sinkRawDecode {
 		// The latency floor: the raw decoder reading the rows as they commit.
-		if err := db.createSlot(ctx, "raw_live"); err != nil {
+		if err := db.createSlot(ctx, slot); err != nil {
 			return err
 		}
-		if rc, err = receiveSlot(ctx, db.streamURL, "raw_live"); err != nil {
+		if rc, err = receiveSlot(ctx, db.streamURL, slot); err != nil {
 			return err
 		}
 	} else {
@@ -564,7 +582,6 @@ func (b *bench) live(ctx context.Context, sink string) error {
 		if rc, err = t.receive(ctx); err != nil {
 			return err
 		}
-		slot := relaySlot(sink)
 		vars := append([]string{
 			"RELAY_DATABASE_URL=" + db.streamURL,
 			"RELAY_SLOT=" + slot,
@@ -593,7 +610,7 @@ func (b *bench) live(ctx context.Context, sink string) error {
 				return err
 			}
 		}
-		run, err := runLive(ctx, db, p, rc, rate, b.o.duration, &next)
+		run, err := runLive(ctx, db, p, rc, m, rate, b.o.duration, &next)
 		if err != nil {
 			return fmt.Errorf("live %s at %s: %w", sink, label, err)
 		}
@@ -623,8 +640,11 @@ func (b *bench) live(ctx context.Context, sink string) error {
 			LagEnd:       &run.lagEnd,
 			CatchupMs:    &catchup,
 			Bounded:      &bounded,
-			CPUPer100k:   run.cpu.Seconds() / float64(run.committed) * 1e5,
+			CPUPer100k:   per100k(run.cpu, int(run.committed)),
 			RSSMB:        float64(run.rssMaxKB) / 1024,
+
+			PGCPUPer100k:     per100k(run.pgCPU, int(run.committed)),
+			BrokerCPUPer100k: per100k(run.brokerCPU, int(run.committed)),
 		})
 		time.Sleep(time.Second)
 	}
@@ -635,6 +655,25 @@ func (b *bench) live(ctx context.Context, sink string) error {
 		progress("relay peak RSS over the live runs to %s: %.1f MB", sink, float64(u.hwmKB)/1024)
 	}
 	return p.stop()
+}
+
+// brokerCPU is the CPU the broker of sink has used so far, 0 when it
+// cannot be read.
+func (b *bench) brokerCPU(sink string) time.Duration {
+	pid := 0
+	switch sink {
+	case sinkKafka:
+		pid = b.kafka.Pid()
+	case sinkClassic, sinkQuorum:
+		pid = b.rabbit.Pid()
+	default:
+		return 0
+	}
+	cpu, err := groupCPU(pid)
+	if err != nil {
+		progress("CPU of the %s broker: %v", sink, err)
+	}
+	return cpu
 }
 
 // insertCeiling commits as fast as the live sessions can with no slot in
@@ -656,18 +695,18 @@ func (b *bench) insertCeiling(ctx context.Context, db *database) error {
 func (b *bench) table(w io.Writer) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tsink\ttxn rows\tevents\tseconds\tevents/s\t÷ server decode\t÷ raw decode\t÷ raw publish\tCPU s/100k\tPG CPU s/100k\tpeak RSS MB\tslot +s\t")
+	fmt.Fprintln(tw, "scenario\tsink\ttxn rows\tevents\tseconds\tevents/s\t÷ server decode\t÷ raw decode\t÷ raw publish\tCPU s/100k\tPG CPU s/100k\tbroker CPU s/100k\tpeak RSS MB\tslot +s\t")
 	for _, r := range b.results {
 		if r.Scenario == "live" {
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, dash(r.Sink), intOrDash(r.TxnRows), r.Events, r.Seconds, r.EventsPerSec,
-			ratio(r.VsServerDecode), ratio(r.VsRawDecode), ratio(r.VsRawPublish), num(r.CPUPer100k, 2), num(r.PGCPUPer100k, 2), num(r.PeakRSSMB, 1), num(r.SlotConfirmedAfter, 2))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2f\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, dash(r.Sink), intOrDash(r.TxnRows), r.Events, r.Seconds, r.EventsPerSec,
+			ratio(r.VsServerDecode), ratio(r.VsRawDecode), ratio(r.VsRawPublish), num(r.CPUPer100k, 2), num(r.PGCPUPer100k, 2), num(r.BrokerCPUPer100k, 2), num(r.PeakRSSMB, 1), num(r.SlotConfirmedAfter, 2))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "live\tsink\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tfrom insert p50\tp99\tlag max\tcatch-up ms\tbounded\tCPU s/100k\tRSS MB\t")
+	fmt.Fprintln(tw, "live\tsink\ttarget/s\tachieved/s\tp50 ms\tp99 ms\tmax ms\tfrom insert p50\tp99\tlag max\tcatch-up ms\tbounded\tCPU s/100k\tPG CPU s/100k\tbroker CPU s/100k\tRSS MB\t")
 	for _, r := range b.results {
 		if r.Scenario != "live" {
 			continue
@@ -676,7 +715,8 @@ func (b *bench) table(w io.Writer) {
 		if *r.TargetRate > 0 {
 			target = strconv.Itoa(*r.TargetRate)
 		}
-		fmt.Fprintf(tw, "live\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%v\t%.2f\t%.1f\t\n", r.Sink, target, r.EventsPerSec, r.P50Ms, r.P99Ms, r.MaxMs, r.InsertP50Ms, r.InsertP99Ms, *r.LagMax, *r.CatchupMs, *r.Bounded, r.CPUPer100k, r.RSSMB)
+		fmt.Fprintf(tw, "live\t%s\t%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%.0f\t%v\t%s\t%s\t%s\t%s\t\n", r.Sink, target, r.EventsPerSec, r.P50Ms, r.P99Ms, r.MaxMs, r.InsertP50Ms, r.InsertP99Ms, *r.LagMax, *r.CatchupMs, *r.Bounded,
+			num(r.CPUPer100k, 2), num(r.PGCPUPer100k, 2), num(r.BrokerCPUPer100k, 2), num(r.RSSMB, 1))
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

@@ -5,6 +5,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -203,19 +204,52 @@ type rssSampler struct {
 
 // procCPU is the user and system CPU process pid has used so far.
 func procCPU(pid int) (time.Duration, error) {
+	_, cpu, err := procStat(pid)
+	return cpu, err
+}
+
+// procStat reads process pid's group and CPU so far from /proc.
+func procStat(pid int) (pgrp int, cpu time.Duration, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	// Fields after the command: state is f[0], so utime (field 14) is f[11].
+	// Fields after the command: state is f[0], pgrp (field 5) is f[2],
+	// utime (field 14) is f[11].
 	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc stat: %q", s)
+		return 0, 0, fmt.Errorf("short /proc stat: %q", s)
 	}
+	pgrp, _ = strconv.Atoi(f[2])
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / clkTck, nil
+	return pgrp, time.Duration(ut+st) * time.Second / clkTck, nil
+}
+
+// groupCPU is the user and system CPU that the living processes of
+// process group pgid have used so far.
+func groupCPU(pgid int) (time.Duration, error) {
+	if pgid <= 0 {
+		return 0, errors.New("no process group")
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	var total time.Duration
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pgrp, cpu, err := procStat(pid)
+		if err != nil || pgrp != pgid {
+			continue // gone meanwhile, or another group
+		}
+		total += cpu
+	}
+	return total, nil
 }
 
 func sampleRSS(p *relayProc, every time.Duration) *rssSampler {

@@ -249,6 +249,16 @@ func (k *Kafka) start(ctx context.Context) error {
 // Brokers returns the seed broker list, host:port, for clients.
 func (k *Kafka) Brokers() string { return "127.0.0.1:" + strconv.Itoa(k.Port) }
 
+// Pid is the broker's process id, 0 when it is down.
+func (k *Kafka) Pid() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.proc == nil {
+		return 0
+	}
+	return k.proc.cmd.Process.Pid
+}
+
 // Kill SIGKILLs the broker, like a crash, and waits until it is gone.
 // Restart brings it back with every record it acknowledged before (kfake
 // writes each batch before acknowledging it; the OS page cache survives

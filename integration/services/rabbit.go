@@ -336,6 +336,18 @@ func (r *Rabbit) Kill() error {
 	return r.killLocked()
 }
 
+// Pid is the process id of the node's server process, the leader of the
+// process group that holds the Erlang VM and its helpers (epmd apart);
+// 0 when the node is down.
+func (r *Rabbit) Pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.beam == nil {
+		return 0
+	}
+	return r.beam.cmd.Process.Pid
+}
+
 func (r *Rabbit) killLocked() error {
 	var errs []error
 	if r.beam != nil {
