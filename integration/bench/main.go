@@ -485,6 +485,9 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 		return result{}, err
 	}
 	broker := b.brokerCPU(sink) - broker0
+	// Now, not after the slot confirmed: the walsender goes on decoding
+	// the WAL that settling the backlog wrote (VACUUM, CHECKPOINT).
+	pgCPU, pgErr := db.walsenderCPU(ctx, slot)
 	u, err := p.usage()
 	if err != nil {
 		return result{}, err
@@ -524,10 +527,10 @@ func (b *bench) drain(ctx context.Context, db *database, sink, slot, name string
 			return r, fmt.Errorf("profile: %w", err)
 		}
 	}
-	if pgCPU, err := db.walsenderCPU(ctx, slot); err == nil {
+	if pgErr == nil {
 		r.PGCPUPer100k = per100k(pgCPU, int(rows))
 	} else {
-		progress("walsender CPU of %s: %v", slot, err)
+		progress("walsender CPU of %s: %v", slot, pgErr)
 	}
 	if err := p.stop(); err != nil {
 		return r, err
