@@ -12,12 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/relay-dev/relay/integration/services"
 )
 
 // relayProc is one run of the relay binary, started with nothing in its
@@ -65,7 +66,7 @@ func startRelay(bin, dir, name string, vars []string) (*relayProc, error) {
 		return nil, err
 	}
 	cmd.Stdout = logf
-	if err := spawn(cmd); err != nil {
+	if err := services.Spawn(cmd); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start relay: %w", err)
 	}
@@ -327,32 +328,4 @@ func fetch(ctx context.Context, url, path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// Pdeathsig fires when the thread that forked the child exits, so every
-// relay is forked from one goroutine locked to its thread for good: the
-// relay then dies with the bench, even when the bench is killed.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd *exec.Cmd
-	err chan error
-}
-
-func spawn(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread()
-			for r := range spawner.reqs {
-				r.err <- r.cmd.Start()
-			}
-		}()
-	})
-	r := spawnReq{cmd: cmd, err: make(chan error, 1)}
-	spawner.reqs <- r
-	return <-r.err
 }

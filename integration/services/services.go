@@ -110,7 +110,9 @@ type spawnReq struct {
 	err chan error
 }
 
-func spawn(cmd *exec.Cmd) error {
+// Spawn starts cmd from that thread. A cmd with Pdeathsig set then dies
+// with this process, even when the process is killed.
+func Spawn(cmd *exec.Cmd) error {
 	spawner.once.Do(func() {
 		spawner.reqs = make(chan spawnReq)
 		go func() {
@@ -140,7 +142,7 @@ func startProc(cmd *exec.Cmd) (*proc, error) {
 	}
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := spawn(cmd); err != nil {
+	if err := Spawn(cmd); err != nil {
 		return nil, err
 	}
 	p := &proc{cmd: cmd, done: make(chan struct{})}
