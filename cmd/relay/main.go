@@ -227,7 +227,8 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 	}()
 	defer func() { cancel(nil); <-held }()
 
-	sink, err := newSink(ctx, cfg, log, m)
+	systemID, database := leader.Stream()
+	sink, err := newSink(ctx, cfg, log, m, rabbitmq.FenceQueue(cfg.Slot, systemID, database))
 	if err != nil {
 		if cause := context.Cause(ctx); ctx.Err() != nil && cause != ctx.Err() {
 			return cause
@@ -285,7 +286,8 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 }
 
 // newSink connects to the configured broker, retrying until ctx ends.
-func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics) (connectedSink, error) {
+// fence is the RabbitMQ sink's fence queue (rabbitmq.FenceQueue).
+func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics, fence string) (connectedSink, error) {
 	switch cfg.Sink {
 	case "kafka":
 		topic, err := relay.ParseTemplate(cfg.KafkaTopic)
@@ -336,6 +338,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			DeadLetter:        cfg.DeadLetter,
 			Format:            cfg.format(),
 			CloudEventsSource: cfg.CloudEventsSource,
+			Fence:             fence,
 			Metrics:           m,
 			Logger:            log,
 		})

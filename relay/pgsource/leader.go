@@ -41,6 +41,8 @@ type Leader struct {
 	cfg  LeaderConfig
 	log  *slog.Logger
 	conn *pgx.Conn
+	// systemID and database identify the stream (Stream).
+	systemID, database string
 }
 
 // NewLeader returns a Leader; Acquire connects.
@@ -83,7 +85,9 @@ func (l *Leader) Acquire(ctx context.Context, waiting func(reason string)) error
 			backoff.Reset()
 		}
 		var got bool
-		err := l.conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got)
+		err := l.conn.QueryRow(ctx, `
+			SELECT pg_try_advisory_lock($1), system_identifier::text, current_database()
+			FROM pg_control_system()`, key).Scan(&got, &l.systemID, &l.database)
 		if err != nil {
 			l.drop()
 			if ctx.Err() != nil {
@@ -181,6 +185,13 @@ func (l *Leader) Hold(ctx context.Context) error {
 		}
 	}
 }
+
+// Stream identifies the stream this relay leads, as read when the lock was
+// acquired: the database cluster's system identifier (shared by its
+// physical replicas, so it survives a failover) and the database. With the
+// slot they tell this stream apart from any other, even where two services
+// chose the same slot name.
+func (l *Leader) Stream() (systemID, database string) { return l.systemID, l.database }
 
 // Release gives the lock up by closing its connection.
 func (l *Leader) Release() {

@@ -76,6 +76,11 @@ type Config struct {
 	// source attribute of every event.
 	Format            relay.Format
 	CloudEventsSource string
+	// Fence, when set, names the stream's fence queue (FenceQueue): every
+	// channel the sink publishes on first holds it, so that no publish of
+	// an earlier relay of the stream, or of an earlier connection of this
+	// one, can land after a publish of this channel. Empty: no fence.
+	Fence string
 	// Metrics counts republished events; nil counts nothing.
 	Metrics *metrics.Metrics
 	// Logger receives connection failures and recoveries. Default: discard.
@@ -86,6 +91,7 @@ type Config struct {
 type Sink struct {
 	exchange string
 	dlx      string
+	fence    string
 	format   relay.Format
 	ceSource string
 	metrics  *metrics.Metrics
@@ -200,6 +206,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	s := &Sink{
 		exchange: cfg.Exchange,
 		dlx:      cfg.DeadLetter,
+		fence:    cfg.Fence,
 		format:   cfg.Format,
 		ceSource: cfg.CloudEventsSource,
 		metrics:  cfg.Metrics,
@@ -235,6 +242,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		if ctx.Err() != nil {
 			s.teardown()
 			return nil, fmt.Errorf("rabbitmq: connect to %s: %w", s.redacted, ctx.Err())
+		}
+		if relay.IsPermanent(err) {
+			s.teardown()
+			return nil, fmt.Errorf("rabbitmq: %w", err)
 		}
 		wait := s.nextBackoff()
 		s.log.Warn("cannot connect to RabbitMQ; retrying", "url", s.redacted, "error", err, "retry_in", wait.String())

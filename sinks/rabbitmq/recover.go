@@ -91,6 +91,14 @@ func (s *Sink) recover(ctx context.Context) error {
 		_ = conn.Close()
 		return fmt.Errorf("open channel: %w", err)
 	}
+	if s.fence != "" {
+		if ch, err = s.takeFence(ctx, conn, ch); err != nil {
+			if !relay.IsPermanent(err) && ctx.Err() == nil {
+				_ = conn.Close()
+			}
+			return err
+		}
+	}
 	// Buffers of a full window: at most window publishes are unconfirmed on
 	// a channel and each yields at most one return and one confirm, so the
 	// library's reader never waits for the watcher. That matters because it
