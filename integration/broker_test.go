@@ -10,10 +10,12 @@ import (
 	"github.com/relay-dev/relay/integration/services"
 )
 
-// TestRabbitMQKilledMidStreamLosesNothing SIGKILLs the broker while rows
-// flow, checks that the slot holds still while it is down, restarts it and
-// expects every event, in order per aggregate. It needs a broker it may
-// kill, so it always runs its own node, even when RELAY_TEST_AMQP_URL is set.
+// TestRabbitMQKilledMidStreamLosesNothing freezes the broker while rows
+// flow, so that the relay certainly has publishes in flight that no one
+// will confirm, SIGKILLs it, checks that the slot holds still while it is
+// down, restarts it and expects every event, in order per aggregate. It
+// needs a broker it may kill, so it always runs its own node, even when
+// RELAY_TEST_AMQP_URL is set.
 func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
 	node, err := services.StartRabbit(t.Context())
 	if err != nil {
@@ -30,10 +32,7 @@ func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
 	q := e.bindQueue("#")
 	bound := time.Now()
 	e.startRelay()
-
-	const n = 20000
-	inserted := make(chan []string, 1)
-	go func() { inserted <- e.insertEvents(n, 50, 13) }()
+	w := e.startWriter(50, 13)
 	eventually(t, time.Minute, func() error {
 		if got := len(q.messages()); got < 3000 {
 			return fmt.Errorf("%d messages, waiting for 3000", got)
@@ -43,28 +42,24 @@ func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
 	// Declarations reach the node's disk up to 2 s late; a crash before
 	// that would lose the queue itself, which is not what is under test.
 	time.Sleep(time.Until(bound.Add(3 * time.Second)))
-	if err := node.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	crashWithRowsInFlight(t, e, w, node.Freeze, node.Kill)
 
-	// Whatever the broker confirmed before it died may still be reported
-	// for a moment; after that, nothing can be confirmed, so the slot must
-	// not move although rows keep committing.
-	time.Sleep(time.Second)
+	// Once the relay has reported what the broker confirmed before it
+	// froze, nothing more can be confirmed, so the slot must not move
+	// although rows keep committing.
+	e.nextStatus()
 	held := e.slotLSN()
-	ids := <-inserted
+	w.waitRows(500)
+	ids := w.finish()
 	time.Sleep(3 * time.Second) // six status intervals
 	if got := e.slotLSN(); got != held {
 		t.Fatalf("slot moved from %X to %X while the broker was down", held, got)
-	}
-	if end := e.currentLSN(); held >= end {
-		t.Fatalf("slot at %X already covers the WAL end %X: the kill came too late to test anything", held, end)
 	}
 
 	if err := node.Restart(t.Context()); err != nil {
 		t.Fatalf("restart rabbitmq: %v", err)
 	}
-	msgs := q.waitDistinct(n, 3*time.Minute)
+	msgs := q.waitDistinct(len(ids), 3*time.Minute)
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
 	end := e.currentLSN()
@@ -74,5 +69,26 @@ func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("%d events, %d deliveries after a broker crash", n, len(msgs))
+	t.Logf("%d events, %d deliveries after a broker crash", len(ids), len(msgs))
+}
+
+// crashWithRowsInFlight freezes the broker, so that it confirms nothing
+// more, waits until rows committed after that have reached the relay,
+// which cannot have them confirmed, and kills the broker. The fault thus
+// lands with rows in flight however fast the relay is, and the slot must
+// stay behind them.
+func crashWithRowsInFlight(t *testing.T, e *env, w *writer, freeze, kill func() error) {
+	t.Helper()
+	if err := freeze(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitRows(200)
+	unconfirmable := e.currentLSN()
+	e.waitSent(unconfirmable)
+	if err := kill(); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.slotLSN(); got >= unconfirmable {
+		t.Fatalf("slot at %X covers rows committed at %X, after the broker froze: confirmed without a broker", got, unconfirmable)
+	}
 }

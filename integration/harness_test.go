@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -358,6 +359,31 @@ func (p *relayProc) kill() {
 	<-p.done
 }
 
+// freeze SIGSTOPs the relay: it reads, publishes and confirms nothing
+// until thaw, while its connections stay open.
+func (p *relayProc) freeze() { p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// thaw lets a frozen relay run again.
+func (p *relayProc) thaw() { p.cmd.Process.Signal(syscall.SIGCONT) }
+
+// killWithReplayDue SIGKILLs the relay and reports whether its successor
+// must publish something again: whether a row the broker delivered (whose
+// commit LSN is the highest of delivered()) lies at or after the slot's
+// final position, read once the killed relay's walsender is gone. A test
+// that needs a replay repeats the kill until this holds, rather than
+// hoping the relay was slower than its consumer.
+func (e *env) killWithReplayDue(p *relayProc, delivered func() uint64) bool {
+	e.t.Helper()
+	p.kill()
+	eventually(e.t, time.Minute, func() error {
+		if active, pid := e.slotActive(); active {
+			return fmt.Errorf("slot %s still active (pid %d) after the relay was killed", e.slot, pid)
+		}
+		return nil
+	})
+	return delivered() >= e.slotLSN()
+}
+
 // stop sends SIGTERM and returns the exit code.
 func (p *relayProc) stop(timeout time.Duration) int {
 	p.t.Helper()
@@ -550,6 +576,51 @@ func (e *env) slotLSN() uint64 {
 	return lsn
 }
 
+// waitSent waits until the slot's walsender has sent the relay the WAL up
+// to lsn: rows committed before lsn have reached the relay.
+func (e *env) waitSent(lsn uint64) {
+	e.t.Helper()
+	eventually(e.t, time.Minute, func() error {
+		var sent uint64
+		err := e.db.QueryRow(e.t.Context(), `
+			SELECT (s.sent_lsn - '0/0')::bigint
+			FROM pg_replication_slots r JOIN pg_stat_replication s ON s.pid = r.active_pid
+			WHERE r.slot_name = $1`, e.slot).Scan(&sent)
+		if err != nil {
+			return fmt.Errorf("read the walsender of slot %s: %w", e.slot, err)
+		}
+		if sent < lsn {
+			return fmt.Errorf("walsender sent up to %X, waiting for %X", sent, lsn)
+		}
+		return nil
+	})
+}
+
+// nextStatus waits until the relay has sent a standby status update after
+// now, so that the slot reflects every confirm the relay had received by
+// now. Tests read a slot position with it instead of sleeping.
+func (e *env) nextStatus() {
+	e.t.Helper()
+	var since time.Time
+	if err := e.db.QueryRow(e.t.Context(), "SELECT clock_timestamp()").Scan(&since); err != nil {
+		e.t.Fatal(err)
+	}
+	eventually(e.t, time.Minute, func() error {
+		var replied *time.Time
+		err := e.db.QueryRow(e.t.Context(), `
+			SELECT s.reply_time
+			FROM pg_replication_slots r JOIN pg_stat_replication s ON s.pid = r.active_pid
+			WHERE r.slot_name = $1`, e.slot).Scan(&replied)
+		if err != nil {
+			return fmt.Errorf("read the walsender of slot %s: %w", e.slot, err)
+		}
+		if replied == nil || !replied.After(since) {
+			return fmt.Errorf("no status update since %s (last %v)", since.Format(time.StampMicro), replied)
+		}
+		return nil
+	})
+}
+
 // currentLSN returns pg_current_wal_lsn() as a number.
 func (e *env) currentLSN() uint64 {
 	e.t.Helper()
@@ -566,30 +637,136 @@ func (e *env) currentLSN() uint64 {
 // It returns the ids in commit order.
 func (e *env) insertEvents(n, perTx, aggregates int) []string {
 	e.t.Helper()
-	ctx := e.t.Context()
+	rows := newEventRows(aggregates)
 	ids := make([]string, 0, n)
-	seq := make([]int, aggregates)
-	for done := 0; done < n; {
-		tx, err := e.db.Begin(ctx)
+	for len(ids) < n {
+		got, err := rows.commit(e.t.Context(), e.db, min(perTx, n-len(ids)))
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		for i := 0; i < perTx && done < n; i++ {
-			agg := done % aggregates
-			seq[agg]++
-			var id string
-			err := tx.QueryRow(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
-				VALUES ('order', $1, 'order.created', jsonb_build_object('agg', $1::text, 'seq', $2::int), jsonb_build_object('tenant', 'acme', 'n', $2::int))
-				RETURNING id`, fmt.Sprintf("agg-%d", agg), seq[agg]).Scan(&id)
-			if err != nil {
-				e.t.Fatal(err)
-			}
-			ids = append(ids, id)
-			done++
-		}
-		if err := tx.Commit(ctx); err != nil {
-			e.t.Fatal(err)
-		}
+		ids = append(ids, got...)
 	}
 	return ids
+}
+
+// eventRows numbers the outbox rows that insertEvents and writer commit:
+// row i belongs to aggregate i mod aggregates and carries its sequence
+// number within that aggregate.
+type eventRows struct {
+	next int
+	seq  []int
+}
+
+func newEventRows(aggregates int) *eventRows { return &eventRows{seq: make([]int, aggregates)} }
+
+// commit commits one transaction of n rows and returns their ids.
+func (r *eventRows) commit(ctx context.Context, db *pgxpool.Pool, n int) ([]string, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(context.Background())
+	next, seq := r.next, slices.Clone(r.seq)
+	ids := make([]string, 0, n)
+	for range n {
+		agg := next % len(seq)
+		seq[agg]++
+		next++
+		var id string
+		err := tx.QueryRow(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+			VALUES ('order', $1, 'order.created', jsonb_build_object('agg', $1::text, 'seq', $2::int), jsonb_build_object('tenant', 'acme', 'n', $2::int))
+			RETURNING id`, fmt.Sprintf("agg-%d", agg), seq[agg]).Scan(&id)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	r.next, r.seq = next, seq
+	return ids, nil
+}
+
+// writer commits outbox rows in the background until stopped, perTx rows
+// per transaction numbered as insertEvents numbers them. A test injects a
+// fault while it runs, so that rows certainly commit before, during and
+// after the fault, however fast the relay drains them.
+type writer struct {
+	t    *testing.T
+	stop chan struct{}
+	done chan struct{}
+
+	mu  sync.Mutex
+	ids []string
+	err error
+}
+
+func (e *env) startWriter(perTx, aggregates int) *writer {
+	w := &writer{t: e.t, stop: make(chan struct{}), done: make(chan struct{})}
+	rows := newEventRows(aggregates)
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			// Not the test's context: a transaction under way when the
+			// writer is stopped completes.
+			ids, err := rows.commit(context.Background(), e.db, perTx)
+			w.mu.Lock()
+			w.ids = append(w.ids, ids...)
+			w.err = err
+			w.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	e.t.Cleanup(func() { w.finish() })
+	return w
+}
+
+// rows is how many rows have committed so far.
+func (w *writer) rows() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.ids)
+}
+
+// waitRows waits until n more rows than now have committed.
+func (w *writer) waitRows(n int) {
+	w.t.Helper()
+	want := w.rows() + n
+	eventually(w.t, time.Minute, func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.err != nil {
+			w.t.Fatalf("writer: %v", w.err)
+		}
+		if len(w.ids) < want {
+			return fmt.Errorf("%d rows committed, waiting for %d", len(w.ids), want)
+		}
+		return nil
+	})
+}
+
+// finish stops the writer after the transaction under way and returns
+// the ids of every row it committed, in commit order.
+func (w *writer) finish() []string {
+	w.t.Helper()
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		w.t.Fatalf("writer: %v", w.err)
+	}
+	return slices.Clone(w.ids)
 }

@@ -413,37 +413,31 @@ func TestKafkaBrokerKilledMidStreamLosesNothing(t *testing.T) {
 	c := e.consumeKafka()
 	e.startRelay()
 
-	const n = 20000
-	inserted := make(chan []string, 1)
-	go func() { inserted <- e.insertEvents(n, 50, 13) }()
+	w := e.startWriter(50, 13)
 	eventually(t, time.Minute, func() error {
 		if got := len(c.records()); got < 3000 {
 			return fmt.Errorf("%d records, waiting for 3000", got)
 		}
 		return nil
 	})
-	if err := node.Kill(); err != nil {
-		t.Fatal(err)
-	}
+	crashWithRowsInFlight(t, e, w, node.Freeze, node.Kill)
 
-	// Whatever the broker acknowledged before it died may still be
-	// reported for a moment; after that, nothing can be acknowledged, so
-	// the slot must not move although rows keep committing.
-	time.Sleep(time.Second)
+	// Once the relay has reported what the broker acknowledged before it
+	// froze, nothing more can be acknowledged, so the slot must not move
+	// although rows keep committing.
+	e.nextStatus()
 	held := e.slotLSN()
-	ids := <-inserted
+	w.waitRows(500)
+	ids := w.finish()
 	time.Sleep(3 * time.Second) // six status intervals
 	if got := e.slotLSN(); got != held {
 		t.Fatalf("slot moved from %X to %X while the broker was down", held, got)
-	}
-	if end := e.currentLSN(); held >= end {
-		t.Fatalf("slot at %X already covers the WAL end %X: the kill came too late to test anything", held, end)
 	}
 
 	if err := node.Restart(t.Context()); err != nil {
 		t.Fatalf("restart kafka: %v", err)
 	}
-	recs := c.waitDistinct(n, 2*time.Minute)
+	recs := c.waitDistinct(len(ids), 2*time.Minute)
 	checkAll(t, ids, asMessages(recs))
 	checkOrder(t, asMessages(recs))
 	checkKafkaRecords(t, recs, 3)
@@ -459,7 +453,7 @@ func TestKafkaBrokerKilledMidStreamLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("%d events, %d records after a broker crash", n, len(recs))
+	t.Logf("%d events, %d records after a broker crash", len(ids), len(recs))
 }
 
 // TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters: a row over the

@@ -69,7 +69,9 @@ type delivery struct {
 
 // TestAggregateOrderHoldsAcrossRestarts: rows of many aggregates committed
 // from several sessions at once, while the relay is SIGKILLed three times
-// and stopped with SIGTERM once, each time restarted: every row arrives;
+// (more, until a kill leaves delivered rows the slot had not confirmed, so
+// that a replay is certainly tested) and stopped with SIGTERM once, each
+// time restarted: every row arrives;
 // each aggregate's first deliveries come in commit order; a redelivery is
 // only ever part of an in-order replay, at most one per aggregate and
 // restart; and within one RabbitMQ queue or Kafka partition first
@@ -160,18 +162,40 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 			return nil
 		})
 	}
-	restarts := 0
+	lastDelivered := func() uint64 {
+		var last uint64
+		for _, d := range received() {
+			if lsn, err := parseLSN(d.lsn); err == nil {
+				last = max(last, lsn)
+			}
+		}
+		return last
+	}
+	restarts, replaysDue := 0, 0
 	for i, at := range []int{1500, 4000, 6500, 9000} {
 		waitFor(at)
 		if i == 2 {
 			if code := p.stop(30 * time.Second); code != 0 {
 				t.Fatalf("exit code %d after SIGTERM, want 0; log:\n%s", code, p.log.String())
 			}
-		} else {
-			p.kill()
+		} else if e.killWithReplayDue(p, lastDelivered) {
+			replaysDue++
 		}
 		p = e.startRelay()
 		restarts++
+	}
+	// A kill tests a replay only if the broker had delivered a row the
+	// slot had not confirmed; kill again until one did.
+	for replaysDue == 0 && restarts < 10 {
+		waitFor(len(received()) + 500)
+		if e.killWithReplayDue(p, lastDelivered) {
+			replaysDue++
+		}
+		p = e.startRelay()
+		restarts++
+	}
+	if replaysDue == 0 {
+		t.Fatalf("in %d kills the broker never held a row that the slot had not confirmed: no replay was tested", restarts-1)
 	}
 	waitFor(deliveries)
 	stopWriters()
@@ -206,7 +230,7 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 		}
 	}
 	if len(ds) == len(all) {
-		t.Errorf("no row was delivered twice: the kills came when everything was confirmed, so no replay was tested")
+		t.Errorf("no row was delivered twice, although %d kills left delivered rows the slot had not confirmed", replaysDue)
 	}
 
 	// Across aggregates, one queue or partition has them in commit order.
@@ -226,7 +250,7 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 		}
 		last[d.group] = lsn
 	}
-	t.Logf("%d rows of %d aggregates, %d deliveries; %d restarts; replays per aggregate %v", len(all), aggregates, len(ds), restarts, replays)
+	t.Logf("%d rows of %d aggregates, %d deliveries; %d restarts, %d with a replay due; replays per aggregate %v", len(all), aggregates, len(ds), restarts, replaysDue, replays)
 }
 
 // commitRows commits one transaction of one to three rows for each of one

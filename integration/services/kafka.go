@@ -47,6 +47,7 @@ type Kafka struct {
 	mu     sync.Mutex
 	proc   *proc
 	closed bool
+	frozen bool // proc was SIGSTOPped: it cannot stop gracefully
 }
 
 // KafkaOptions tunes a throwaway cluster.
@@ -269,7 +270,37 @@ func (k *Kafka) Kill() error {
 	return k.killLocked()
 }
 
+// Freeze SIGSTOPs the broker: from then on it answers no request, like a
+// hung broker, while its connections stay open. Thaw, Kill and Restart end it.
+// Tests use it to hold acknowledgements back, so that a fault certainly
+// lands with records in flight however fast the relay is.
+func (k *Kafka) Freeze() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.proc == nil || k.proc.exited() {
+		return errors.New("services: kafka is not running")
+	}
+	if err := k.proc.freeze(); err != nil {
+		return fmt.Errorf("services: freeze kafka: %w", err)
+	}
+	k.frozen = true
+	return nil
+}
+
+// Thaw lets a frozen broker run again.
+func (k *Kafka) Thaw() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.proc == nil || !k.frozen {
+		return errors.New("services: kafka is not frozen")
+	}
+	k.proc.thaw()
+	k.frozen = false
+	return nil
+}
+
 func (k *Kafka) killLocked() error {
+	k.frozen = false
 	if k.proc == nil {
 		return nil
 	}
@@ -286,6 +317,11 @@ func (k *Kafka) Restart(ctx context.Context) error {
 	defer k.mu.Unlock()
 	if k.closed {
 		return errors.New("services: kafka restart after Close")
+	}
+	if k.frozen {
+		if err := k.killLocked(); err != nil {
+			return err
+		}
 	}
 	if k.proc != nil {
 		err := k.proc.stop(syscall.SIGTERM, kafkaStopWithin)

@@ -53,6 +53,7 @@ type Rabbit struct {
 	beam   *proc
 	epmd   *proc
 	closed bool
+	frozen bool // beam was SIGSTOPped: it cannot stop gracefully
 }
 
 // RabbitOptions tunes a throwaway node.
@@ -336,6 +337,35 @@ func (r *Rabbit) Kill() error {
 	return r.killLocked()
 }
 
+// Freeze SIGSTOPs the node's processes: from then on it reads, routes and
+// confirms nothing, like a hung broker, while its connections stay open.
+// Thaw, Kill and Restart end it. Tests use it to hold confirms back, so that a
+// fault certainly lands with publishes in flight however fast the relay is.
+func (r *Rabbit) Freeze() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.beam == nil || r.beam.exited() {
+		return errors.New("services: rabbitmq is not running")
+	}
+	if err := r.beam.freeze(); err != nil {
+		return fmt.Errorf("services: freeze rabbitmq: %w", err)
+	}
+	r.frozen = true
+	return nil
+}
+
+// Thaw lets a frozen node run again.
+func (r *Rabbit) Thaw() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.beam == nil || !r.frozen {
+		return errors.New("services: rabbitmq is not frozen")
+	}
+	r.beam.thaw()
+	r.frozen = false
+	return nil
+}
+
 // Pid is the process id of the node's server process, the leader of the
 // process group that holds the Erlang VM and its helpers (epmd apart);
 // 0 when the node is down.
@@ -349,6 +379,7 @@ func (r *Rabbit) Pid() int {
 }
 
 func (r *Rabbit) killLocked() error {
+	r.frozen = false
 	var errs []error
 	if r.beam != nil {
 		errs = append(errs, r.beam.killAll(10*time.Second))
@@ -363,14 +394,15 @@ func (r *Rabbit) killLocked() error {
 
 // Restart starts the node again with the same name, ports and data
 // directory, so durable queues and persistent messages survive, and waits
-// until AMQP works. A running node is first shut down gracefully (SIGTERM).
+// until AMQP works. A running node is first shut down gracefully (SIGTERM),
+// a frozen one killed.
 func (r *Rabbit) Restart(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return errors.New("services: rabbitmq restart after Close")
 	}
-	if r.beam != nil {
+	if r.beam != nil && !r.frozen {
 		_ = r.beam.stop(syscall.SIGTERM, rabbitStopWithin)
 	}
 	if err := r.killLocked(); err != nil {

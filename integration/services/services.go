@@ -164,6 +164,28 @@ func (p *proc) exited() bool {
 	}
 }
 
+// freeze SIGSTOPs the process and its descendants: they keep their
+// sockets open and do nothing until killed.
+func (p *proc) freeze() error {
+	root := p.pid()
+	if err := syscall.Kill(root, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	for _, pid := range related(root, true) {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	return nil
+}
+
+// thaw SIGCONTs what freeze stopped.
+func (p *proc) thaw() {
+	root := p.pid()
+	for _, pid := range related(root, true) {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+	_ = syscall.Kill(root, syscall.SIGCONT)
+}
+
 // stop asks the process to exit with sig and falls back to killAll after
 // timeout. Leftovers in its process group are swept either way.
 func (p *proc) stop(sig syscall.Signal, timeout time.Duration) error {
