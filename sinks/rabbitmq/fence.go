@@ -27,7 +27,9 @@ import (
 // of an earlier channel of the stream can follow. An exclusive queue would
 // not do: it goes with the connection, whose channels may still be routing.
 const (
-	// fenceRetry is how often a channel tries a fence that is held.
+	// fenceRetry is how often a channel tries a fence that is held, after
+	// a first quick retry: after a recovery on the same connection the
+	// broker releases the old channel's hold within milliseconds.
 	fenceRetry = 100 * time.Millisecond
 	// fenceExpires removes a fence queue unused for a day, e.g. after its
 	// stream was retired while the broker was down (auto-delete removes
@@ -54,6 +56,7 @@ var errFenceHeld = errors.New("held by another channel")
 func (s *Sink) takeFence(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel) (*amqp.Channel, error) {
 	start := time.Now()
 	var logged time.Time
+	wait := fenceRetry / 10
 	for {
 		deliveries, err := consumeFence(ch, s.fence)
 		if err == nil {
@@ -74,17 +77,20 @@ func (s *Sink) takeFence(ctx context.Context, conn *amqp.Connection, ch *amqp.Ch
 			_ = ch.Close()
 			return nil, err
 		}
-		if time.Since(logged) >= fenceLogEvery {
+		// A hold that the quick retry outlasts is a previous relay's
+		// channel, worth a line; a recovery's own old channel is not.
+		if time.Since(start) >= fenceRetry && time.Since(logged) >= fenceLogEvery {
 			s.log.Info("waiting for the previous publisher's channel to close: RabbitMQ may still route its last messages", "fence", s.fence, "waited", time.Since(start).Round(time.Millisecond).String())
 			logged = time.Now()
 		}
-		t := time.NewTimer(fenceRetry)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
 		case <-t.C:
 		}
+		wait = fenceRetry
 		if ch, err = conn.Channel(); err != nil {
 			return nil, fmt.Errorf("open channel: %w", err)
 		}
