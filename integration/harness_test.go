@@ -384,6 +384,52 @@ func (e *env) killWithReplayDue(p *relayProc, delivered func() uint64) bool {
 	return delivered() >= e.slotLSN()
 }
 
+// replayKiller SIGKILLs relays mid-stream so that every kill tests a
+// replay: it kills again (bounded) until a kill left a row the broker
+// delivered at or after the slot's final position (see killWithReplayDue).
+type replayKiller struct {
+	e *env
+	// delivered is the highest commit LSN (x-relay-lsn) received so far.
+	delivered func() uint64
+	// kills counts every SIGKILL, replays those with a replay due.
+	kills, replays int
+	// slot is where the last kill left the slot.
+	slot uint64
+}
+
+// maxKillsPerReplay bounds the kills spent to get one with a replay due.
+const maxKillsPerReplay = 10
+
+// kill SIGKILLs p and starts another relay until a kill had a replay due,
+// and returns the relay running then. Before each kill it waits until the
+// running relay has confirmed past where the previous kill left the slot:
+// a relay killed before it confirmed anything of its own would leave only
+// its predecessor's replay due, and test nothing new.
+func (k *replayKiller) kill(p *relayProc) *relayProc {
+	k.e.t.Helper()
+	for range maxKillsPerReplay {
+		eventually(k.e.t, time.Minute, func() error {
+			if p.exited() {
+				k.e.t.Fatalf("the relay exited (%v); log:\n%s", p.err, p.log.String())
+			}
+			if got := k.e.slotLSN(); got <= k.slot {
+				return fmt.Errorf("slot at %X, not yet past %X where the last kill left it", got, k.slot)
+			}
+			return nil
+		})
+		k.kills++
+		due := k.e.killWithReplayDue(p, k.delivered)
+		k.slot = k.e.slotLSN()
+		p = k.e.startRelay()
+		if due {
+			k.replays++
+			return p
+		}
+	}
+	k.e.t.Fatalf("in %d kills the broker never held a row that the slot had not confirmed: no replay was tested", maxKillsPerReplay)
+	return nil
+}
+
 // stop sends SIGTERM and returns the exit code.
 func (p *relayProc) stop(timeout time.Duration) int {
 	p.t.Helper()
@@ -527,6 +573,18 @@ func (c *consumer) messages() []message {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]message(nil), c.msgs...)
+}
+
+// highestRelayLSN is the highest commit LSN (x-relay-lsn) that q received.
+func (c *consumer) highestRelayLSN() uint64 {
+	var last uint64
+	for _, m := range c.messages() {
+		s, _ := m.Headers["x-relay-lsn"].(string)
+		if lsn, err := parseLSN(s); err == nil {
+			last = max(last, lsn)
+		}
+	}
+	return last
 }
 
 // waitDistinct waits until n distinct message ids arrived.
@@ -703,8 +761,16 @@ type writer struct {
 }
 
 func (e *env) startWriter(perTx, aggregates int) *writer {
-	w := &writer{t: e.t, stop: make(chan struct{}), done: make(chan struct{})}
 	rows := newEventRows(aggregates)
+	return e.startWriterFunc(func(ctx context.Context) ([]string, error) {
+		return rows.commit(ctx, e.db, perTx)
+	})
+}
+
+// startWriterFunc is startWriter with rows of the test's own: commit
+// commits one transaction and returns the ids of its rows.
+func (e *env) startWriterFunc(commit func(context.Context) ([]string, error)) *writer {
+	w := &writer{t: e.t, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for {
@@ -715,7 +781,7 @@ func (e *env) startWriter(perTx, aggregates int) *writer {
 			}
 			// Not the test's context: a transaction under way when the
 			// writer is stopped completes.
-			ids, err := rows.commit(context.Background(), e.db, perTx)
+			ids, err := commit(context.Background())
 			w.mu.Lock()
 			w.ids = append(w.ids, ids...)
 			w.err = err

@@ -25,7 +25,8 @@ import (
 
 // TestInboxAppliesEachEventExactlyOnce runs the whole path with package
 // inbox at the end: outbox rows carrying amounts for accounts, the relay
-// (SIGKILLed twice mid-stream and restarted, so it republishes), RabbitMQ,
+// (SIGKILLed twice mid-stream and restarted, each time with rows routed
+// that the slot had not confirmed, so it republishes them), RabbitMQ,
 // and two consumer processes (integration/inboxconsumer) applying each
 // message to a balances table in the transaction that claims its id. The
 // consumers kill themselves between committing and acknowledging, several
@@ -33,7 +34,7 @@ import (
 // sums of the outbox amounts exactly, and the inbox must hold each id once.
 func TestInboxAppliesEachEventExactlyOnce(t *testing.T) {
 	const (
-		events       = 6000
+		minEvents    = 6000 // the writer stops after the last kill and this many
 		perTx        = 20
 		accounts     = 25
 		consumers    = 2
@@ -146,24 +147,34 @@ func TestInboxAppliesEachEventExactlyOnce(t *testing.T) {
 		}
 	})
 
-	// Insert while the relay streams, and SIGKILL it twice mid-stream.
-	inserted := make(chan int, events)
-	insertDone := make(chan error, 1)
-	go func() { insertDone <- insertAccountEvents(ctx, e.db, events, perTx, accounts, inserted) }()
-	relayKills := 0
-	for _, at := range []int{events / 3, 2 * events / 3} {
-		for n := range inserted {
-			if n >= at {
-				break
-			}
+	// Insert while the relay streams, and SIGKILL it twice mid-stream, each
+	// time with rows in the queue that the slot had not confirmed, so that
+	// its successor certainly republishes them. A queue of the test's own,
+	// bound like the consumers' one, shows what the broker routed.
+	observed := e.bindQueue("account.#")
+	rng := rand.New(rand.NewPCG(42, 42))
+	committed := 0
+	w := e.startWriterFunc(func(ctx context.Context) ([]string, error) {
+		ids, err := commitAccountEvents(ctx, e.db, rng, committed, perTx, accounts)
+		committed += len(ids)
+		// A pause keeps the volume to what the consumers apply in time.
+		time.Sleep(5 * time.Millisecond)
+		return ids, err
+	})
+	k := &replayKiller{e: e, delivered: observed.highestRelayLSN}
+	for _, at := range []int{minEvents / 3, 2 * minEvents / 3} {
+		waitMessages(t, observed, at)
+		relay = k.kill(relay)
+	}
+	// Rows commit until after the last restart.
+	eventually(t, time.Minute, func() error {
+		if n := w.rows(); n < minEvents {
+			return fmt.Errorf("%d of at least %d events committed", n, minEvents)
 		}
-		relay.kill()
-		relayKills++
-		relay = e.startRelay()
-	}
-	if err := <-insertDone; err != nil {
-		t.Fatalf("insert events: %v", err)
-	}
+		return nil
+	})
+	w.waitRows(500)
+	events := len(w.finish())
 
 	// Every event applied, the queue drained and the consumers idle, so
 	// they hold no unacknowledged delivery when they stop.
@@ -275,12 +286,12 @@ func TestInboxAppliesEachEventExactlyOnce(t *testing.T) {
 		dup += n
 	}
 	// Each crash accounts for one duplicate; the rest were republished by
-	// the relay after its kills.
+	// the relay after its kills, which left rows to republish.
 	if dup <= len(crashes) {
-		t.Errorf("%d duplicates for %d consumer crashes: the relay's restarts republished nothing", dup, len(crashes))
+		t.Errorf("%d duplicates for %d consumer crashes: the relay's restarts republished nothing, although %d kills left rows to republish", dup, len(crashes), k.replays)
 	}
-	t.Logf("%d events over %d accounts: %d deliveries, %d duplicates skipped (%d after consumers died between commit and ack, %d more from %d relay SIGKILLs)",
-		events, accounts, len(applied)+dup, dup, len(crashes), dup-len(crashes), relayKills)
+	t.Logf("%d events over %d accounts: %d deliveries, %d duplicates skipped (%d after consumers died between commit and ack, %d more from %d relay SIGKILLs, %d with a replay due)",
+		events, accounts, len(applied)+dup, dup, len(crashes), dup-len(crashes), k.kills, k.replays)
 }
 
 // buildInboxConsumer builds integration/inboxconsumer into a temporary
@@ -345,42 +356,35 @@ func queueDepth(url, queue string) (int, error) {
 	return q.Messages, nil
 }
 
-// insertAccountEvents commits n outbox rows in transactions of perTx, each
-// an amount (negative ones too) for one of the accounts, pausing briefly
-// between transactions so the stream lasts while the relay is killed. It
-// sends the running total on progress after each commit and closes it.
-func insertAccountEvents(ctx context.Context, db *pgxpool.Pool, n, perTx, accounts int, progress chan<- int) error {
-	defer close(progress)
-	rng := rand.New(rand.NewPCG(42, 42))
-	for done := 0; done < n; {
-		tx, err := db.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		for i := 0; i < perTx && done < n; i++ {
-			account := fmt.Sprintf("acct-%02d", rng.IntN(accounts))
-			if done < accounts {
-				account = fmt.Sprintf("acct-%02d", done) // every account gets events
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-				VALUES ('account', $1, 'credited', jsonb_build_object('account', $1::text, 'amount', $2::bigint))`,
-				account, rng.Int64N(1500)-500)
-			if err != nil {
-				tx.Rollback(ctx)
-				return err
-			}
-			done++
-		}
-		if err := tx.Commit(ctx); err != nil {
-			return err
-		}
-		select {
-		case progress <- done:
-		default:
-		}
-		time.Sleep(5 * time.Millisecond)
+// commitAccountEvents commits one transaction of n outbox rows, each an
+// amount (negative ones too) for one of the accounts, the first ones one
+// for each account, done rows having been committed before, and returns
+// their ids.
+func commitAccountEvents(ctx context.Context, db *pgxpool.Pool, rng *rand.Rand, done, n, accounts int) ([]string, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	defer tx.Rollback(context.Background())
+	ids := make([]string, 0, n)
+	for i := range n {
+		account := fmt.Sprintf("acct-%02d", rng.IntN(accounts))
+		if done+i < accounts {
+			account = fmt.Sprintf("acct-%02d", done+i) // every account gets events
+		}
+		var id string
+		err := tx.QueryRow(ctx, `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+			VALUES ('account', $1, 'credited', jsonb_build_object('account', $1::text, 'amount', $2::bigint))
+			RETURNING id::text`, account, rng.Int64N(1500)-500).Scan(&id)
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return ids, nil
 }
 
 func queryStrings(t *testing.T, db *pgxpool.Pool, sql string, args ...any) []string {

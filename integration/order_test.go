@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -69,9 +68,9 @@ type delivery struct {
 
 // TestAggregateOrderHoldsAcrossRestarts: rows of many aggregates committed
 // from several sessions at once, while the relay is SIGKILLed three times
-// (more, until a kill leaves delivered rows the slot had not confirmed, so
-// that a replay is certainly tested) and stopped with SIGTERM once, each
-// time restarted: every row arrives;
+// (each kill repeated until it left delivered rows the slot had not
+// confirmed, so that every kill tests a replay) and stopped with SIGTERM
+// once, each time restarted: every row arrives;
 // each aggregate's first deliveries come in commit order; a redelivery is
 // only ever part of an in-order replay, at most one per aggregate and
 // restart; and within one RabbitMQ queue or Kafka partition first
@@ -117,41 +116,18 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 	e.exec(`INSERT INTO agg_seq SELECT 'agg-' || i, 0 FROM generate_series(0, $1::int - 1) i`, aggregates)
 	p := e.startRelay()
 
-	stop := make(chan struct{})
-	var (
-		mu  sync.Mutex
-		ids []string
-		wg  sync.WaitGroup
-	)
+	var ws []*writer
 	for w := range writers {
 		conn, err := pgx.Connect(t.Context(), pg.URL(e.name))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close(context.Background()) })
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				// Not the test's context: a transaction under way when
-				// the writers are stopped completes.
-				got, err := commitRows(context.Background(), conn, rng, aggregates)
-				if err != nil {
-					t.Errorf("writer %d: %v", w, err)
-					return
-				}
-				mu.Lock()
-				ids = append(ids, got...)
-				mu.Unlock()
-			}
-		})
+		rng := rand.New(rand.NewPCG(uint64(w), 7))
+		ws = append(ws, e.startWriterFunc(func(ctx context.Context) ([]string, error) {
+			return commitRows(ctx, conn, rng, aggregates)
+		}))
 	}
-	stopWriters := sync.OnceFunc(func() { close(stop); wg.Wait() })
-	t.Cleanup(stopWriters)
 
 	waitFor := func(n int) {
 		t.Helper()
@@ -171,40 +147,24 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 		}
 		return last
 	}
-	restarts, replaysDue := 0, 0
+	k := &replayKiller{e: e, delivered: lastDelivered}
 	for i, at := range []int{1500, 4000, 6500, 9000} {
 		waitFor(at)
 		if i == 2 {
 			if code := p.stop(30 * time.Second); code != 0 {
 				t.Fatalf("exit code %d after SIGTERM, want 0; log:\n%s", code, p.log.String())
 			}
-		} else if e.killWithReplayDue(p, lastDelivered) {
-			replaysDue++
+			p = e.startRelay()
+			continue
 		}
-		p = e.startRelay()
-		restarts++
+		p = k.kill(p)
 	}
-	// A kill tests a replay only if the broker had delivered a row the
-	// slot had not confirmed; kill again until one did.
-	for replaysDue == 0 && restarts < 10 {
-		waitFor(len(received()) + 500)
-		if e.killWithReplayDue(p, lastDelivered) {
-			replaysDue++
-		}
-		p = e.startRelay()
-		restarts++
-	}
-	if replaysDue == 0 {
-		t.Fatalf("in %d kills the broker never held a row that the slot had not confirmed: no replay was tested", restarts-1)
-	}
+	restarts := k.kills + 1
 	waitFor(deliveries)
-	stopWriters()
-	if t.Failed() {
-		t.FailNow()
+	var all []string
+	for _, w := range ws {
+		all = append(all, w.finish()...)
 	}
-	mu.Lock()
-	all := slices.Clone(ids)
-	mu.Unlock()
 
 	var ds []delivery
 	eventually(t, 2*time.Minute, func() error {
@@ -230,7 +190,7 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 		}
 	}
 	if len(ds) == len(all) {
-		t.Errorf("no row was delivered twice, although %d kills left delivered rows the slot had not confirmed", replaysDue)
+		t.Errorf("no row was delivered twice, although %d kills left delivered rows the slot had not confirmed", k.replays)
 	}
 
 	// Across aggregates, one queue or partition has them in commit order.
@@ -250,7 +210,7 @@ func orderAcrossRestarts(t *testing.T, e *env, received func() []delivery) {
 		}
 		last[d.group] = lsn
 	}
-	t.Logf("%d rows of %d aggregates, %d deliveries; %d restarts, %d with a replay due; replays per aggregate %v", len(all), aggregates, len(ds), restarts, replaysDue, replays)
+	t.Logf("%d rows of %d aggregates, %d deliveries; %d restarts, %d kills with a replay due; replays per aggregate %v", len(all), aggregates, len(ds), restarts, k.replays, replays)
 }
 
 // commitRows commits one transaction of one to three rows for each of one
