@@ -6,6 +6,11 @@ import (
 	"time"
 )
 
+// backfillPage is how many rows the relay's backfill publishes at a time
+// (pgsource's backfillBatch): it records a page once the broker confirmed
+// all of it, and reads the next one only then.
+const backfillPage = 2000
+
 // TestBackfillSurvivesSIGKILL: 100k rows are in the outbox before the relay
 // first starts; rows keep being inserted while it backfills; it is
 // SIGKILLed mid-backfill and started again. Every row arrives, existing
@@ -46,17 +51,21 @@ func TestBackfillSurvivesSIGKILL(t *testing.T) {
 		if p.exited() {
 			t.Fatalf("relay exited: %v; log:\n%s", p.err, p.log.String())
 		}
-		if got := len(q.messages()); got < existing/3 {
-			return fmt.Errorf("%d messages, waiting for %d", got, existing/3)
+		if recorded, _, err := e.backfillState(); err != nil || recorded < existing/3 {
+			return fmt.Errorf("backfill recorded %d rows (%v), waiting for %d", recorded, err, existing/3)
 		}
 		return nil
 	})
-	var done bool
-	if err := e.db.QueryRow(t.Context(), "SELECT bool_and(done) FROM relay.backfill WHERE slot_name = $1", e.slot).Scan(&done); err != nil {
+	// Frozen, the relay publishes and records nothing more, so the state
+	// read now is the one the kill leaves, give or take a record under way:
+	// the backfill is certainly unfinished if it is over a page from its end.
+	p.freeze()
+	recorded, done, err := e.backfillState()
+	if err != nil {
 		t.Fatalf("relay.backfill: %v", err)
 	}
-	if done {
-		t.Fatal("the backfill finished before the kill; the test kills nothing")
+	if done || recorded+2*backfillPage >= existing {
+		t.Fatalf("the backfill had recorded %d of %d rows (done %v) when the relay froze: too near its end for the kill to land before it", recorded, existing, done)
 	}
 	p.kill()
 	p = startRelayWith(t, e.vars())
@@ -64,8 +73,15 @@ func TestBackfillSurvivesSIGKILL(t *testing.T) {
 	msgs := q.waitDistinct(len(ids), 3*time.Minute)
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
-	if err := e.db.QueryRow(t.Context(), "SELECT bool_and(done) FROM relay.backfill WHERE slot_name = $1", e.slot).Scan(&done); err != nil || !done {
+	if _, done, err := e.backfillState(); err != nil || !done {
 		t.Errorf("relay.backfill done=%v (%v) after every row arrived", done, err)
 	}
-	t.Logf("%d existing rows and %d inserted during the backfill; %d deliveries (%d again after the kill)", existing, len(ids)-existing, len(msgs), len(msgs)-len(ids))
+	t.Logf("killed with %d of %d existing rows recorded; %d inserted during the backfill; %d deliveries (%d again after the kill)", recorded, existing, len(ids)-existing, len(msgs), len(msgs)-len(ids))
+}
+
+// backfillState returns the rows the relay's backfill of the env's slot
+// has recorded as confirmed, and whether it is done.
+func (e *env) backfillState() (recorded int64, done bool, err error) {
+	err = e.db.QueryRow(e.t.Context(), "SELECT coalesce(sum(rows_done), 0), coalesce(bool_and(done), false) FROM relay.backfill WHERE slot_name = $1", e.slot).Scan(&recorded, &done)
+	return recorded, done, err
 }

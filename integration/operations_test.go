@@ -189,10 +189,17 @@ func TestStandbyTakesOverWhenTheLeaderIsKilled(t *testing.T) {
 			reason, named, e.slot, pgsource.LeaderLockKey(e.slot))
 	}
 
-	const n = 20000
-	inserted := make(chan []string, 1)
-	go func() { inserted <- e.insertEvents(n, 50, 13) }()
+	// Rows commit until the standby streams, so some come across the
+	// takeover whenever it happens.
+	w := e.startWriter(50, 13)
 	waitMessages(t, q, 3000)
+	// Frozen, the leader confirms nothing more: the rows committed now are
+	// certainly unconfirmed when it dies, and the standby must publish them.
+	leader.freeze()
+	w.waitRows(500)
+	if slot, end := e.slotLSN(), e.currentLSN(); slot >= end {
+		t.Fatalf("slot at %X covers rows committed up to %X while the leader was frozen", slot, end)
+	}
 	_, oldPID := e.slotActive()
 	killed := time.Now()
 	leader.kill()
@@ -211,14 +218,14 @@ func TestStandbyTakesOverWhenTheLeaderIsKilled(t *testing.T) {
 	if took >= 10*time.Second {
 		t.Errorf("the standby took over %s after the leader was killed; the requirement is under 10 s", took)
 	}
+	ids := w.finish()
 	standby.waitMetric(t, "relay_leader", "1", equals(1), 10*time.Second)
 	standby.waitReady(t, http.StatusOK, "streaming", 30*time.Second)
 
-	ids := <-inserted
-	msgs := q.waitDistinct(n, 2*time.Minute)
+	msgs := q.waitDistinct(len(ids), 2*time.Minute)
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
-	t.Logf("%d events, %d deliveries across the takeover", n, len(msgs))
+	t.Logf("%d events, %d deliveries across the takeover", len(ids), len(msgs))
 }
 
 func TestLeaderLosingItsConnectionStepsDown(t *testing.T) {
@@ -229,9 +236,9 @@ func TestLeaderLosingItsConnectionStepsDown(t *testing.T) {
 	second.waitReady(t, http.StatusServiceUnavailable, "standby", 30*time.Second)
 	first.waitReady(t, http.StatusOK, "streaming", 30*time.Second)
 
-	const n = 20000
-	inserted := make(chan []string, 1)
-	go func() { inserted <- e.insertEvents(n, 50, 13) }()
+	// Rows commit until the standby streams: those committed after the old
+	// leader stopped reading are left to the standby.
+	w := e.startWriter(50, 13)
 	waitMessages(t, q, 3000)
 	lockPID := e.waitLockHolder()
 	_, walPID := e.slotActive()
@@ -262,6 +269,7 @@ func TestLeaderLosingItsConnectionStepsDown(t *testing.T) {
 		took = time.Since(cut)
 		return nil
 	})
+	ids := w.finish()
 	t.Logf("the standby streams %s after the leader's lock connection was terminated", took.Round(time.Millisecond))
 	if took >= 10*time.Second {
 		t.Errorf("the standby took over %s after the leader lost its connection; the requirement is under 10 s", took)
@@ -274,14 +282,13 @@ func TestLeaderLosingItsConnectionStepsDown(t *testing.T) {
 		t.Errorf("leader lock held by backend %d after %d was terminated", holder, lockPID)
 	}
 
-	ids := <-inserted
-	msgs := q.waitDistinct(n, 2*time.Minute)
+	msgs := q.waitDistinct(len(ids), 2*time.Minute)
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
 	if first.exited() {
 		t.Fatalf("the old leader exited (%v)", first.err)
 	}
-	t.Logf("%d events, %d deliveries across the step-down", n, len(msgs))
+	t.Logf("%d events, %d deliveries across the step-down", len(ids), len(msgs))
 }
 
 func TestHeartbeatKeepsRetainedWALBounded(t *testing.T) {
@@ -350,11 +357,7 @@ func TestSlotRecreateAllowsRecreatingADroppedSlot(t *testing.T) {
 	q.waitDistinct(len(ids), 30*time.Second)
 	_, oldPID := e.slotActive()
 
-	eventually(t, 30*time.Second, func() error {
-		e.db.Exec(t.Context(), "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active", e.slot)
-		_, err := e.db.Exec(t.Context(), "SELECT pg_drop_replication_slot($1)", e.slot)
-		return err
-	})
+	e.dropSlotUnder(p)
 	// The relay creates the slot again and streams from it.
 	eventually(t, time.Minute, func() error {
 		if p.exited() {

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -12,8 +13,9 @@ import (
 )
 
 // TestPostgresKilledMidStreamLosesNothing SIGKILLs PostgreSQL (its own
-// server, so other tests keep theirs) while the relay streams, restarts it,
-// and expects the relay to reconnect by itself and deliver every event.
+// server, so other tests keep theirs) while the relay streams and rows it
+// has not confirmed are in the WAL, restarts it, and expects the relay to
+// reconnect by itself and deliver every event.
 func TestPostgresKilledMidStreamLosesNothing(t *testing.T) {
 	server, err := services.StartPostgres(t.Context(), services.PostgresOptions{})
 	if err != nil {
@@ -22,31 +24,38 @@ func TestPostgresKilledMidStreamLosesNothing(t *testing.T) {
 	t.Cleanup(func() { server.Close() })
 	e := newEnvOn(t, server)
 	q := e.bindQueue("#")
-	// A backlog makes sure the crash comes mid-stream: the first relay
-	// creates the slot, the rows commit while none runs, the second
-	// streams them.
-	e.startRelay().kill()
-	const n = 20000
-	ids := e.insertEvents(n, 100, 17)
 	p := e.startRelay()
-	eventually(t, time.Minute, func() error {
-		if got := len(q.messages()); got < 2000 {
-			return fmt.Errorf("%d messages, waiting for 2000", got)
-		}
-		return nil
-	})
+	w := e.startWriter(100, 17)
+	waitMessages(t, q, 2000)
+	// Frozen, the relay confirms nothing more: the rows committed now are
+	// certainly past the slot when the server dies.
+	p.freeze()
+	w.waitRows(500)
+	ids := w.finish() // before the server dies under it
+	if slot, end := e.slotLSN(), e.currentLSN(); slot >= end {
+		t.Fatalf("slot at %X covers rows committed up to %X while the relay was frozen", slot, end)
+	}
 	if err := server.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // the relay meets the dead server and backs off
-	if p.exited() {
-		t.Fatalf("relay exited while PostgreSQL was down; log:\n%s", p.log.String())
-	}
+	logged := len(p.log.String())
+	p.thaw()
+	// It meets the dead server and backs off, rather than exiting.
+	eventually(t, time.Minute, func() error {
+		if p.exited() {
+			t.Fatalf("relay exited while PostgreSQL was down; log:\n%s", p.log.String())
+		}
+		if !strings.Contains(p.log.String()[logged:], "retrying") {
+			return errors.New("the relay has not logged the lost connection")
+		}
+		return nil
+	})
 	if err := server.Restart(t.Context()); err != nil {
 		t.Fatalf("restart postgres: %v", err)
 	}
+	e.db.Reset() // its connections died with the server
 
-	msgs := q.waitDistinct(n, 2*time.Minute)
+	msgs := q.waitDistinct(len(ids), 2*time.Minute)
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
 	end := e.currentLSN()
@@ -56,10 +65,7 @@ func TestPostgresKilledMidStreamLosesNothing(t *testing.T) {
 		}
 		return nil
 	})
-	if !strings.Contains(p.log.String(), "retrying") {
-		t.Errorf("the relay did not log the lost connection; log:\n%s", p.log.String())
-	}
-	t.Logf("%d events, %d deliveries across a PostgreSQL crash", n, len(msgs))
+	t.Logf("%d events, %d deliveries across a PostgreSQL crash", len(ids), len(msgs))
 }
 
 // TestDroppedSlotStopsTheRelay drops the relay's slot behind its back. Rows
@@ -73,17 +79,35 @@ func TestDroppedSlotStopsTheRelay(t *testing.T) {
 	ids := e.insertEvents(100, 10, 3)
 	q.waitDistinct(len(ids), 30*time.Second)
 
-	// An active slot cannot be dropped: end the relay's walsender and drop
-	// the slot before the relay reconnects.
-	eventually(t, 30*time.Second, func() error {
-		e.db.Exec(t.Context(), "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active", e.slot)
-		_, err := e.db.Exec(t.Context(), "SELECT pg_drop_replication_slot($1)", e.slot)
-		return err
-	})
+	e.dropSlotUnder(p)
 	if code := p.wait(time.Minute); code != 1 {
 		t.Fatalf("exit code %d after the slot was dropped, want 1; log:\n%s", code, p.log.String())
 	}
 	if log := p.log.String(); !strings.Contains(log, e.slot) || !strings.Contains(log, "disappeared") {
 		t.Fatalf("the log does not say the slot disappeared:\n%s", log)
 	}
+}
+
+// dropSlotUnder drops the env's slot from under relay p. An active slot
+// cannot be dropped, and a running relay reconnects within its backoff, so
+// p is frozen while its walsender is ended and the slot dropped; thawed,
+// it finds its connection and its slot gone.
+func (e *env) dropSlotUnder(p *relayProc) {
+	e.t.Helper()
+	p.freeze()
+	defer p.thaw()
+	active, pid := e.slotActive()
+	if !active {
+		e.t.Fatalf("slot %s has no reader to drop it from under", e.slot)
+	}
+	e.exec("SELECT pg_terminate_backend($1)", pid)
+	// pg_terminate_backend only signals: the slot is released once the
+	// walsender has exited.
+	eventually(e.t, 30*time.Second, func() error {
+		if active, pid := e.slotActive(); active {
+			return fmt.Errorf("slot %s still active (pid %d)", e.slot, pid)
+		}
+		return nil
+	})
+	e.exec("SELECT pg_drop_replication_slot($1)", e.slot)
 }
