@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -163,6 +164,24 @@ func TestBatchConnDeliversALoneMessage(t *testing.T) {
 // read that waits in batching mode.
 func TestBatchConnDeadlineInterruptsABatchedWait(t *testing.T) {
 	t.Parallel()
+	// A trickle keeps the reader batching only while it comes at least
+	// every bulkWait; a machine busy enough to delay it for longer ends
+	// batching before the deadline, and the attempt proves nothing.
+	for attempt := 1; ; attempt++ {
+		if deadlineEndsBatchedRead(t) {
+			return
+		}
+		if attempt == 10 {
+			t.Fatal("the reader never stayed in batching mode until the deadline")
+		}
+		t.Logf("attempt %d: batching ended before the deadline; again", attempt)
+	}
+}
+
+// deadlineEndsBatchedRead sets a deadline in the past while a reader
+// batches a trickle, and reports whether the read it ended was a batched
+// one.
+func deadlineEndsBatchedRead(t *testing.T) bool {
 	bc, w := loopback(t)
 	if _, err := w.Write(make([]byte, 2*bulkEnter)); err != nil {
 		t.Fatal(err)
@@ -181,31 +200,57 @@ func TestBatchConnDeadlineInterruptsABatchedWait(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(bulkWait / 2):
+			case <-time.After(bulkWait / 4):
 				w.Write([]byte{1})
 			}
 		}
 	}()
-	done := make(chan error, 1)
+	type ended struct {
+		err  error
+		bulk bool
+	}
+	done := make(chan ended, 1)
+	// batched counts the reads that found the reader still batching, so
+	// that the deadline is set once the reader is in its batched waits,
+	// not before it started; left tells that batching ended.
+	var batched atomic.Int64
+	var left atomic.Bool
 	go func() {
 		buf := make([]byte, 1024)
 		for {
 			if _, err := bc.Read(buf); err != nil {
-				done <- err
+				done <- ended{err, bc.bulk}
 				return
+			}
+			if bc.bulk {
+				batched.Add(1)
+			} else {
+				left.Store(true)
 			}
 		}
 	}()
-	time.Sleep(20 * time.Millisecond)
+	deadline := time.Now().Add(10 * time.Second)
+	for batched.Load() < 3 && !left.Load() {
+		select {
+		case e := <-done:
+			t.Fatalf("read ended with %v before any deadline", e.err)
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader made %d batched reads in 10 s", batched.Load())
+		}
+	}
 	if err := bc.SetDeadline(time.Unix(1, 0)); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("read ended with %v, want the deadline", err)
+	case e := <-done:
+		if !errors.Is(e.err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read ended with %v, want the deadline", e.err)
 		}
+		return e.bulk
 	case <-time.After(5 * time.Second):
 		t.Fatal("a deadline in the past did not interrupt the batched read")
+		return false
 	}
 }

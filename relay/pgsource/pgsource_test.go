@@ -402,6 +402,42 @@ func waitSlot(t *testing.T, f *fixture) {
 	}
 }
 
+// sentinelID marks the row sentinel commits.
+const sentinelID = "00000000-0000-0000-0000-00000000ffff"
+
+// sentinel commits a row into the standard outbox after everything the test
+// committed before, and returns its id.
+func sentinel(t *testing.T, f *fixture) string {
+	t.Helper()
+	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ($1, 'sentinel', '0', 'sentinel', '{}')`, sentinelID); err != nil {
+		t.Fatal(err)
+	}
+	return sentinelID
+}
+
+// through waits for the event id and returns the events before it. The
+// stream is in commit order, so when id was committed last, nothing more
+// can arrive.
+func (r *recorder) through(t *testing.T, id string) []*relay.Event {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs := r.got()
+		for i, ev := range evs {
+			if ev.ID == id {
+				if i != len(evs)-1 {
+					t.Fatalf("events %v after %s, which was committed last", ids(evs[i+1:]), id)
+				}
+				return evs[:i]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not published within 30 s; got %d events", id, len(evs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitErr waits for Run to return on its own.
 func waitErr(t *testing.T, done <-chan error) error {
 	t.Helper()
@@ -450,10 +486,11 @@ func TestTransactionalMessagesArePublished(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	evs := rec.wait(t, 3)
-	time.Sleep(300 * time.Millisecond) // anything more would come now
-	if got := rec.got(); len(got) != 3 {
-		t.Fatalf("%d events, want 3 (the row and two messages): %v", len(got), ids(got))
+	// The stream is in commit order: once a row committed last arrives,
+	// anything the messages above could have wrongly produced has too.
+	evs := rec.through(t, sentinel(t, f))
+	if len(evs) != 3 {
+		t.Fatalf("%d events, want 3 (the row and two messages): %v", len(evs), ids(evs))
 	}
 	row, m1, m2 := evs[0], evs[1], evs[2]
 	if row.ID != "00000000-0000-0000-0000-000000000001" || m1.ID != "msg-1" {
@@ -522,51 +559,91 @@ func TestInitialBackfillPublishesExistingRowsOnceThenStreams(t *testing.T) {
 		FROM generate_series(1, $1) i`, existing); err != nil {
 		t.Fatal(err)
 	}
-	rec := &recorder{}
-	f.run(t, pgsource.StandardColumns, rec, "outbox")
-	// Rows keep coming while the backfill runs: each must be in exactly
-	// one of the backfill and the stream.
-	stop := make(chan struct{})
-	inserted := make(chan int)
+	// Rows keep coming from before the relay starts until one was streamed:
+	// some are certainly in the slot's snapshot, and so backfilled, some
+	// certainly committed after it, and so streamed. Each must be in
+	// exactly one of the two.
 	writer, err := pgx.Connect(t.Context(), f.url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer writer.Close(context.Background())
+	stop := make(chan struct{})
+	var committed atomic.Int64
+	inserted := make(chan error, 1)
 	go func() {
-		n := 0
-		defer func() { inserted <- n }()
 		for {
 			select {
 			case <-stop:
+				inserted <- nil
 				return
 			default:
 			}
 			if _, err := writer.Exec(context.Background(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) VALUES ('order', '1', 'new', '{}')`); err != nil {
-				t.Error(err)
+				inserted <- err
 				return
 			}
-			n++
+			committed.Add(1)
 		}
 	}()
-	rec.wait(t, existing)
-	waitSlot(t, f)
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			<-inserted
+		}
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for committed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer committed no row")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, "outbox")
+	// Backfilled events sit at the slot's consistent point, streamed ones
+	// after it.
+	start := rec.wait(t, 1)[0].CommitLSN
+	deadline = time.Now().Add(time.Minute)
+	for streamed := false; !streamed; {
+		evs := rec.got()
+		streamed = evs[len(evs)-1].CommitLSN > start
+		if !streamed && time.Now().After(deadline) {
+			t.Fatalf("nothing streamed after %d events", len(evs))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	close(stop)
-	n := <-inserted
-	evs := rec.wait(t, existing+n)
-	time.Sleep(500 * time.Millisecond)
-	evs = rec.got()
+	if err := <-inserted; err != nil {
+		t.Fatal(err)
+	}
+	n := int(committed.Load())
+	evs := rec.through(t, sentinel(t, f))
 	seen := map[string]int{}
+	var backfilled, streamed int
 	for _, ev := range evs {
 		seen[ev.ID]++
+		if ev.EventType == "new" {
+			if ev.CommitLSN == start {
+				backfilled++
+			} else {
+				streamed++
+			}
+		}
 	}
 	var want int
-	if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM outbox").Scan(&want); err != nil {
+	if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM outbox WHERE id <> $1", sentinelID).Scan(&want); err != nil {
 		t.Fatal(err)
 	}
 	if len(seen) != want || len(evs) != want {
-		t.Fatalf("%d events, %d distinct, %d rows in the table (%d inserted during the backfill): want each row exactly once", len(evs), len(seen), want, n)
+		t.Fatalf("%d events, %d distinct, %d rows in the table (%d inserted around the backfill): want each row exactly once", len(evs), len(seen), want, n)
 	}
+	if backfilled == 0 || streamed == 0 {
+		t.Fatalf("of %d rows inserted around the backfill, %d were backfilled and %d streamed: want some of each", n, backfilled, streamed)
+	}
+	t.Logf("of %d rows inserted around the backfill, %d were backfilled and %d streamed", n, backfilled, streamed)
 	// The existing rows come first, in insertion order, before any new one.
 	for i, ev := range evs[:existing] {
 		if ev.EventType != "old" || string(ev.Payload) != fmt.Sprintf(`{"i": %d}`, i+1) {

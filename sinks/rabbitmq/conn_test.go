@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -80,15 +82,26 @@ func TestGatheringConnWaitsWhenFullAndCloseFreesIt(t *testing.T) {
 	if _, err := g.Write(big); err != nil {
 		t.Fatal(err)
 	}
+	// Only a Write waiting for room unlocks through room.L (everything else
+	// locks g.mu itself), so counting those unlocks tells that the third
+	// Write really waits before Close, rather than hoping it got there.
+	waits := &unlockCounter{Locker: &g.mu}
+	g.room.L = waits
 	blocked := make(chan error)
 	go func() {
 		_, err := g.Write(big)
 		blocked <- err
 	}()
-	select {
-	case err := <-blocked:
-		t.Fatalf("Write returned %v with the buffer full", err)
-	case <-time.After(100 * time.Millisecond):
+	deadline := time.Now().Add(5 * time.Second)
+	for waits.n.Load() == 0 {
+		select {
+		case err := <-blocked:
+			t.Fatalf("Write returned %v with the buffer full", err)
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the third Write never waited for room")
+		}
 	}
 	g.Close()
 	select {
@@ -99,4 +112,15 @@ func TestGatheringConnWaitsWhenFullAndCloseFreesIt(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not free a waiting Write")
 	}
+}
+
+// unlockCounter counts its Unlock calls.
+type unlockCounter struct {
+	sync.Locker
+	n atomic.Int64
+}
+
+func (u *unlockCounter) Unlock() {
+	u.n.Add(1)
+	u.Locker.Unlock()
 }

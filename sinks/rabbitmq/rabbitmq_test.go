@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -516,7 +517,8 @@ func TestBrokerKillMidStreamLosesNothing(t *testing.T) {
 	ctx := testContext(t, 90*time.Second)
 	exchange := "relaytest.x." + suffix()
 	logs := &logRecords{}
-	s := newSink(t, ctx, exchange, 256, logs)
+	const n, keys, window = 3000, 20, 256
+	s := newSink(t, ctx, exchange, window, logs)
 	defer func() {
 		if t.Failed() || os.Getenv("RELAY_TEST_SINK_LOG") != "" {
 			logs.dump(t)
@@ -530,31 +532,54 @@ func TestBrokerKillMidStreamLosesNothing(t *testing.T) {
 	// not about the sink.
 	time.Sleep(2500 * time.Millisecond)
 
-	const n, keys = 3000, 20
 	evs := events("kill", n, keys)
 	rec := newRecorder()
 	rec.track(evs...)
+	publishAll(t, ctx, s, evs[:n/3])
+	rec.waitDone(t, ctx, n/3)
+
+	// A frozen broker confirms nothing more, so whatever the sink is handed
+	// from now on is certainly in flight when the broker dies, however fast
+	// the sink is. The window lets window more events in before Publish
+	// waits; the rest wait for the broker to come back.
+	if err := rabbit.Freeze(); err != nil {
+		t.Fatalf("Freeze: %v", err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		// The node is shared by the package's other tests.
+		if !restarted {
+			if err := rabbit.Restart(context.Background()); err != nil {
+				t.Errorf("restart the node after a failure: %v", err)
+			}
+		}
+	})
+	var accepted atomic.Int64
 	published := make(chan error, 1)
 	go func() {
-		for _, ev := range evs {
+		for _, ev := range evs[n/3:] {
 			if err := s.Publish(ctx, ev); err != nil {
 				published <- fmt.Errorf("publish %s: %w", ev.ID, err)
 				return
 			}
+			accepted.Add(1)
 		}
 		published <- nil
 	}()
-
-	rec.waitDone(t, ctx, n/3)
+	waitFor(t, ctx, fmt.Sprintf("%d publishes to the frozen broker", window), func() bool { return accepted.Load() >= window })
+	inFlight := accepted.Load()
+	if got := rec.count(); got != n/3 {
+		t.Fatalf("%d events done with the broker frozen after %d: confirmed without a broker", got, n/3)
+	}
 	if err := rabbit.Kill(); err != nil {
 		t.Fatalf("Kill: %v", err)
 	}
-	doneAtKill := rec.count()
 	waitFor(t, ctx, "Connected() = false after Kill", func() bool { return !s.Connected() })
 	if err := rabbit.Restart(ctx); err != nil {
 		t.Fatalf("Restart: %v", err)
 	}
-	t.Logf("killed after %d of %d events were done", doneAtKill, n)
+	restarted = true
+	t.Logf("killed with %d of %d events done and at least %d in flight", n/3, n, inFlight)
 
 	rec.waitDone(t, ctx, n)
 	if err := <-published; err != nil {
