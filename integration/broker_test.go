@@ -4,6 +4,7 @@ package integration
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -90,5 +91,46 @@ func crashWithRowsInFlight(t *testing.T, e *env, w *writer, freeze, kill func() 
 	}
 	if got := e.slotLSN(); got >= unconfirmable {
 		t.Fatalf("slot at %X covers rows committed at %X, after the broker froze: confirmed without a broker", got, unconfirmable)
+	}
+}
+
+// TestFenceWithoutPermissionStopsTheRelay: a RabbitMQ user that may
+// publish to the exchange but not use the stream's fence queue stops the
+// relay at start, exit 1, with a message that names the queue and the
+// permission to grant; nothing is published meanwhile.
+func TestFenceWithoutPermissionStopsTheRelay(t *testing.T) {
+	node, err := services.StartRabbit(t.Context())
+	if err != nil {
+		t.Fatalf("this test adds a user, so it needs its own RabbitMQ node (apt-get install rabbitmq-server): %v", err)
+	}
+	t.Cleanup(func() { node.Close() })
+	e := newEnv(t)
+	e.amqpURL = node.URL()
+	q := e.bindQueue("#")
+	for _, args := range [][]string{
+		{"add_user", "limited", "limited-pw"},
+		{"set_permissions", "-p", "/", "limited", "^" + e.exchange + "$", "^" + e.exchange + "$", "^" + e.exchange + "$"},
+	} {
+		if _, err := node.Ctl(t.Context(), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.amqpURL = node.URLAs("limited", "limited-pw")
+	e.insertEvents(10, 10, 2)
+	p := startRelayWith(t, e.vars())
+	if code := p.wait(time.Minute); code != 1 {
+		t.Fatalf("exit code %d, want 1; log:\n%s", code, p.log.String())
+	}
+	log := p.log.String()
+	for _, want := range []string{"relay.fence." + e.slot + "." + e.name + ".", "refused", "configure and read permission"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the log does not say %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "limited-pw") {
+		t.Errorf("the log holds the password:\n%s", log)
+	}
+	if n := len(q.messages()); n != 0 {
+		t.Errorf("%d messages published without a fence", n)
 	}
 }

@@ -24,6 +24,7 @@ const (
 	// The plain server script, not /usr/sbin/rabbitmq-server: that wrapper
 	// switches to the rabbitmq user, which could not write our temp dir.
 	rabbitServerScript = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+	rabbitCtlScript    = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 	rabbitReadyWithin  = 60 * time.Second
 	rabbitStopWithin   = 30 * time.Second
 )
@@ -335,6 +336,24 @@ func (r *Rabbit) Kill() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.killLocked()
+}
+
+// Ctl runs rabbitmqctl against the node, e.g. to add a user with limited
+// permissions, and returns what it printed.
+func (r *Rabbit) Ctl(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, rabbitCtlScript, append([]string{"-n", r.nodeName}, args...)...)
+	cmd.Dir = r.Dir
+	cmd.Env = r.env()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("services: rabbitmqctl %v: %w: %s", args, err, out)
+	}
+	return string(out), nil
+}
+
+// URLAs is URL for another user of the node.
+func (r *Rabbit) URLAs(user, password string) string {
+	return "amqp://" + user + ":" + password + "@127.0.0.1:" + strconv.Itoa(r.Port) + "/"
 }
 
 // Freeze SIGSTOPs the node's processes: from then on it reads, routes and
