@@ -18,16 +18,7 @@ import (
 // needs a broker it may kill, so it always runs its own node, even when
 // RELAY_TEST_AMQP_URL is set.
 func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
-	node, err := services.StartRabbit(t.Context())
-	if err != nil {
-		t.Fatalf("this test kills the broker, so it needs its own RabbitMQ node (apt-get install rabbitmq-server): %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("rabbitmq log: %s", node.LogPath())
-		}
-		node.Close()
-	})
+	node := startOwnRabbit(t, services.RabbitOptions{})
 	e := newEnv(t)
 	e.amqpURL = node.URL()
 	q := e.bindQueue("#")
@@ -99,11 +90,7 @@ func crashWithRowsInFlight(t *testing.T, e *env, w *writer, freeze, kill func() 
 // relay at start, exit 1, with a message that names the queue and the
 // permission to grant; nothing is published meanwhile.
 func TestFenceWithoutPermissionStopsTheRelay(t *testing.T) {
-	node, err := services.StartRabbit(t.Context())
-	if err != nil {
-		t.Fatalf("this test adds a user, so it needs its own RabbitMQ node (apt-get install rabbitmq-server): %v", err)
-	}
-	t.Cleanup(func() { node.Close() })
+	node := startOwnRabbit(t, services.RabbitOptions{})
 	e := newEnv(t)
 	e.amqpURL = node.URL()
 	q := e.bindQueue("#")

@@ -16,16 +16,7 @@ import (
 // reached the broker before, and every row arrives. It freezes and kills
 // the broker, so it runs its own node, even when RELAY_TEST_AMQP_URL is set.
 func TestCleanupDeletesOnlyConfirmedRows(t *testing.T) {
-	node, err := services.StartRabbit(t.Context())
-	if err != nil {
-		t.Fatalf("this test freezes the broker, so it needs its own RabbitMQ node (apt-get install rabbitmq-server): %v", err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("rabbitmq log: %s", node.LogPath())
-		}
-		node.Close()
-	})
+	node := startOwnRabbit(t, services.RabbitOptions{})
 	e := newEnv(t)
 	e.amqpURL = node.URL()
 	e.extraVars = map[string]string{"RELAY_CLEANUP": "after-publish"}

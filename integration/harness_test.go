@@ -115,6 +115,25 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
+// startOwnRabbit starts a RabbitMQ node for one test, which needs one
+// because it kills, freezes or reconfigures it, even when
+// RELAY_TEST_AMQP_URL is set; the node's log path is printed if the test
+// fails.
+func startOwnRabbit(t *testing.T, opts services.RabbitOptions) *services.Rabbit {
+	t.Helper()
+	node, err := services.StartRabbitWith(t.Context(), opts)
+	if err != nil {
+		t.Fatalf("start this test's own RabbitMQ node (apt-get install rabbitmq-server): %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("rabbitmq log: %s", node.LogPath())
+		}
+		node.Close()
+	})
+	return node
+}
+
 // env is one test's world: its own database, slot, publication and
 // exchange or topics, so tests cannot see each other's events.
 type env struct {

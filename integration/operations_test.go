@@ -673,11 +673,7 @@ func TestBadRowRoutingKeyRendersEmpty(t *testing.T) {
 
 func TestBadRowOverTheBrokersMaxMessageSize(t *testing.T) {
 	// max_message_size is node-wide: this test has a node of its own.
-	node, err := services.StartRabbitWith(t.Context(), services.RabbitOptions{MaxMessageSize: 4096})
-	if err != nil {
-		t.Fatalf("start rabbitmq: %v", err)
-	}
-	t.Cleanup(func() { node.Close() })
+	node := startOwnRabbit(t, services.RabbitOptions{MaxMessageSize: 4096})
 	runBadRow(t, badRowCase{
 		amqpURL: node.URL(),
 		good:    goodRow,
