@@ -35,8 +35,12 @@ deps:
 		fi; \
 	fi
 
+## vet: go vet, and the relay builds for macOS and Windows (Linux-only fast
+## paths sit behind build tags)
 vet:
 	$(GO) vet ./...
+	GOOS=darwin $(GO) build -o /dev/null ./cmd/relay
+	GOOS=windows $(GO) build -o /dev/null ./cmd/relay
 
 ## test: unit and integration tests against throwaway PostgreSQL and RabbitMQ
 test: deps vet
