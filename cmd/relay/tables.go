@@ -195,7 +195,14 @@ func (c *config) suggestTableVariable(name string) string {
 // global ones, naming the per-table variable.
 func (c *config) validateTables() []string {
 	var bad []string
+	// RELAY_TABLES may list a table twice (validate says so): check its
+	// values once.
+	seen := map[pgsource.Table]bool{}
 	for _, t := range c.tables() {
+		if seen[t] {
+			continue
+		}
+		seen[t] = true
 		for _, global := range slices.Sorted(maps.Keys(c.perTable[t])) {
 			o := c.perTable[t][global]
 			switch global {

@@ -52,16 +52,26 @@ func (p position) checkpoint(owner string) []byte {
 	return b
 }
 
+// parseCheckpoint reads a checkpoint. One a relay cannot have written (the
+// LSN or the index missing, a negative index) is refused, so readCheckpoint
+// passes over it: a missing index read as 0 would skip an event.
 func parseCheckpoint(b []byte) (position, string, error) {
-	var c checkpoint
+	var c struct {
+		LSN   *string `json:"lsn"`
+		Index *int    `json:"index"`
+		Owner string  `json:"owner"`
+	}
 	if err := json.Unmarshal(b, &c); err != nil {
 		return position{}, "", err
 	}
-	lsn, err := relay.ParseLSN(c.LSN)
+	if c.LSN == nil || c.Index == nil || *c.Index < 0 {
+		return position{}, "", fmt.Errorf("checkpoint %q: want an lsn and an index from 0", b)
+	}
+	lsn, err := relay.ParseLSN(*c.LSN)
 	if err != nil {
 		return position{}, "", err
 	}
-	return position{lsn, c.Index}, c.Owner, nil
+	return position{lsn, *c.Index}, c.Owner, nil
 }
 
 // txn is the state of exactly-once producing. Publish and the linger timer
