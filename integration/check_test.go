@@ -102,16 +102,20 @@ func TestCheckPassesOnAHealthySetup(t *testing.T) {
 	e := newEnv(t)
 	c := e.bindQueue("#")
 
-	// Before the first start: the slot is missing, which is only a warning.
+	// Before the first start: the slot is missing, and the relay will
+	// create it and backfill the rows already there (RELAY_SNAPSHOT=initial).
 	out := e.check(0)
 	for _, prefix := range []string{"ok    database:", "ok    wal_level: logical", "ok    role ", "ok    replication connection: works",
 		"ok    max_replication_slots:", "ok    max_wal_senders:", "ok    table public.outbox: columns id=id (uuid)",
 		"ok    publication pub_" + e.name + ":", "ok    rabbitmq: connected to", "ok    exchange " + e.exchange + ": exists"} {
 		hasLine(t, out, prefix)
 	}
-	hasLine(t, out, "WARN  slot "+e.slot+": does not exist; the relay will create it")
-	hasLine(t, out, "ready to run, 1 warning")
+	hasLine(t, out, "ok    slot "+e.slot+": does not exist; the relay will create it and first publish the rows already in the tables")
+	hasLine(t, out, "ready to run, 0 warnings")
 	noLine(t, out, "FAIL")
+	// Without the backfill, the rows already there are never published.
+	out = e.check(0, "RELAY_SNAPSHOT", "never")
+	hasLine(t, out, "WARN  slot "+e.slot+": does not exist; the relay will create it, and rows committed before then are not relayed")
 	out = e.check(0, "RELAY_DEAD_LETTER", "dlx_"+e.name)
 	hasLine(t, out, "ok    dead-letter exchange dlx_"+e.name+": does not exist; the relay will declare it")
 
@@ -134,6 +138,29 @@ func TestCheckPassesOnAHealthySetup(t *testing.T) {
 	t.Logf("relay check after the relay ran:\n%s", out)
 	hasLine(t, out, "ok    slot "+e.slot+": pgoutput", "not active")
 	noLine(t, out, "WARN")
+
+	// A slot the relay used, then dropped, is not a first start: the rows
+	// deleted meanwhile are missing.
+	if _, err := e.db.Exec(t.Context(), "SELECT pg_drop_replication_slot($1)", e.slot); err != nil {
+		t.Fatal(err)
+	}
+	out = e.check(0)
+	hasLine(t, out, "WARN  slot "+e.slot+": does not exist, but relay.backfill records that the relay used it", "missing")
+}
+
+func TestCheckFailsWhenTheBackfillCannotRecordItsProgress(t *testing.T) {
+	e := newEnv(t)
+	// schema/role.sql creates relay.backfill for the role, which may not
+	// create it itself (no CREATE on the database).
+	e.exec("REVOKE UPDATE ON relay.backfill FROM relay")
+	out := e.check(1)
+	hasLine(t, out, "FAIL  slot "+e.slot+": does not exist; the relay will create it and first publish the rows already in the tables",
+		"role relay may not read and write relay.backfill", `GRANT SELECT, INSERT, UPDATE ON relay.backfill TO "relay";`, "RELAY_SNAPSHOT=never")
+	e.exec("DROP TABLE relay.backfill")
+	out = e.check(1)
+	hasLine(t, out, "FAIL  slot "+e.slot+": does not exist;", "role relay may not create relay.backfill", "apply schema/relay_state.sql")
+	out = e.check(0, "RELAY_SNAPSHOT", "never")
+	hasLine(t, out, "WARN  slot "+e.slot+": does not exist; the relay will create it, and rows committed before then are not relayed")
 }
 
 func TestCheckPassesWithKafka(t *testing.T) {

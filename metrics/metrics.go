@@ -35,6 +35,7 @@ type Metrics struct {
 	heartbeats      prometheus.Counter
 	blocked         prometheus.Gauge
 	sessionRestarts prometheus.Counter
+	headersDropped  *prometheus.CounterVec
 }
 
 // New registers the relay's collectors, and Go and process collectors,
@@ -48,11 +49,11 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 		}, []string{"sink", "table", "destination"}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_publish_errors_total",
-			Help: "Failed publishes, by sink, source table and reason.",
+			Help: "Failed publishes, by sink, source table and reason (too_large, bad_row, permanent, transient, canceled).",
 		}, []string{"sink", "table", "reason"}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "relay_publish_retries_total",
-			Help: "Events published again after a nack, a return, a lost connection or a session restart.",
+			Help: "Events published again: after a nack, a return, a lost connection or a session restart (RabbitMQ), or records the producer sent again after a retriable error (Kafka).",
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_events_in_flight",
@@ -107,6 +108,10 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 			Name: "relay_session_restarts_total",
 			Help: "Replication sessions that ended with an error and were started again.",
 		}),
+		headersDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_headers_dropped_total",
+			Help: "Headers-column keys left out of a message because they would repeat or forge a header the relay sets itself, by key.",
+		}, []string{"header"}),
 	}
 	reg.MustRegister(m.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -118,7 +123,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 		m.published, m.publishErrors, m.retries, m.inFlight, m.deadLettered,
 		m.confirmedLSN, m.walEnd, m.lagBytes, m.retainedWAL, m.commitToAck,
 		m.transactions, m.lastPublish, m.leader, m.heartbeats, m.blocked,
-		m.sessionRestarts,
+		m.sessionRestarts, m.headersDropped,
 	}
 }
 
@@ -160,8 +165,20 @@ func (m *Metrics) Published(table, destination string, commit time.Time) {
 	m.lastPublish.Set(float64(now.UnixNano()) / 1e9)
 }
 
-// PublishError counts a failed publish of an event of table; reason is a
-// short stable word (too_large, unroutable, nack, connection, permanent, ...).
+// Reasons of relay_publish_errors_total: the only values of its reason
+// label.
+const (
+	ReasonTooLarge  = "too_large" // over the broker's size limit
+	ReasonBadRow    = "bad_row"   // anything else about the row itself
+	ReasonPermanent = "permanent" // retrying cannot help, but not the row's fault
+	ReasonTransient = "transient" // retried
+	ReasonCanceled  = "canceled"  // given up at shutdown
+)
+
+var reasons = []string{ReasonTooLarge, ReasonBadRow, ReasonPermanent, ReasonTransient, ReasonCanceled}
+
+// PublishError counts a failed publish of an event of table; reason is one
+// of the Reason constants.
 func (m *Metrics) PublishError(table, reason string) {
 	if m == nil {
 		return
@@ -185,16 +202,20 @@ func (m *Metrics) InFlight(n int) {
 	m.inFlight.Set(float64(n))
 }
 
-// Tables starts the dead-letter count of each source table at 0. A series
-// that appears only with its first dead letter would show Prometheus no
-// increase (it has no earlier sample), and the alert on dead letters would
-// miss the first of each table.
+// Tables starts the dead-letter and publish-error counts of each source
+// table at 0. A series that appears only with its first event would show
+// Prometheus no increase (it has no earlier sample), so an alert on it
+// would miss the first of each table, and absent() could not tell a
+// healthy relay from a missing one.
 func (m *Metrics) Tables(tables ...string) {
 	if m == nil {
 		return
 	}
 	for _, t := range tables {
 		m.deadLettered.WithLabelValues(t)
+		for _, r := range reasons {
+			m.publishErrors.WithLabelValues(m.sink, t, r)
+		}
 	}
 }
 
@@ -268,6 +289,16 @@ func (m *Metrics) SessionRestart() {
 		return
 	}
 	m.sessionRestarts.Inc()
+}
+
+// HeaderDropped counts a headers-column key left out of a message because
+// the relay sets that header itself. The keys are the relay's own header
+// names, so the label's values are few.
+func (m *Metrics) HeaderDropped(key string) {
+	if m == nil {
+		return
+	}
+	m.headersDropped.WithLabelValues(key).Inc()
 }
 
 func b2f(b bool) float64 {

@@ -67,6 +67,12 @@ func TestCountersAreLabelledByTable(t *testing.T) {
 		"relay_publish_errors_total{reason=bad_row,sink=rabbitmq,table=billing.outbox}":        1,
 		"relay_dead_lettered_total{table=billing.outbox}":                                      1,
 		"relay_dead_lettered_total{table=sales.outbox}":                                        0,
+		// Every reason of every table exists from the start, at 0.
+		"relay_publish_errors_total{reason=too_large,sink=rabbitmq,table=sales.outbox}": 0,
+		"relay_publish_errors_total{reason=bad_row,sink=rabbitmq,table=sales.outbox}":   0,
+		"relay_publish_errors_total{reason=permanent,sink=rabbitmq,table=sales.outbox}": 0,
+		"relay_publish_errors_total{reason=transient,sink=rabbitmq,table=sales.outbox}": 0,
+		"relay_publish_errors_total{reason=canceled,sink=rabbitmq,table=sales.outbox}":  0,
 	} {
 		if v, ok := got[series]; !ok || v != want {
 			t.Errorf("%s = %v, want %v; have %v", series, got[series], want, got)

@@ -151,9 +151,10 @@ func (t *Tracker) Ack(ev *Event) {
 
 func (t *Tracker) done(ev *Event, err error) {
 	if err != nil {
-		// A dead letter that fails stops the stream: it is not
-		// dead-lettered again.
-		if ev.DeadLetter == "" && t.reject != nil && t.reject(ev, err) {
+		// A row is dead-lettered, its refused dead letter replaced by a
+		// bare one (Relay.deadLetter), and a refused bare one stops the
+		// stream.
+		if !ev.bare && t.reject != nil && t.reject(ev, err) {
 			return
 		}
 		t.Fail(err)

@@ -86,21 +86,21 @@ func CloudEventAttributes(ev *Event, source string) ([]Header, error) {
 	}
 	attrs := make([]Header, 0, 8)
 	attrs = append(attrs,
-		Header{"specversion", CloudEventsSpecVersion},
-		Header{"id", ev.ID},
-		Header{"source", source},
-		Header{"type", ev.EventType},
+		Header{Key: "specversion", Value: CloudEventsSpecVersion},
+		Header{Key: "id", Value: ev.ID},
+		Header{Key: "source", Value: source},
+		Header{Key: "type", Value: ev.EventType},
 	)
 	// The spec requires a present subject to be non-empty.
 	if ev.AggregateID != "" {
-		attrs = append(attrs, Header{"subject", ev.AggregateID})
+		attrs = append(attrs, Header{Key: "subject", Value: ev.AggregateID})
 	}
 	if !ev.CreatedAt.IsZero() {
-		attrs = append(attrs, Header{"time", cloudEventTime(ev.CreatedAt)})
+		attrs = append(attrs, Header{Key: "time", Value: cloudEventTime(ev.CreatedAt)})
 	}
 	for _, k := range []string{HeaderTraceparent, HeaderTracestate} {
 		if v, ok := ev.Header(k); ok && v != "" {
-			attrs = append(attrs, Header{k, v})
+			attrs = append(attrs, Header{Key: k, Value: v})
 		}
 	}
 	return attrs, nil

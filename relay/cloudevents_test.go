@@ -45,15 +45,15 @@ func TestCloudEventAttributes(t *testing.T) {
 		{
 			name: "every attribute",
 			want: []Header{
-				{"specversion", "1.0"}, {"id", "0b6e-42"}, {"source", "/orders"}, {"type", "order.placed"},
-				{"subject", "42"}, {"time", "2026-03-04T04:06:07.123456Z"},
-				{"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, {"tracestate", "congo=t61rcWkgMzE"},
+				{Key: "specversion", Value: "1.0"}, {Key: "id", Value: "0b6e-42"}, {Key: "source", Value: "/orders"}, {Key: "type", Value: "order.placed"},
+				{Key: "subject", Value: "42"}, {Key: "time", Value: "2026-03-04T04:06:07.123456Z"},
+				{Key: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, {Key: "tracestate", Value: "congo=t61rcWkgMzE"},
 			},
 		},
 		{
 			name: "no subject, time or trace",
 			ev:   func(e *Event) { e.AggregateID, e.CreatedAt, e.Headers = "", time.Time{}, nil },
-			want: []Header{{"specversion", "1.0"}, {"id", "0b6e-42"}, {"source", "/orders"}, {"type", "order.placed"}},
+			want: []Header{{Key: "specversion", Value: "1.0"}, {Key: "id", Value: "0b6e-42"}, {Key: "source", Value: "/orders"}, {Key: "type", Value: "order.placed"}},
 		},
 		{name: "empty type", ev: func(e *Event) { e.EventType = "" }, wantErr: "type is empty"},
 		{name: "empty id", ev: func(e *Event) { e.ID = "" }, wantErr: "id is empty"},
@@ -154,8 +154,8 @@ func TestRoute(t *testing.T) {
 	}{
 		{name: "none", want: ""},
 		{name: "column", to: "/billing.commands", want: "/billing.commands"},
-		{name: "header", headers: []Header{{"destination", "audit"}}, want: "audit"},
-		{name: "column wins over header", to: "a", headers: []Header{{"destination", "b"}}, want: "a"},
+		{name: "header", headers: []Header{{Key: "destination", Value: "audit"}}, want: "audit"},
+		{name: "column wins over header", to: "a", headers: []Header{{Key: "destination", Value: "b"}}, want: "a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

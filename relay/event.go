@@ -44,16 +44,30 @@ type Event struct {
 	DeadLetter string
 	// Destination is set by the sink: the exchange or topic the event went to.
 	Destination string
+	// OmittedPayload is, in a dead letter, the size of the payload left
+	// out because the broker refused the row for it; sinks say so in the
+	// x-relay-payload-omitted header.
+	OmittedPayload int
 
 	seq  uint64
 	size int
 	done func(*Event, error)
+	// bare is set on a row whose dead letter was refused, once a dead
+	// letter without payload and headers replaces it: a further refusal
+	// stops the stream.
+	bare bool
 }
 
 // Header is one key of the outbox headers column.
 type Header struct {
 	Key   string
 	Value string
+	// JSON marks a value that is not a JSON string in the headers column
+	// (a number, true, false, null, an array or an object): Value is
+	// then its compact JSON text, the same whichever path read the row.
+	// A sink whose broker has typed headers sends it as the matching type
+	// (RabbitMQ); the others send the text (Kafka).
+	JSON bool
 }
 
 // Row is a decoded row: column names (shared by all rows of a relation) and

@@ -136,9 +136,10 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) session(ctx context.Context) error {
 	tr := NewTracker(r.cfg.MaxInFlight, r.cfg.MaxInFlightBytes, 0)
 	// Rejected events come back to the publishing goroutine, the only one
-	// that may call Publish. Each event is rejected at most once, so the
-	// in-flight bound is the channel's.
-	rejects := make(chan rejected, r.cfg.MaxInFlight)
+	// that may call Publish. Each event is rejected at most twice (its
+	// dead letter, then a bare one), so twice the in-flight bound is the
+	// channel's.
+	rejects := make(chan rejected, 2*r.cfg.MaxInFlight)
 	tr.Hooks(r.acked, func(ev *Event, err error) bool {
 		r.cfg.Metrics.PublishError(ev.Table, reason(err))
 		if _, ok := AsBadRow(err); !ok || !r.cfg.DeadLetter {
@@ -207,7 +208,13 @@ func (r *Relay) session(ctx context.Context) error {
 					return nil
 				}
 				r.cfg.Metrics.PublishError(ev.Table, reason(err))
-				if _, ok := AsBadRow(err); ok && ev.DeadLetter == "" && r.cfg.DeadLetter {
+				if _, ok := AsBadRow(err); ok && r.cfg.DeadLetter {
+					if ev.DeadLetter != "" {
+						// A dead letter's Done hands the failure to its
+						// row, which goes bare or stops the stream.
+						ev.Done(err)
+						continue
+					}
 					select {
 					case rejects <- rejected{ev, err}:
 						continue
@@ -254,20 +261,36 @@ func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
 	if !ok {
 		re = &RowError{ID: ev.ID, LSN: ev.CommitLSN, Index: ev.Index, Err: cause}
 	}
-	if !r.cfg.DeadLetter || ev.DeadLetter != "" {
+	if !r.cfg.DeadLetter || ev.bare {
 		return nil, re
 	}
 	dl := *ev
 	dl.Invalid = nil
-	dl.DeadLetter = re.Err.Error()
-	if errors.Is(cause, ErrTooLarge) {
+	switch {
+	case ev.DeadLetter != "":
+		// Its dead letter was refused too. Sinks leave out of a dead
+		// letter what they know the broker refuses; what is left to a
+		// row is its payload and headers, so the last resort carries
+		// neither, and a third refusal stops the stream.
+		ev.bare = true
+		dl.bare = true
+		dl.DeadLetter = fmt.Sprintf("%s; its dead letter was refused too (%v), so this one goes without the row's payload and headers", ev.DeadLetter, re.Err)
+		dl.Payload, dl.Headers, dl.To = nil, nil, ""
+		dl.OmittedPayload = len(ev.Payload)
+	case errors.Is(cause, ErrTooLarge):
 		// Its payload is what the broker refuses; the row keeps it.
+		dl.DeadLetter = re.Err.Error()
 		dl.Payload = nil
-		dl.Headers = append(dl.Headers[:len(dl.Headers):len(dl.Headers)], Header{Key: "x-relay-payload-omitted", Value: fmt.Sprintf("%d bytes", len(ev.Payload))})
+		dl.OmittedPayload = len(ev.Payload)
+	default:
+		dl.DeadLetter = re.Err.Error()
 	}
-	dl.done = func(_ *Event, err error) {
+	dl.done = func(d *Event, err error) {
 		if err == nil {
 			r.cfg.Metrics.DeadLettered(ev.Table)
+			// Published, it counts where it went, not where its row
+			// could not go.
+			ev.Destination = d.Destination
 		}
 		// The original's Done: the tracker acks it, or fails the stream.
 		ev.Done(err)
@@ -284,16 +307,16 @@ func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
 func reason(err error) string {
 	switch {
 	case errors.Is(err, ErrTooLarge):
-		return "too_large"
+		return metrics.ReasonTooLarge
 	case IsPermanent(err):
 		if _, ok := AsBadRow(err); ok {
-			return "bad_row"
+			return metrics.ReasonBadRow
 		}
-		return "permanent"
+		return metrics.ReasonPermanent
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return "canceled"
+		return metrics.ReasonCanceled
 	}
-	return "transient"
+	return metrics.ReasonTransient
 }
 
 // Backoff is capped exponential backoff for retry loops.

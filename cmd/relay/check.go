@@ -75,6 +75,7 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 				Slot:         cfg.Slot,
 				Publication:  cfg.Publication,
 				SlotRecreate: cfg.SlotRecreate,
+				Snapshot:     cfg.Snapshot,
 			},
 			Templates:      cfg.templates(),
 			TableTemplates: cfg.checkTableTemplates(),

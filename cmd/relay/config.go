@@ -43,6 +43,7 @@ type config struct {
 	KafkaCreateTopics      bool     `env:"RELAY_KAFKA_CREATE_TOPICS" envDefault:"false" help:"create missing topics; else the cluster must have them or auto-create them"`
 	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
 	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
+	KafkaCompression       string   `env:"RELAY_KAFKA_COMPRESSION" envDefault:"gzip" help:"codec of produced record batches: none, gzip, snappy, lz4 or zstd; every consumer must read it (gzip is the one compression kafkajs reads without plugins)"`
 	KafkaExactlyOnce       bool     `env:"RELAY_KAFKA_EXACTLY_ONCE" envDefault:"false" help:"produce in Kafka transactions with a checkpoint, so read_committed consumers see each event exactly once"`
 	KafkaTransactionalID   string   `env:"RELAY_KAFKA_TRANSACTIONAL_ID" help:"transactional id for exactly-once; one relay per id (default relay-<RELAY_SLOT>)"`
 	KafkaCheckpointTopic   string   `env:"RELAY_KAFKA_CHECKPOINT_TOPIC" envDefault:"relay.checkpoints" help:"compacted topic of exactly-once checkpoints, created when missing"`
@@ -289,6 +290,9 @@ func (c *config) validateKafka() []string {
 	}
 	if !topicRE.MatchString(c.KafkaCheckpointTopic) {
 		add("RELAY_KAFKA_CHECKPOINT_TOPIC", "%q: want 1 to 249 of a-z, A-Z, 0-9, '.', '_', '-'", c.KafkaCheckpointTopic)
+	}
+	if !slices.Contains(kafka.Compressions, c.KafkaCompression) {
+		add("RELAY_KAFKA_COMPRESSION", "%q: want one of %s", c.KafkaCompression, strings.Join(kafka.Compressions, ", "))
 	}
 	if c.KafkaPartitions == 0 || c.KafkaPartitions < -1 {
 		add("RELAY_KAFKA_PARTITIONS", "%d: want -1 (the broker's default) or at least 1", c.KafkaPartitions)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/sinks/kafka"
 )
 
 // minimalEnv is the smallest valid environment.
@@ -51,6 +52,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		KafkaCheckpointTopic:   "relay.checkpoints",
 		KafkaPartitions:        -1,
 		KafkaReplicationFactor: -1,
+		KafkaCompression:       "gzip",
 		Format:                 "raw",
 		ColumnPreset:           "standard",
 		MaxInFlight:            4096,
@@ -199,6 +201,19 @@ func TestLoadConfigValid(t *testing.T) {
 			},
 		},
 		{
+			name: "kafka compression none",
+			env:  envWith("RELAY_SINK", "kafka", "RELAY_KAFKA_BROKERS", "127.0.0.1:9092", "RELAY_KAFKA_COMPRESSION", "none"),
+			check: func(t *testing.T, c config) {
+				if c.KafkaCompression != "none" {
+					t.Errorf("KafkaCompression = %q", c.KafkaCompression)
+				}
+			},
+		},
+		{
+			name: "kafka compression zstd",
+			env:  envWith("RELAY_KAFKA_COMPRESSION", "zstd"),
+		},
+		{
 			name: "slot at 63 characters",
 			env:  envWith("RELAY_SLOT", "_"+strings.Repeat("a", 62), "RELAY_PUBLICATION", "pub_2"),
 		},
@@ -241,6 +256,9 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{name: "kafka checkpoint topic", env: envWith("RELAY_KAFKA_CHECKPOINT_TOPIC", "bad topic"), want: []string{"RELAY_KAFKA_CHECKPOINT_TOPIC"}},
 		{name: "kafka partitions zero", env: envWith("RELAY_KAFKA_PARTITIONS", "0"), want: []string{"RELAY_KAFKA_PARTITIONS"}},
 		{name: "kafka replication factor", env: envWith("RELAY_KAFKA_REPLICATION_FACTOR", "-2"), want: []string{"RELAY_KAFKA_REPLICATION_FACTOR"}},
+		{name: "kafka compression unknown", env: envWith("RELAY_KAFKA_COMPRESSION", "brotli"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
+		{name: "kafka compression upper case", env: envWith("RELAY_KAFKA_COMPRESSION", "GZIP"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
+		{name: "kafka compression snappy typo", env: envWith("RELAY_KAFKA_COMPRESSION", "snapy"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
 		{name: "kafka CA file missing", env: envWith("RELAY_KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"), want: []string{"RELAY_KAFKA_TLS_CA_FILE"}},
 		{name: "kafka key without cert", env: envWith("RELAY_KAFKA_TLS_KEY_FILE", "/etc/hostname"), want: []string{"RELAY_KAFKA_TLS_CERT_FILE"}},
 		{name: "kafka SASL mechanism", env: envWith("RELAY_KAFKA_SASL_MECHANISM", "GSSAPI", "RELAY_KAFKA_SASL_USERNAME", "u", "RELAY_KAFKA_SASL_PASSWORD", "p"), want: []string{"RELAY_KAFKA_SASL_MECHANISM"}},
@@ -296,18 +314,20 @@ func TestLoadConfigInvalid(t *testing.T) {
 // badEnv has many bad variables at once; each must be reported.
 func badEnv() (map[string]string, []string) {
 	env := map[string]string{
-		"RELAY_SINK":             "nats",
-		"RELAY_MAX_IN_FLIGHT":    "abc",
-		"RELAY_STATUS_INTERVAL":  "5",
-		"RELAY_LOG_LEVEL":        "loud",
-		"RELAY_SLOT":             "Bad-Name",
-		"RELAY_AMQP_ROUTING_KEY": "{aggregate_type}.{event_type",
-		"RELAY_HTTP_ADDR":        "nonsense",
-		"RELAY_AMQP_URL":         "amqp://guest:s3cr3tpw@127.0.0.1:1/",
+		"RELAY_SINK":              "nats",
+		"RELAY_MAX_IN_FLIGHT":     "abc",
+		"RELAY_STATUS_INTERVAL":   "5",
+		"RELAY_LOG_LEVEL":         "loud",
+		"RELAY_SLOT":              "Bad-Name",
+		"RELAY_AMQP_ROUTING_KEY":  "{aggregate_type}.{event_type",
+		"RELAY_HTTP_ADDR":         "nonsense",
+		"RELAY_AMQP_URL":          "amqp://guest:s3cr3tpw@127.0.0.1:1/",
+		"RELAY_KAFKA_COMPRESSION": "brotli",
 	}
 	return env, []string{
 		"RELAY_DATABASE_URL", "RELAY_SINK", "RELAY_MAX_IN_FLIGHT", "RELAY_STATUS_INTERVAL",
 		"RELAY_LOG_LEVEL", "RELAY_SLOT", "RELAY_AMQP_ROUTING_KEY", "RELAY_HTTP_ADDR",
+		"RELAY_KAFKA_COMPRESSION",
 	}
 }
 
@@ -948,5 +968,22 @@ func TestRunSecretFileConflict(t *testing.T) {
 	code, _, stderr = runQuickly(t, nil, env)
 	if code != 2 || !strings.Contains(stderr, "RELAY_DATABASE_URL: required") {
 		t.Errorf("run without a database URL = %d, want 2 naming RELAY_DATABASE_URL; stderr:\n%s", code, stderr)
+	}
+}
+
+// TestKafkaCompressionAgreesWithTheSink: the relay accepts every codec the
+// sink knows, and its default is the sink's, which every client reads.
+func TestKafkaCompressionAgreesWithTheSink(t *testing.T) {
+	for _, name := range kafka.Compressions {
+		c, err := loadConfig(envWith("RELAY_KAFKA_COMPRESSION", name))
+		if err != nil {
+			t.Errorf("RELAY_KAFKA_COMPRESSION=%s: %v", name, err)
+		} else if c.KafkaCompression != name {
+			t.Errorf("RELAY_KAFKA_COMPRESSION=%s read as %q", name, c.KafkaCompression)
+		}
+	}
+	f, _ := reflect.TypeFor[config]().FieldByName("KafkaCompression")
+	if def := f.Tag.Get("envDefault"); def != kafka.DefaultCompression {
+		t.Errorf("RELAY_KAFKA_COMPRESSION defaults to %q, the sink to %q", def, kafka.DefaultCompression)
 	}
 }

@@ -301,6 +301,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			CreateTopics:      cfg.KafkaCreateTopics,
 			Partitions:        cfg.KafkaPartitions,
 			ReplicationFactor: cfg.KafkaReplicationFactor,
+			Compression:       cfg.KafkaCompression,
 			ExactlyOnce:       cfg.KafkaExactlyOnce,
 			TransactionalID:   cfg.transactionalID(),
 			CheckpointTopic:   cfg.KafkaCheckpointTopic,
@@ -310,6 +311,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			DeadLetter:           cfg.DeadLetter,
 			Format:               cfg.format(),
 			CloudEventsSource:    cfg.CloudEventsSource,
+			Metrics:              m,
 			Logger:               log,
 		}
 		if cfg.kafkaTLS() {

@@ -53,19 +53,27 @@ type backfillState struct {
 	done    bool
 }
 
-// ensureStateTable creates relay.backfill when missing.
+// ensureStateTable creates relay.backfill when missing. Relays starting
+// together on a database serialise on the creation lock; one created by
+// someone else meanwhile is taken as it is.
 func ensureStateTable(ctx context.Context, conn *pgx.Conn) error {
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT to_regclass('relay.backfill') IS NOT NULL").Scan(&exists); err != nil {
-		return fmt.Errorf("look up relay.backfill: %w", err)
-	}
-	if exists {
+	for attempt := 0; ; attempt++ {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT to_regclass('relay.backfill') IS NOT NULL").Scan(&exists); err != nil {
+			return fmt.Errorf("look up relay.backfill: %w", err)
+		}
+		if exists {
+			return nil
+		}
+		err := createShared(ctx, conn, stateDDL)
+		if isCreated(err) && attempt < 2 {
+			continue
+		}
+		if err != nil {
+			return classify(fmt.Errorf("create relay.backfill for the initial backfill (apply schema/relay_state.sql as its owner, or set RELAY_SNAPSHOT=never): %w", err))
+		}
 		return nil
 	}
-	if _, err := conn.Exec(ctx, stateDDL); err != nil {
-		return classify(fmt.Errorf("create relay.backfill for the initial backfill (apply schema/relay_state.sql as its owner, or set RELAY_SNAPSHOT=never): %w", err))
-	}
-	return nil
 }
 
 // planBackfill records, before the slot is created, that its tables are to
@@ -195,9 +203,12 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	// ctid is read as one more column, after the table's.
 	selects := make([]string, len(cols), len(cols)+1)
 	// Aliased: ORDER BY resolves a bare name to an output column first,
-	// and would sort ctid's text form.
+	// and would sort ctid's text form. Not cast to text: the result is
+	// read in text format, which is each type's output function, as
+	// pgoutput sends it; a cast can differ (boolean::text is "true", not
+	// "t"; char(n)::text drops the padding; inet::text adds the netmask).
 	for i, c := range cols {
-		selects[i] = fmt.Sprintf("%s::text AS c%d", pgx.Identifier{c.name}.Sanitize(), i)
+		selects[i] = fmt.Sprintf("%s AS c%d", pgx.Identifier{c.name}.Sanitize(), i)
 	}
 	selects = append(selects, "ctid::text AS row_position")
 	var keyCols, keyArgs []string
@@ -212,7 +223,7 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	base := "SELECT " + strings.Join(selects, ", ") + " FROM " + st.table.ident()
 	for {
 		query := base + " ORDER BY " + order + fmt.Sprintf(" LIMIT %d", backfillBatch)
-		var args []any
+		args := []any{pgx.QueryResultFormats{pgx.TextFormatCode}}
 		if st.lastKey != nil {
 			query = base + " WHERE (" + order + ") > (" + strings.Join(keyArgs, ", ") + ") ORDER BY " + order + fmt.Sprintf(" LIMIT %d", backfillBatch)
 			for _, v := range st.lastKey {
@@ -229,12 +240,7 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 			raw := rows.RawValues()
 			ctid := string(raw[len(raw)-1])
 			raw = raw[:len(raw)-1]
-			values := make([][]byte, len(raw))
-			for i, v := range raw {
-				if v != nil {
-					values[i] = append([]byte(nil), v...)
-				}
-			}
+			values := copyValues(raw)
 			ev, err := rel.event(values)
 			if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
 				rows.Close()
@@ -288,6 +294,27 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 			return fmt.Errorf("record the backfill of %s: %w", st.table, err)
 		}
 	}
+}
+
+// copyValues copies a row's raw values, which the next row overwrites, into
+// one buffer. An empty value stays a non-nil empty slice: nil is SQL NULL
+// (relay.Row), and an empty string in a required column is a value, an
+// empty payload a body, not a tombstone, as when the row is streamed.
+func copyValues(raw [][]byte) [][]byte {
+	n := 0
+	for _, v := range raw {
+		n += len(v)
+	}
+	buf := make([]byte, 0, n)
+	values := make([][]byte, len(raw))
+	for i, v := range raw {
+		if v != nil {
+			p := len(buf)
+			buf = append(buf, v...)
+			values[i] = buf[p:len(buf):len(buf)]
+		}
+	}
+	return values
 }
 
 // tableColumns reads a table's columns with their types, in order.

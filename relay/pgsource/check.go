@@ -118,10 +118,20 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 	}
 	if slotErr != nil {
 		add(fail("slot "+cfg.Slot, fmt.Sprintf("cannot read pg_replication_slots: %v", slotErr), ""))
-	} else {
-		add(slotFinding(cfg.Slot, srv.database, slot, cfg.SlotRecreate))
+		return out
 	}
-	return out
+	// A slot the relay creates comes with the initial backfill, which
+	// needs relay.backfill; an existing one has had it.
+	var state *stateFacts
+	if !slot.exists && cfg.Snapshot == SnapshotInitial {
+		st, err := readState(ctx, conn, cfg.Slot)
+		if err != nil {
+			return append(out, fail("slot "+cfg.Slot, fmt.Sprintf("cannot read relay.backfill, the initial backfill's state: %v", err), ""))
+		}
+		st.user = srv.user
+		state = &st
+	}
+	return append(out, slotFinding(cfg.Slot, srv.database, slot, cfg.SlotRecreate, state))
 }
 
 func ok(check, detail string) relay.Finding {
@@ -614,15 +624,50 @@ func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotFacts, erro
 	return s, nil
 }
 
+// stateFacts is what the preflight reads about relay.backfill, where the
+// initial backfill (RELAY_SNAPSHOT=initial) records its progress.
+type stateFacts struct {
+	user string
+	// exists: relay.backfill exists; usable: the role may read and write
+	// it; creatable: the role may create it as ensureStateTable does.
+	exists, usable, creatable bool
+	// recorded: it has rows of the slot, so the relay used the slot before.
+	recorded bool
+}
+
+func readState(ctx context.Context, conn *pgx.Conn, slot string) (stateFacts, error) {
+	var f stateFacts
+	// CREATE SCHEMA IF NOT EXISTS checks the database privilege even when
+	// the schema exists.
+	err := conn.QueryRow(ctx, `
+		SELECT to_regclass('relay.backfill') IS NOT NULL,
+			has_database_privilege(current_database(), 'CREATE')
+				AND coalesce(has_schema_privilege(to_regnamespace('relay'), 'CREATE'), true)`).Scan(&f.exists, &f.creatable)
+	if err != nil || !f.exists {
+		return f, err
+	}
+	err = conn.QueryRow(ctx, `
+		SELECT has_schema_privilege('relay', 'USAGE') AND has_table_privilege('relay.backfill', 'SELECT')
+			AND has_table_privilege('relay.backfill', 'INSERT') AND has_table_privilege('relay.backfill', 'UPDATE')`).Scan(&f.usable)
+	if err != nil || !f.usable {
+		return f, err
+	}
+	err = conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM relay.backfill WHERE slot_name = $1)", slot).Scan(&f.recorded)
+	return f, err
+}
+
 // slotFinding compares the slot with what the relay accepts (setup.go's
-// ensureSlot).
-func slotFinding(name, database string, s slotFacts, recreate bool) relay.Finding {
+// ensureSlot). state is relay.backfill's when the relay will create the
+// slot with the initial backfill, nil otherwise.
+func slotFinding(name, database string, s slotFacts, recreate bool, state *stateFacts) relay.Finding {
 	check := "slot " + name
 	drop := fmt.Sprintf("set RELAY_SLOT to another name, or drop it: SELECT pg_drop_replication_slot('%s');", strings.ReplaceAll(name, "'", "''"))
 	switch {
+	case !s.exists && state == nil:
+		return warn(check, "does not exist; the relay will create it, and rows committed before then are not relayed (RELAY_SNAPSHOT=never)",
+			"none if this is the first start and older rows are not wanted (RELAY_SNAPSHOT=initial publishes them first); otherwise the slot was dropped and rows since its last position may be missing")
 	case !s.exists:
-		return warn(check, "does not exist; the relay will create it, and rows committed before then are not relayed",
-			"none if this is the first start; otherwise the slot was dropped and rows since its last position may be missing")
+		return backfillFinding(check, *state)
 	case s.slotType != "logical" || s.plugin != "pgoutput":
 		return fail(check, fmt.Sprintf("is a %s slot with plugin %q; the relay needs a logical pgoutput slot", s.slotType, s.plugin), drop)
 	case s.database != database:
@@ -654,4 +699,24 @@ func slotFinding(name, database string, s slotFacts, recreate bool) relay.Findin
 			"start the relay so it catches up, or raise max_slot_wal_keep_size")
 	}
 	return ok(check, detail)
+}
+
+// backfillFinding is the finding on a slot the relay will create and
+// backfill (RELAY_SNAPSHOT=initial).
+func backfillFinding(check string, st stateFacts) relay.Finding {
+	const plan = "does not exist; the relay will create it and first publish the rows already in the tables (RELAY_SNAPSHOT=initial)"
+	role := pgx.Identifier{st.user}.Sanitize()
+	grant := fmt.Sprintf("GRANT USAGE ON SCHEMA relay TO %s; GRANT SELECT, INSERT, UPDATE ON relay.backfill TO %[1]s;", role)
+	switch {
+	case !st.exists && !st.creatable:
+		return fail(check, plan+", but role "+st.user+" may not create relay.backfill, where the backfill records its progress",
+			"as the database owner apply schema/relay_state.sql, then "+grant+" Or set RELAY_SNAPSHOT=never")
+	case st.exists && !st.usable:
+		return fail(check, plan+", but role "+st.user+" may not read and write relay.backfill, where the backfill records its progress",
+			grant+" Or set RELAY_SNAPSHOT=never")
+	case st.recorded:
+		return warn(check, "does not exist, but relay.backfill records that the relay used it, so it was dropped: the relay will create it again and backfill the rows still in the tables, published before or not, and rows deleted since its last position are missing",
+			"reconcile what consumers missed; none if the slot was dropped on purpose")
+	}
+	return ok(check, plan)
 }

@@ -234,21 +234,33 @@ func TestSlotFinding(t *testing.T) {
 		s        slotFacts
 		want     wantFinding
 		recreate bool
+		// state is relay.backfill's; nil without the initial backfill.
+		state *stateFacts
 	}{
-		{"absent", slotFacts{}, wantFinding{relay.CheckWarn, "does not exist; the relay will create it", "first start"}, false},
-		{"healthy", healthy, wantFinding{relay.CheckOK, "confirmed 0/16B3748, 1234 bytes behind, retaining 1234 bytes of WAL, active (pid 4242)", ""}, false},
-		{"idle", with(func(s *slotFacts) { s.active, s.activePID = false, nil }), wantFinding{relay.CheckOK, "not active", ""}, false},
-		{"physical", with(func(s *slotFacts) { s.slotType, s.plugin = "physical", "" }), wantFinding{relay.CheckFail, "physical slot", "pg_drop_replication_slot('s')"}, false},
-		{"test_decoding", with(func(s *slotFacts) { s.plugin = "test_decoding" }), wantFinding{relay.CheckFail, `plugin "test_decoding"`, ""}, false},
-		{"other database", with(func(s *slotFacts) { s.database = "other" }), wantFinding{relay.CheckFail, "belongs to database other", ""}, false},
-		{"lost", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckFail, "is lost", "SELECT pg_drop_replication_slot('s');"}, false},
-		{"lost, recreated", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckWarn, "the relay will drop and recreate it (RELAY_SLOT_RECREATE=true)", "unset RELAY_SLOT_RECREATE"}, true},
-		{"unreserved", with(func(s *slotFacts) { s.walStatus = "unreserved" }), wantFinding{relay.CheckWarn, "may soon remove WAL", "max_slot_wal_keep_size"}, false},
+		{"absent, no backfill", slotFacts{}, wantFinding{relay.CheckWarn, "does not exist; the relay will create it, and rows committed before then are not relayed (RELAY_SNAPSHOT=never)", "RELAY_SNAPSHOT=initial"}, false, nil},
+		{"absent, backfilled", slotFacts{}, wantFinding{relay.CheckOK, "does not exist; the relay will create it and first publish the rows already in the tables (RELAY_SNAPSHOT=initial)", ""}, false,
+			&stateFacts{creatable: true}},
+		{"absent, backfilled, state table there", slotFacts{}, wantFinding{relay.CheckOK, "does not exist; the relay will create it and first publish the rows already in the tables", ""}, false,
+			&stateFacts{exists: true, usable: true}},
+		{"absent, state table not creatable", slotFacts{}, wantFinding{relay.CheckFail, "role app_rw may not create relay.backfill", "schema/relay_state.sql"}, false,
+			&stateFacts{user: "app_rw"}},
+		{"absent, state table not writable", slotFacts{}, wantFinding{relay.CheckFail, "role app_rw may not read and write relay.backfill", `GRANT SELECT, INSERT, UPDATE ON relay.backfill TO "app_rw";`}, false,
+			&stateFacts{user: "app_rw", exists: true, creatable: true}},
+		{"absent, used before", slotFacts{}, wantFinding{relay.CheckWarn, "does not exist, but relay.backfill records that the relay used it", "reconcile"}, false,
+			&stateFacts{exists: true, usable: true, recorded: true}},
+		{"healthy", healthy, wantFinding{relay.CheckOK, "confirmed 0/16B3748, 1234 bytes behind, retaining 1234 bytes of WAL, active (pid 4242)", ""}, false, nil},
+		{"idle", with(func(s *slotFacts) { s.active, s.activePID = false, nil }), wantFinding{relay.CheckOK, "not active", ""}, false, nil},
+		{"physical", with(func(s *slotFacts) { s.slotType, s.plugin = "physical", "" }), wantFinding{relay.CheckFail, "physical slot", "pg_drop_replication_slot('s')"}, false, nil},
+		{"test_decoding", with(func(s *slotFacts) { s.plugin = "test_decoding" }), wantFinding{relay.CheckFail, `plugin "test_decoding"`, ""}, false, nil},
+		{"other database", with(func(s *slotFacts) { s.database = "other" }), wantFinding{relay.CheckFail, "belongs to database other", ""}, false, nil},
+		{"lost", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckFail, "is lost", "SELECT pg_drop_replication_slot('s');"}, false, nil},
+		{"lost, recreated", with(func(s *slotFacts) { s.walStatus = "lost" }), wantFinding{relay.CheckWarn, "the relay will drop and recreate it (RELAY_SLOT_RECREATE=true)", "unset RELAY_SLOT_RECREATE"}, true, nil},
+		{"unreserved", with(func(s *slotFacts) { s.walStatus = "unreserved" }), wantFinding{relay.CheckWarn, "may soon remove WAL", "max_slot_wal_keep_size"}, false, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			tt.want.match(t, slotFinding("s", "app", tt.s, tt.recreate))
+			tt.want.match(t, slotFinding("s", "app", tt.s, tt.recreate, tt.state))
 		})
 	}
 }

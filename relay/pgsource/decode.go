@@ -1,6 +1,7 @@
 package pgsource
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -168,21 +169,28 @@ func (rel *relation) event(values [][]byte) (*relay.Event, error) {
 	return rel.fill(&relay.Event{}, values)
 }
 
+// fill reads every field it can before it reports the first problem, so
+// that a bad row's dead letter carries all of the row that could be read,
+// the same whichever path read it.
 func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error) {
 	ev.Table, ev.Row = rel.table, relay.Row{Names: rel.names, Values: values}
 	if values[rel.id] == nil {
 		return ev, fmt.Errorf("%w in %s: id column %s is null", errBadRow, rel.table, rel.names[rel.id])
 	}
 	ev.ID = aliasString(values[rel.id])
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w %s in %s: %s", errBadRow, ev.ID, rel.table, fmt.Sprintf(format, args...))
+	var first error
+	bad := func(format string, args ...any) {
+		if first == nil {
+			first = fmt.Errorf("%w %s in %s: %s", errBadRow, ev.ID, rel.table, fmt.Sprintf(format, args...))
+		}
 	}
 	for _, f := range []struct {
 		i   int
 		dst *string
 	}{{rel.aggType, &ev.AggregateType}, {rel.aggID, &ev.AggregateID}, {rel.evType, &ev.EventType}} {
 		if values[f.i] == nil {
-			return ev, bad("column %s is null", rel.names[f.i])
+			bad("column %s is null", rel.names[f.i])
+			continue
 		}
 		*f.dst = aliasString(values[f.i])
 	}
@@ -194,7 +202,8 @@ func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error
 	case rel.types[rel.payload] == oidBytea:
 		b, err := decodeBytea(payload)
 		if err != nil {
-			return ev, bad("payload column %s: %v", rel.names[rel.payload], err)
+			bad("payload column %s: %v", rel.names[rel.payload], err)
+			break
 		}
 		ev.Payload = b
 	case rel.types[rel.payload] == oidJSON || rel.types[rel.payload] == oidJSONB:
@@ -206,9 +215,10 @@ func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error
 	if rel.headers >= 0 && values[rel.headers] != nil {
 		h, err := decodeHeaders(values[rel.headers])
 		if err != nil {
-			return ev, bad("headers column %s: %v", rel.names[rel.headers], err)
+			bad("headers column %s: %v", rel.names[rel.headers], err)
+		} else {
+			ev.Headers = h
 		}
-		ev.Headers = h
 	}
 	if rel.destination >= 0 && values[rel.destination] != nil {
 		ev.To = aliasString(values[rel.destination])
@@ -216,11 +226,12 @@ func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error
 	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
 		t, err := decodeTimestamp(values[rel.createdAt])
 		if err != nil {
-			return ev, bad("created_at column %s: %v", rel.names[rel.createdAt], err)
+			bad("created_at column %s: %v", rel.names[rel.createdAt], err)
+		} else {
+			ev.CreatedAt = t
 		}
-		ev.CreatedAt = t
 	}
-	return ev, nil
+	return ev, first
 }
 
 // aliasString returns b as a string without copying it. The source owns
@@ -249,9 +260,11 @@ func decodeBytea(b []byte) ([]byte, error) {
 }
 
 // decodeHeaders reads a JSON object into headers sorted by key. String
-// values are taken as they are; any other value as its JSON text, so a
-// header never silently disappears. The headers may alias b, which must
-// not be modified afterwards.
+// values are taken as they are; any other value as its compact JSON text,
+// marked JSON, so that a header never silently disappears, keeps its type
+// for the brokers that have typed headers, and reads the same from a jsonb
+// column (which puts spaces after commas), a json one or an envelope. The
+// headers may alias b, which must not be modified afterwards.
 func decodeHeaders(b []byte) ([]relay.Header, error) {
 	if hs, ok := fastHeaders(b); ok {
 		return hs, nil
@@ -269,14 +282,21 @@ func decodeHeadersJSON(b []byte) ([]relay.Header, error) {
 		return nil, nil // JSON null
 	}
 	hs := make([]relay.Header, 0, len(m))
+	var compact bytes.Buffer
 	for k, v := range m {
-		s := string(v)
 		if len(v) > 0 && v[0] == '"' {
+			var s string
 			if err := json.Unmarshal(v, &s); err != nil {
 				return nil, fmt.Errorf("header %q: %w", k, err)
 			}
+			hs = append(hs, relay.Header{Key: k, Value: s})
+			continue
 		}
-		hs = append(hs, relay.Header{Key: k, Value: s})
+		compact.Reset()
+		if err := json.Compact(&compact, v); err != nil {
+			return nil, fmt.Errorf("header %q: %w", k, err)
+		}
+		hs = append(hs, relay.Header{Key: k, Value: compact.String(), JSON: true})
 	}
 	slices.SortFunc(hs, func(a, b relay.Header) int { return strings.Compare(a.Key, b.Key) })
 	return hs, nil

@@ -25,7 +25,7 @@ func FuzzFastHeaders(f *testing.F) {
 		}
 		slow, err := decodeHeadersJSON(b)
 		if err != nil {
-			t.Fatalf("fastHeaders(%q) = %q, general decoder fails: %v", b, fast, err)
+			t.Fatalf("fastHeaders(%q) = %+v, general decoder fails: %v", b, fast, err)
 		}
 		if !slices.Equal(fast, slow) || (fast == nil) != (slow == nil) {
 			t.Fatalf("fastHeaders(%q) = %#v, general decoder %#v", b, fast, slow)

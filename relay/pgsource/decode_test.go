@@ -474,7 +474,7 @@ func checkEvent(t *testing.T, got, want *relay.Event) {
 		t.Errorf("Payload = %q (nil %v), want %q (nil %v)", got.Payload, got.Payload == nil, want.Payload, want.Payload == nil)
 	}
 	if !slices.Equal(got.Headers, want.Headers) {
-		t.Errorf("Headers = %q, want %q", got.Headers, want.Headers)
+		t.Errorf("Headers = %+v, want %+v", got.Headers, want.Headers)
 	}
 	if !got.CreatedAt.Equal(want.CreatedAt) {
 		t.Errorf("CreatedAt = %v, want %v", got.CreatedAt, want.CreatedAt)
@@ -604,8 +604,8 @@ func TestEvent(t *testing.T) {
 			name: "headers sorted, strings unquoted, others as JSON", payloadType: oidJSONB,
 			values: std(v(`{}`), v(`{"z": "last", "a": "first", "n": 12.5, "b": true, "o": {"k": [1, "x"]}, "nul": null}`), nil),
 			want: &relay.Event{Payload: v(`{}`), ContentType: relay.ContentTypeJSON, Headers: []relay.Header{
-				{Key: "a", Value: "first"}, {Key: "b", Value: "true"}, {Key: "n", Value: "12.5"},
-				{Key: "nul", Value: "null"}, {Key: "o", Value: `{"k": [1, "x"]}`}, {Key: "z", Value: "last"},
+				{Key: "a", Value: "first"}, {Key: "b", Value: "true", JSON: true}, {Key: "n", Value: "12.5", JSON: true},
+				{Key: "nul", Value: "null", JSON: true}, {Key: "o", Value: `{"k":[1,"x"]}`, JSON: true}, {Key: "z", Value: "last"},
 			}},
 		},
 		{
@@ -747,7 +747,7 @@ func TestDecodeInsertUnicode(t *testing.T) {
 			}
 			wantHeaders := []relay.Header{{Key: "emoji🔑", Value: "🚀"}, {Key: "zh", Value: "中文"}, {Key: "ключ", Value: "значение 😀"}}
 			if !slices.Equal(ev.Headers, wantHeaders) {
-				t.Errorf("Headers = %q, want %q", ev.Headers, wantHeaders)
+				t.Errorf("Headers = %+v, want %+v", ev.Headers, wantHeaders)
 			}
 			if want := time.Date(2024, 2, 29, 23, 59, 59, 999999000, time.UTC); !ev.CreatedAt.Equal(want) {
 				t.Errorf("CreatedAt = %v, want %v", ev.CreatedAt, want)
@@ -822,14 +822,14 @@ func TestDecodeHeaders(t *testing.T) {
 		{name: "escaped key", in: `{"a\u0062": "x"}`, want: []relay.Header{{Key: "ab", Value: "x"}}},
 		{name: "empty string value", in: `{"k": ""}`, want: []relay.Header{{Key: "k", Value: ""}}},
 		{name: "empty key", in: `{"": "v"}`, want: []relay.Header{{Key: "", Value: "v"}}},
-		{name: "integer", in: `{"n": 42}`, want: []relay.Header{{Key: "n", Value: "42"}}},
-		{name: "number text kept", in: `{"n": 1.50e+3}`, want: []relay.Header{{Key: "n", Value: "1.50e+3"}}},
-		{name: "negative", in: `{"n": -0.5}`, want: []relay.Header{{Key: "n", Value: "-0.5"}}},
-		{name: "booleans", in: `{"t": true, "f": false}`, want: []relay.Header{{Key: "f", Value: "false"}, {Key: "t", Value: "true"}}},
-		{name: "null value kept as null", in: `{"k": null}`, want: []relay.Header{{Key: "k", Value: "null"}}},
-		{name: "nested object as JSON text", in: `{"o": {"x": [1, 2], "y": "z"}}`, want: []relay.Header{{Key: "o", Value: `{"x": [1, 2], "y": "z"}`}}},
-		{name: "array as JSON text", in: `{"a": ["x", 1]}`, want: []relay.Header{{Key: "a", Value: `["x", 1]`}}},
-		{name: "json column whitespace", in: "{\n  \"a\" :\t\"x\" ,\"b\":1\n}", want: []relay.Header{{Key: "a", Value: "x"}, {Key: "b", Value: "1"}}},
+		{name: "integer", in: `{"n": 42}`, want: []relay.Header{{Key: "n", Value: "42", JSON: true}}},
+		{name: "number text kept", in: `{"n": 1.50e+3}`, want: []relay.Header{{Key: "n", Value: "1.50e+3", JSON: true}}},
+		{name: "negative", in: `{"n": -0.5}`, want: []relay.Header{{Key: "n", Value: "-0.5", JSON: true}}},
+		{name: "booleans", in: `{"t": true, "f": false}`, want: []relay.Header{{Key: "f", Value: "false", JSON: true}, {Key: "t", Value: "true", JSON: true}}},
+		{name: "null value kept as null", in: `{"k": null}`, want: []relay.Header{{Key: "k", Value: "null", JSON: true}}},
+		{name: "nested object as compact JSON text", in: `{"o": {"x": [1, 2], "y": "z"}}`, want: []relay.Header{{Key: "o", Value: `{"x":[1,2],"y":"z"}`, JSON: true}}},
+		{name: "array as compact JSON text", in: `{"a": ["x", 1]}`, want: []relay.Header{{Key: "a", Value: `["x",1]`, JSON: true}}},
+		{name: "json column whitespace", in: "{\n  \"a\" :\t\"x\" ,\"b\":1\n}", want: []relay.Header{{Key: "a", Value: "x"}, {Key: "b", Value: "1", JSON: true}}},
 		{name: "duplicate keys in json keep the last", in: `{"a": "1", "a": "2"}`, want: []relay.Header{{Key: "a", Value: "2"}}},
 		{
 			name: "unicode",
@@ -851,7 +851,7 @@ func TestDecodeHeaders(t *testing.T) {
 			got, err := decodeHeaders([]byte(tt.in))
 			if tt.wantErr {
 				if err == nil {
-					t.Fatalf("decodeHeaders(%q) = %q, want error", tt.in, got)
+					t.Fatalf("decodeHeaders(%q) = %+v, want error", tt.in, got)
 				}
 				return
 			}
@@ -1070,10 +1070,10 @@ func FuzzDecodeInsert(f *testing.F) {
 		}
 		if rel.headers < 0 || values[rel.headers] == nil {
 			if ev.Headers != nil {
-				t.Errorf("Headers = %q without a headers value", ev.Headers)
+				t.Errorf("Headers = %+v without a headers value", ev.Headers)
 			}
 		} else if !slices.IsSortedFunc(ev.Headers, func(a, b relay.Header) int { return strings.Compare(a.Key, b.Key) }) {
-			t.Errorf("Headers not sorted: %q", ev.Headers)
+			t.Errorf("Headers not sorted: %+v", ev.Headers)
 		}
 		if rel.createdAt < 0 || values[rel.createdAt] == nil {
 			if !ev.CreatedAt.IsZero() {

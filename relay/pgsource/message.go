@@ -20,24 +20,29 @@ const MessageTable = "pg_logical_emit_message"
 // envelope is the JSON content of a table-less outbox message, written
 // with pg_logical_emit_message(true, prefix, envelope) (schema/outbox_emit.sql).
 type envelope struct {
-	ID            *string                    `json:"id"`
-	AggregateType *string                    `json:"aggregate_type"`
-	AggregateID   *string                    `json:"aggregate_id"`
-	EventType     *string                    `json:"event_type"`
-	Payload       json.RawMessage            `json:"payload"`
-	Headers       map[string]json.RawMessage `json:"headers"`
+	ID            *string         `json:"id"`
+	AggregateType *string         `json:"aggregate_type"`
+	AggregateID   *string         `json:"aggregate_id"`
+	EventType     *string         `json:"event_type"`
+	Payload       json.RawMessage `json:"payload"`
+	// Headers is decoded as a headers column is, from the text as
+	// written: re-encoding it would compact and escape the values.
+	Headers json.RawMessage `json:"headers"`
 }
 
 // messageEvent builds the event of a transactional outbox message. For a bad
-// envelope it returns the event as far as it got, with an error wrapping
-// errBadRow. Without an id in the envelope, the dedup key is the message's
-// position: its transaction's commit LSN and its index in it, which are the
-// same on every delivery.
+// envelope it returns the event with every field that was well-formed, for
+// its dead letter, and an error wrapping errBadRow. Without an id in the
+// envelope, the dedup key is the message's position: its transaction's
+// commit LSN and its index in it, which are the same on every delivery.
 func messageEvent(content []byte, commit relay.LSN, index int) (*relay.Event, error) {
 	ev := &relay.Event{Table: MessageTable}
 	fallbackID := fmt.Sprintf("%s/%d", commit, index)
 	var env envelope
-	if err := json.Unmarshal(content, &env); err != nil {
+	// A field of the wrong type leaves the others decoded.
+	err := json.Unmarshal(content, &env)
+	var typeErr *json.UnmarshalTypeError
+	if err != nil && (!errors.As(err, &typeErr) || typeErr.Field == "") {
 		ev.ID = fallbackID
 		return ev, fmt.Errorf("%w %s: message content is not a JSON object: %v", errBadRow, ev.ID, err)
 	}
@@ -48,6 +53,10 @@ func messageEvent(content []byte, commit relay.LSN, index int) (*relay.Event, er
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w %s (message): %s", errBadRow, ev.ID, fmt.Sprintf(format, args...))
 	}
+	var problem error // the first problem, reported once the rest is read
+	if typeErr != nil {
+		problem = bad("%s: want a string, not a JSON %s", typeErr.Field, typeErr.Value)
+	}
 	names := []string{"id", "aggregate_type", "aggregate_id", "event_type"}
 	values := [][]byte{[]byte(ev.ID), nil, nil, nil}
 	for i, f := range []struct {
@@ -56,7 +65,10 @@ func messageEvent(content []byte, commit relay.LSN, index int) (*relay.Event, er
 		dst  *string
 	}{{"aggregate_type", env.AggregateType, &ev.AggregateType}, {"aggregate_id", env.AggregateID, &ev.AggregateID}, {"event_type", env.EventType, &ev.EventType}} {
 		if f.src == nil {
-			return ev, bad("%s is missing", f.name)
+			if problem == nil {
+				problem = bad("%s is missing", f.name)
+			}
+			continue
 		}
 		*f.dst = *f.src
 		values[i+1] = []byte(*f.src)
@@ -68,15 +80,14 @@ func messageEvent(content []byte, commit relay.LSN, index int) (*relay.Event, er
 		ev.Payload = slices.Clone(env.Payload)
 		ev.ContentType = relay.ContentTypeJSON
 	}
-	if env.Headers != nil {
-		b, _ := json.Marshal(env.Headers)
-		h, err := decodeHeaders(b)
-		if err != nil {
-			return ev, bad("headers: %v", err)
+	if len(env.Headers) > 0 {
+		h, err := decodeHeaders(env.Headers)
+		if err != nil && problem == nil {
+			problem = bad("headers: %v", err)
 		}
 		ev.Headers = h
 	}
-	return ev, nil
+	return ev, problem
 }
 
 // errNonTransactional is a message with the outbox prefix that is not part

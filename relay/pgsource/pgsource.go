@@ -475,7 +475,7 @@ func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 		// stream stops before it, or it is dead-lettered, like a bad row.
 		ev := &relay.Event{Table: MessageTable, CommitLSN: relay.LSN(m.LSN), CommitTime: time.Now()}
 		ev.ID = fmt.Sprintf("%s/nontransactional", relay.LSN(m.LSN))
-		ev.Payload = append([]byte(nil), m.Content...)
+		ev.Payload = bytes.Clone(m.Content) // empty stays empty, not NULL
 		ev.Invalid = relay.BadRow(ev, nonTransactional(m.Prefix, relay.LSN(m.LSN)))
 		if err := st.emit(ctx, ev); err != nil {
 			return err

@@ -3,9 +3,11 @@
 package pgsource_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,7 +186,7 @@ func TestDecodesStandardRows(t *testing.T) {
 	if string(e.Payload) != `{"a": "ü✓🚀", "b": 2}` || e.ContentType != relay.ContentTypeJSON {
 		t.Errorf("payload %q content type %q", e.Payload, e.ContentType)
 	}
-	want := []relay.Header{{Key: "a", Value: "1"}, {Key: "t", Value: "x y"}, {Key: "z", Value: "last"}}
+	want := []relay.Header{{Key: "a", Value: "1", JSON: true}, {Key: "t", Value: "x y"}, {Key: "z", Value: "last"}}
 	if fmt.Sprint(e.Headers) != fmt.Sprint(want) {
 		t.Errorf("headers %v, want %v", e.Headers, want)
 	}
@@ -500,7 +502,7 @@ func TestTransactionalMessagesArePublished(t *testing.T) {
 		string(m1.Payload) != `{"n": 1}` || m1.ContentType != relay.ContentTypeJSON {
 		t.Errorf("message event %+v", m1)
 	}
-	if len(m1.Headers) != 2 || m1.Headers[0] != (relay.Header{Key: "n", Value: "2"}) || m1.Headers[1] != (relay.Header{Key: "tenant", Value: "acme"}) {
+	if len(m1.Headers) != 2 || m1.Headers[0] != (relay.Header{Key: "n", Value: "2", JSON: true}) || m1.Headers[1] != (relay.Header{Key: "tenant", Value: "acme"}) {
 		t.Errorf("message headers %v", m1.Headers)
 	}
 	if m1.CommitLSN != row.CommitLSN || m1.Index != 1 || m2.Index != 2 {
@@ -656,5 +658,298 @@ func TestInitialBackfillPublishesExistingRowsOnceThenStreams(t *testing.T) {
 	var done bool
 	if err := f.db.QueryRow(t.Context(), "SELECT bool_and(done) FROM relay.backfill WHERE slot_name = $1", f.slot).Scan(&done); err != nil || !done {
 		t.Errorf("relay.backfill says done=%v (%v)", done, err)
+	}
+}
+
+// emptyAndNullDDL has a table for each payload type the outbox supports,
+// with text, varchar and char columns for the outbox fields and a few other
+// types whose text form a routing template may read.
+const emptyAndNullDDL = `
+	CREATE TABLE outbox (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload jsonb, headers jsonb, created_at timestamptz, destination text,
+		flag boolean, addr inet, code char(3), note varchar(10), n numeric, tags text[], x float8, r real, iv interval, ts timestamp);
+	CREATE TABLE t_json (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload json, headers json, created_at timestamptz, destination text);
+	CREATE TABLE t_text (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload text, headers text, created_at timestamp, destination text);
+	CREATE TABLE t_varchar (id varchar(40) PRIMARY KEY, aggregate_type varchar(255), aggregate_id varchar(255), event_type varchar(255), payload varchar(100), headers varchar(100), created_at timestamptz, destination varchar(50));
+	CREATE TABLE t_char (id char(10) PRIMARY KEY, aggregate_type char(8), aggregate_id char(8), event_type char(8), payload char(4), headers jsonb, created_at timestamptz, destination char(5));
+	CREATE TABLE t_bytea (id text PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload bytea, headers jsonb, created_at timestamptz, destination text)`
+
+// emptyAndNullRows inserts rows with empty strings in every text column and
+// NULL in every optional one into each table of emptyAndNullDDL, with a bad
+// row (a NULL required column) and an ordinary one for comparison.
+const emptyAndNullRows = `
+	INSERT INTO outbox VALUES
+		('', '', '', '', '""', '{}', '2026-01-02 03:04:05.5+00', '', false, '10.0.0.1', '', '', 0, '{}', 0.1, 0.1, '1 day 02:03:04.5', '2026-01-02 03:04:05'),
+		('empty', '', '', '', '""', '{"": ""}', '2026-01-02 03:04:05+00', '', false, '10.0.0.1', '', '', 1.50, '{""}', 1e300, 3.4e38, '-1 mon', '-infinity'),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+		('bad', NULL, '1', 'x', '{}', '{}', '2026-01-02 03:04:05+00', NULL, true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+		('plain', 'örder', 'ä-1', 'created', '{"a": [1, "ü"]}', '{"k": "v"}', '2026-01-02 03:04:05.123456+02', 'elsewhere', true, '::1', 'ab', 'x y', 2.5e3, '{a,"b c"}', 'NaN', '-0', '1 year 2 mons 3 days', '2026-01-02 03:04:05.123456');
+	INSERT INTO t_json VALUES
+		('', '', '', '', '""', '{}', '2026-01-02 03:04:05+00', ''),
+		('empty', '', '', '', '""', '{"":""}', '2026-01-02 03:04:05+00', ''),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL),
+		('bad', '', NULL, '', '{}', '{}', NULL, NULL),
+		('plain', 'o', '1', 'e', '{ "spaced" : 1 }', '{"k": "v", "n": 2}', '2026-01-02 03:04:05+00', 'd');
+	INSERT INTO t_text VALUES
+		('', '', '', '', '', '{}', '2026-01-02 03:04:05', ''),
+		('empty', '', '', '', '', '', '2026-01-02 03:04:05', ''),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL),
+		('bad', '', '', NULL, '', NULL, NULL, NULL),
+		('plain', 'o', '1', 'e', 'plain ✓ text', '{"k": "v"}', '2026-01-02 03:04:05.000001', 'd');
+	INSERT INTO t_varchar VALUES
+		('', '', '', '', '', '{}', '2026-01-02 03:04:05+00', ''),
+		('empty', '', '', '', '', '', '2026-01-02 03:04:05+00', ''),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL),
+		('bad', NULL, NULL, NULL, '', NULL, NULL, NULL),
+		('plain', 'o', '1', 'e', 'v', '{"k": "v"}', '2026-01-02 03:04:05+00', 'd');
+	INSERT INTO t_char VALUES
+		('', '', '', '', '', '{}', '2026-01-02 03:04:05+00', ''),
+		('empty', '', '', '', '', '{"": ""}', '2026-01-02 03:04:05+00', ''),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL),
+		('bad', '', NULL, '', '', NULL, NULL, NULL),
+		('plain', 'o', '1', 'e', 'v', '{"k": "v"}', '2026-01-02 03:04:05+00', 'd');
+	INSERT INTO t_bytea VALUES
+		('', '', '', '', '', '{}', '2026-01-02 03:04:05+00', ''),
+		('empty', '', '', '', '\x00', '{"": ""}', '2026-01-02 03:04:05+00', ''),
+		('nulls', '', '', '', NULL, NULL, NULL, NULL),
+		('bad', '', '', '', '\x00', '[1]', NULL, NULL),
+		('plain', 'o', '1', 'e', '\x00ff4142', '{"k": "v"}', '2026-01-02 03:04:05+00', 'd');`
+
+var emptyAndNullTables = []string{"outbox", "t_json", "t_text", "t_varchar", "t_char", "t_bytea"}
+
+// TestBackfilledAndStreamedRowsAreTheSameEvents reads the same rows twice,
+// once through the initial backfill and once streamed, and requires the
+// same events: an empty string stays an empty string (not NULL, which
+// would make a required column a bad row and an empty payload a
+// tombstone), and every column's text is what pgoutput sends.
+func TestBackfilledAndStreamedRowsAreTheSameEvents(t *testing.T) {
+	f := newFixture(t, emptyAndNullDDL)
+	f.snapshot = pgsource.SnapshotInitial
+	f.deadLetter = true
+	if _, err := f.db.Exec(t.Context(), emptyAndNullRows); err != nil {
+		t.Fatal(err)
+	}
+	var rows int
+	for _, tb := range emptyAndNullTables {
+		var n int
+		if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM "+tb).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		rows += n
+	}
+	rec := &recorder{}
+	f.run(t, pgsource.StandardColumns, rec, emptyAndNullTables...)
+	rec.wait(t, rows)
+	waitSlot(t, f)
+	// The same rows again, streamed: the publication sends inserts only.
+	var del strings.Builder
+	for _, tb := range emptyAndNullTables {
+		fmt.Fprintf(&del, "DELETE FROM %s;", tb)
+	}
+	if _, err := f.db.Exec(t.Context(), del.String()+emptyAndNullRows); err != nil {
+		t.Fatal(err)
+	}
+	evs := rec.through(t, sentinel(t, f))
+	if len(evs) != 2*rows {
+		t.Fatalf("%d events, want %d backfilled and %d streamed", len(evs), rows, rows)
+	}
+	backfilled, streamed := evs[:rows], evs[rows:]
+	start := backfilled[0].CommitLSN
+	byKey := map[string]*relay.Event{}
+	for _, ev := range backfilled {
+		if ev.CommitLSN != start {
+			t.Fatalf("event %s of %s at %s after the backfill began at %s, before the rows were streamed", ev.ID, ev.Table, ev.CommitLSN, start)
+		}
+		byKey[ev.Table+"\x00"+ev.ID] = ev
+	}
+	// Bad in both paths: a NULL required column, and an empty string
+	// where a headers column of a text type must hold a JSON object.
+	wantDead := map[string]bool{"public.t_text\x00empty": true, "public.t_varchar\x00empty": true}
+	for _, tb := range emptyAndNullTables {
+		wantDead["public."+tb+"\x00bad"] = true
+	}
+	for _, s := range streamed {
+		b := byKey[s.Table+"\x00"+s.ID]
+		if b == nil {
+			t.Errorf("streamed %s %q was not backfilled", s.Table, s.ID)
+			continue
+		}
+		if s.CommitLSN == start {
+			t.Errorf("streamed %s %q at the backfill's position", s.Table, s.ID)
+		}
+		if key := s.Table + "\x00" + strings.TrimSpace(s.ID); wantDead[key] != (s.DeadLetter != "") {
+			t.Errorf("%s %q dead-lettered %v (%s), want %v", s.Table, s.ID, s.DeadLetter != "", s.DeadLetter, wantDead[key])
+		}
+		for _, d := range eventDiff(b, s) {
+			t.Errorf("%s %q: %s", s.Table, s.ID, d)
+		}
+	}
+	// And what both give: an empty string is a value, NULL is none.
+	for _, s := range streamed {
+		switch strings.TrimSpace(s.ID) {
+		case "":
+			if s.DeadLetter != "" || s.AggregateID != "" && s.Table != "public.t_char" {
+				t.Errorf("%s %q: empty strings are values, not NULL: aggregate id %q, dead letter %q", s.Table, s.ID, s.AggregateID, s.DeadLetter)
+			}
+			if s.Table == "public.t_text" && (s.Payload == nil || len(s.Payload) != 0) {
+				t.Errorf("%s: an empty text payload became %#v, want an empty body, not a tombstone", s.Table, s.Payload)
+			}
+		case "nulls":
+			if s.Payload != nil || s.Headers != nil || s.To != "" {
+				t.Errorf("%s: NULL payload, headers, destination became %#v, %#v, %q", s.Table, s.Payload, s.Headers, s.To)
+			}
+		}
+	}
+}
+
+// eventDiff lists the fields in which two events of one row differ, but
+// for the position (CommitLSN, Index, CommitTime). A nil and an empty
+// slice differ: nil is SQL NULL, and an empty payload is a body while a
+// nil one is a tombstone. CreatedAt is compared only where the event was
+// read from a created_at: without one it is the commit time, which a
+// backfill cannot know, and the decoding of a bad row may stop before it.
+func eventDiff(a, b *relay.Event) []string {
+	var out []string
+	va, vb := reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem()
+	for i := range va.NumField() {
+		f := va.Type().Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		x, y := va.Field(i).Interface(), vb.Field(i).Interface()
+		switch f.Name {
+		case "CommitLSN", "Index", "CommitTime":
+			continue
+		case "CreatedAt":
+			if _, ok := a.Row.Get("created_at"); !ok || a.DeadLetter != "" {
+				if a.CreatedAt.IsZero() || b.CreatedAt.IsZero() {
+					out = append(out, fmt.Sprintf("CreatedAt %s and %s: want a time on both", a.CreatedAt, b.CreatedAt))
+				}
+				continue
+			}
+			if !a.CreatedAt.Equal(b.CreatedAt) {
+				out = append(out, fmt.Sprintf("CreatedAt %s, then %s", a.CreatedAt, b.CreatedAt))
+			}
+			continue
+		case "Invalid":
+			if fmt.Sprint(x) != fmt.Sprint(y) {
+				out = append(out, fmt.Sprintf("Invalid %v, then %v", x, y))
+			}
+			continue
+		case "Row":
+			if !reflect.DeepEqual(a.Row.Names, b.Row.Names) {
+				out = append(out, fmt.Sprintf("columns %q, then %q", a.Row.Names, b.Row.Names))
+				continue
+			}
+			for j, n := range a.Row.Names {
+				x, y := a.Row.Values[j], b.Row.Values[j]
+				if (x == nil) != (y == nil) || !bytes.Equal(x, y) {
+					out = append(out, fmt.Sprintf("column %s %s, then %s", n, showBytes(x), showBytes(y)))
+				}
+			}
+			continue
+		}
+		if !reflect.DeepEqual(x, y) {
+			out = append(out, fmt.Sprintf("%s %#v, then %#v", f.Name, x, y))
+		}
+	}
+	return out
+}
+
+func showBytes(b []byte) string {
+	if b == nil {
+		return "NULL"
+	}
+	return fmt.Sprintf("%q", b)
+}
+
+// TestRelaysStartingTogetherOnAFreshDatabase starts several relays at once,
+// for the first time on a database: each creates what it needs (the
+// publication they share, or the table's place in it, its slot,
+// relay.backfill for the initial backfill) while the others do, and every
+// one must come up at the first attempt, not after a retry. Its own server
+// has room for their slots whatever the package's other tests leave behind.
+func TestRelaysStartingTogetherOnAFreshDatabase(t *testing.T) {
+	const relays = 8
+	p, err := services.StartPostgres(t.Context(), services.PostgresOptions{Fast: true})
+	if err != nil {
+		t.Fatalf("start postgres: %v", err)
+	}
+	defer p.Close()
+	for round := range 5 {
+		name := fmt.Sprintf("together_%d", round)
+		if err := p.CreateDatabase(t.Context(), name); err != nil {
+			t.Fatal(err)
+		}
+		db, err := pgx.Connect(t.Context(), p.URL(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close(context.Background())
+		if _, err := db.Exec(t.Context(), standardDDL); err != nil {
+			t.Fatal(err)
+		}
+		if round%2 == 1 {
+			// A publication made ahead, which the relays complete.
+			if _, err := db.Exec(t.Context(), "CREATE PUBLICATION "+name+" WITH (publish = 'insert')"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		srcs := make([]*pgsource.Source, relays)
+		errs := make(chan error, relays)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range srcs {
+			src, err := pgsource.New(pgsource.Config{ConnString: p.URL(name), Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}}, Columns: pgsource.StandardColumns,
+				Slot: fmt.Sprintf("%s_%d", name, i), Publication: name, Snapshot: pgsource.SnapshotInitial})
+			if err != nil {
+				t.Fatal(err)
+			}
+			srcs[i] = src
+			wg.Go(func() {
+				<-start
+				err := src.Stream(ctx, make(chan *relay.Event, 16), relay.NewTracker(16, 1<<20, 0))
+				if ctx.Err() == nil {
+					errs <- fmt.Errorf("relay %d stopped: %w", i, err)
+				}
+			})
+		}
+		close(start)
+		deadline := time.Now().Add(time.Minute)
+		for up := 0; up < relays; {
+			select {
+			case err := <-errs:
+				cancel()
+				wg.Wait()
+				t.Fatalf("round %d: %v", round, err)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				cancel()
+				wg.Wait()
+				t.Fatalf("round %d: %d of %d relays streaming after a minute", round, up, relays)
+			}
+			up = 0
+			for _, s := range srcs {
+				if s.Streaming() {
+					up++
+				}
+			}
+		}
+		cancel()
+		wg.Wait()
+		// The next round's slots need the room.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			var left int
+			err := db.QueryRow(t.Context(), `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&left)
+			if err == nil && left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d slots left (%v)", round, left, err)
+			}
+			db.Exec(t.Context(), `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database() AND NOT active`)
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }

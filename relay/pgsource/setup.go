@@ -16,6 +16,9 @@ import (
 
 // SQLSTATE codes the source acts on.
 const (
+	codeUniqueViolation   = "23505"
+	codeDuplicateTable    = "42P07"
+	codeDuplicateSchema   = "42P06"
 	codeDuplicateObject   = "42710"
 	codeUndefinedObject   = "42704"
 	codeObjectInUse       = "55006"
@@ -145,12 +148,18 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 		for i, t := range s.cfg.Tables {
 			idents[i] = t.ident()
 		}
-		_, err := conn.Exec(ctx, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(idents, ", ")))
-		if err != nil && !isCode(err, codeDuplicateObject) {
+		err = createShared(ctx, conn, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(idents, ", ")))
+		switch {
+		case isCreated(err):
+			// Another relay created it meanwhile, perhaps for other
+			// tables: check it as any existing one.
+			err = conn.QueryRow(ctx, "SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1", s.cfg.Publication).Scan(&allTables, &inserts)
+		case err != nil:
 			return classify(fmt.Errorf("create publication %s: %w", s.cfg.Publication, err))
+		default:
+			s.log.Info("created publication", "publication", s.cfg.Publication, "tables", s.tableNames())
+			return nil
 		}
-		s.log.Info("created publication", "publication", s.cfg.Publication, "tables", s.tableNames())
-		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
@@ -182,7 +191,11 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 		if slices.Contains(have, t) {
 			continue
 		}
-		if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, t.ident())); err != nil {
+		err := createShared(ctx, conn, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, t.ident()))
+		if isCreated(err) {
+			continue // added by another relay meanwhile
+		}
+		if err != nil {
 			return classify(fmt.Errorf("add %s to publication %s: %w", t, s.cfg.Publication, err))
 		}
 		s.log.Info("added table to publication", "publication", s.cfg.Publication, "table", t.String())
@@ -277,6 +290,43 @@ func (s *Source) tableNames() []string {
 		names[i] = t.String()
 	}
 	return names
+}
+
+// The advisory lock that serialises creating what relays share in a
+// database (the publication and its tables, relay.backfill). CREATE ... IF
+// NOT EXISTS is not safe against itself: of two sessions that both find
+// the object missing, one fails on a catalog unique index. The two-key
+// form is apart from the leader locks (pg_locks objsubid 2, not 1).
+const (
+	createLockClass = 0x72656c61 // "rela"
+	createLockID    = 1
+)
+
+// createShared runs ddl in a transaction that holds the creation lock, so
+// that relays starting together create an object once and the others find
+// it. Its error is the statement's; isCreated tells a creation by someone
+// not taking the lock (an operator's script) from a failure.
+func createShared(ctx context.Context, conn *pgx.Conn, ddl string) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", createLockClass, createLockID); err != nil {
+			return fmt.Errorf("take the creation lock: %w", err)
+		}
+		_, err := tx.Exec(ctx, ddl)
+		return err
+	})
+}
+
+// isCreated reports whether err says the object exists already, created
+// concurrently: by name (duplicate_object and its kin) or, when the other
+// session committed between the existence check and the insert, by a
+// catalog unique index.
+func isCreated(err error) bool {
+	for _, c := range []string{codeDuplicateObject, codeDuplicateSchema, codeDuplicateTable, codeUniqueViolation} {
+		if isCode(err, c) {
+			return true
+		}
+	}
+	return false
 }
 
 func isCode(err error, code string) bool {

@@ -32,6 +32,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl"
 
+	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	TLS *tls.Config
 	// SASL, when set, authenticates every broker connection.
 	SASL sasl.Mechanism
+	// Compression is the codec of produced batches, one of Compressions;
+	// empty: DefaultCompression. Every consumer of the topics must read it.
+	Compression string
 	// ExactlyOnce produces in Kafka transactions under TransactionalID,
 	// each also writing its end position to CheckpointTopic (created
 	// compacted when missing); see txn.go. A transaction ends after
@@ -76,6 +80,9 @@ type Config struct {
 	// source attribute of every event.
 	Format            relay.Format
 	CloudEventsSource string
+	// Metrics counts what the sink does beyond publishing (retries,
+	// dropped headers); nil counts nothing.
+	Metrics *metrics.Metrics
 	// Logger receives connection trouble and data loss warnings. Default: discard.
 	Logger *slog.Logger
 }
@@ -134,6 +141,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
 		return nil, fmt.Errorf("kafka: format %s needs a CloudEvents source", cfg.Format)
 	}
+	codec, err := compressionCodec(cfg.Compression)
+	if err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -151,14 +162,19 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		dlq:    cfg.DeadLetter,
 		format: format{mode: cfg.Format, source: cfg.CloudEventsSource},
 	}
+	s.format.guard = relay.NewHeaderGuard(s.format.own, cfg.Metrics, s.log)
 	conn := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.ClientID("relay"),
 		kgo.WithLogger(logAdapter{s.log}),
 	}
-	if cfg.TLS != nil {
-		conn = append(conn, kgo.DialTLSConfig(cfg.TLS))
+	var retried func(int)
+	if cfg.Metrics != nil {
+		retried = cfg.Metrics.Retried
 	}
+	// kgo has no hook that fires on a retry; the sink's own connections
+	// count the records written again (resends.go).
+	conn = append(conn, kgo.Dialer(dialer(cfg.TLS, retried)))
 	if cfg.SASL != nil {
 		conn = append(conn, kgo.SASL(cfg.SASL))
 	}
@@ -166,6 +182,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.MaxBufferedRecords(maxBuffered+1), // +1: a checkpoint record
 		kgo.ProducerLinger(2*time.Millisecond),
+		kgo.ProducerBatchCompression(codec),
 		// Batches never exceed the topic's max.message.bytes: the broker
 		// rejects an oversized batch whole, failing every record in it,
 		// while kgo fails a single record over the limit on its own, so the
@@ -304,8 +321,8 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		topic = t
 	default:
 		t, err := s.topicOf(ev).Execute(ev)
-		if err == nil && t == "" {
-			err = errors.New("the template renders an empty name")
+		if err == nil {
+			err = checkTopic(t)
 		}
 		if err != nil {
 			return relay.BadRow(ev, fmt.Errorf("topic: %w", err))
@@ -385,8 +402,8 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		size += len(h.Value)
 	}
 	if ev.DeadLetter != "" {
-		n += 3
-		size += len(ev.DeadLetter) + len(ev.Table) + 20
+		n += 4
+		size += len(ev.DeadLetter) + len(ev.Table) + 40
 	}
 	buf := make([]byte, 0, size)
 	bytesOf := func(s string) []byte {
@@ -401,6 +418,9 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	}
 	for _, h := range ev.Headers {
 		if h.Key == relay.HeaderDestination && ev.DeadLetter == "" {
+			continue
+		}
+		if f.guard.Drop(ev, h.Key) {
 			continue
 		}
 		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: bytesOf(h.Value)})
@@ -421,6 +441,9 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 			kgo.RecordHeader{Key: "x-relay-table", Value: bytesOf(ev.Table)},
 			kgo.RecordHeader{Key: "x-relay-index", Value: bytesOf(strconv.Itoa(ev.Index))},
 		)
+		if ev.OmittedPayload > 0 {
+			headers = append(headers, kgo.RecordHeader{Key: "x-relay-payload-omitted", Value: bytesOf(fmt.Sprintf("%d bytes", ev.OmittedPayload))})
+		}
 	}
 	r.Record = kgo.Record{
 		Topic:     topic,

@@ -157,6 +157,10 @@ func (s *Sink) channelClosed(gen uint64, reason *amqp.Error) {
 	if limit > 0 {
 		s.maxSize = limit
 	}
+	s.closeReason = reason
+	if reason != nil && reason.Code == amqp.PreconditionFailed && limit == 0 {
+		s.probe = true
+	}
 	first := s.failLocked(gen)
 	n := len(s.inflight)
 	firstID := ""

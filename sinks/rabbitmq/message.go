@@ -1,6 +1,7 @@
 package rabbitmq
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -44,8 +45,15 @@ func splitDestination(dest, exchange string) (string, string) {
 
 // setProperty moves a well-known headers-column key into its AMQP property
 // and reports whether it did. A value the broker would refuse (closing the
-// channel, so every retry would fail again) is a bad row.
+// channel, so every retry would fail again) is a bad row. A JSON null sets
+// nothing.
 func setProperty(msg *amqp.Publishing, h relay.Header) (bool, error) {
+	switch h.Key {
+	case keyCorrelationID, keyReplyTo, keyExpiration, keyPriority:
+		if h.JSON && h.Value == "null" {
+			return true, nil
+		}
+	}
 	switch h.Key {
 	case keyCorrelationID, keyReplyTo, keyExpiration, keyPriority:
 		if len(h.Value) > maxShortstr {
@@ -74,6 +82,86 @@ func setProperty(msg *amqp.Publishing, h relay.Header) (bool, error) {
 		return false, nil
 	}
 	return true, nil
+}
+
+// headerValue is h's value as an AMQP field: a string, or, for a value
+// that is not a JSON string, its AMQP type, so that a row can set headers
+// that plugins and consumers read typed (x-delay, CC): an integer is a
+// long (one beyond 64 bits a double), any other number a double, true and
+// false a boolean, null void, an array an array, an object a table.
+func headerValue(h relay.Header) (any, error) {
+	if !h.JSON {
+		return h.Value, nil
+	}
+	d := json.NewDecoder(strings.NewReader(h.Value))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, fmt.Errorf("header %s: %w", h.Key, err)
+	}
+	v, err := fieldValue(v)
+	if err != nil {
+		return nil, fmt.Errorf("header %s: %w", h.Key, err)
+	}
+	return v, nil
+}
+
+func fieldValue(v any) (any, error) {
+	switch v := v.(type) {
+	case json.Number:
+		if i, err := v.Int64(); err == nil {
+			return i, nil
+		}
+		f, err := v.Float64()
+		if err != nil {
+			return nil, fmt.Errorf("number %s: %w", v, err)
+		}
+		return f, nil
+	case []any:
+		out := make([]any, len(v))
+		for i, x := range v {
+			y, err := fieldValue(x)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = y
+		}
+		return out, nil
+	case map[string]any:
+		t := make(amqp.Table, len(v))
+		for k, x := range v {
+			if len(k) > maxShortstr {
+				return nil, fmt.Errorf("a key of %d bytes; AMQP allows at most %d", len(k), maxShortstr)
+			}
+			y, err := fieldValue(x)
+			if err != nil {
+				return nil, err
+			}
+			t[k] = y
+		}
+		return t, nil
+	}
+	return v, nil // a string, a bool or nil
+}
+
+// checkBrokerHeader refuses what RabbitMQ checks itself: CC and BCC are
+// sender-selected routing keys, an array of strings, and anything else
+// closes the channel (unacceptable_type_in_header), which recovery would
+// republish into forever.
+func checkBrokerHeader(key string, v any) error {
+	if key != "CC" && key != "BCC" {
+		return nil
+	}
+	keys, ok := v.([]any)
+	for _, k := range keys {
+		if _, ok = k.(string); !ok {
+			break
+		}
+	}
+	if !ok {
+		return fmt.Errorf("header %s must be an array of strings (RabbitMQ routes by it and refuses anything else)", key)
+	}
+	return nil
 }
 
 // checkExchange makes sure an exchange a row names exists before the first

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,6 +93,7 @@ type Sink struct {
 	exchange string
 	dlx      string
 	fence    string
+	guard    *relay.HeaderGuard
 	format   relay.Format
 	ceSource string
 	metrics  *metrics.Metrics
@@ -135,6 +137,13 @@ type Sink struct {
 	inflight []*pending
 	byTag    map[uint64]*pending // delivery tag on ch → event
 	maxSize  int                 // the broker's max_message_size, once a 406 told us
+	// probe is set when the broker closed the channel with a 406 that no
+	// check here explains: recovery then republishes one event at a time
+	// until it finds the one refused (settle). closeReason is why the
+	// current generation's channel closed; settled wakes settle.
+	probe       bool
+	closeReason *amqp.Error
+	settled     chan struct{}
 	// dests holds the exchanges rows named (Event.Route) that exist.
 	dests   map[string]bool
 	backoff *relay.Backoff
@@ -218,6 +227,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		sem:      make(chan struct{}, cfg.ConfirmWindow),
 		wire:     make(chan struct{}, 1),
 		kick:     make(chan struct{}, 1),
+		settled:  make(chan struct{}, 1),
 		life:     life,
 		stop:     stop,
 		failed:   true,
@@ -229,6 +239,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		tableKeys:      cfg.RoutingKeys,
 		declared:       declaredExchanges(cfg),
 	}
+	s.guard = relay.NewHeaderGuard(s.ownHeader, cfg.Metrics, s.log)
 
 	// The relay calls New once at startup, so a broker that is still
 	// starting (or briefly down) must not fail the process.
@@ -292,7 +303,13 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		return relay.BadRow(ev, tooLarge(ev, limit))
 	}
 	ev.Destination = p.exchange
+	return s.send(ctx, p)
+}
 
+// send publishes p, or queues it behind a recovery in progress, as Publish
+// describes.
+func (s *Sink) send(ctx context.Context, p *pending) error {
+	ev := p.ev
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -415,8 +432,8 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		{"event type (type)", ev.EventType},
 		{"content type", ev.ContentType},
 	} {
-		if len(f.value) > maxShortstr {
-			return nil, relay.BadRow(ev, fmt.Errorf("%s is %d bytes, AMQP allows at most %d", f.name, len(f.value), maxShortstr))
+		if err := checkShortstr(f.name, f.value); err != nil {
+			return nil, relay.BadRow(ev, err)
 		}
 	}
 	body, contentType, err := s.body(ev)
@@ -431,23 +448,49 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		Timestamp:    ev.CreatedAt,
 		Body:         body,
 	}
-	headers := make(amqp.Table, len(ev.Headers)+3)
+	headers := make(amqp.Table, len(ev.Headers)+4)
+	// A dead letter must always be publishable: it leaves out whatever
+	// AMQP or the broker would refuse, and says so, instead of failing.
+	var leftOut []string
 	for _, h := range ev.Headers {
 		if h.Key == relay.HeaderDestination && ev.DeadLetter == "" {
 			continue // an instruction to the relay, carried out above
 		}
-		ok, err := setProperty(&msg, h)
-		if err != nil && ev.DeadLetter == "" {
-			return nil, relay.BadRow(ev, err)
-		}
-		if ok {
+		if s.guard.Drop(ev, h.Key) {
 			continue
 		}
-		// A dead letter keeps a value no property can take as a header.
-		if len(h.Key) > maxShortstr {
-			return nil, relay.BadRow(ev, fmt.Errorf("header name is %d bytes, AMQP allows at most %d", len(h.Key), maxShortstr))
+		if ev.DeadLetter == "" {
+			ok, err := setProperty(&msg, h)
+			if err != nil {
+				return nil, relay.BadRow(ev, err)
+			}
+			if ok {
+				continue
+			}
 		}
-		headers[h.Key] = h.Value
+		// A dead letter takes no property from its row, which could make
+		// it expire or carry it elsewhere, and no sender-selected routing:
+		// it goes to the dead-letter exchange only.
+		if ev.DeadLetter != "" && (h.Key == "CC" || h.Key == "BCC") {
+			leftOut = append(leftOut, "header "+h.Key)
+			continue
+		}
+		err := checkShortstr("header name", h.Key)
+		var v any
+		if err == nil {
+			v, err = headerValue(h)
+		}
+		if err == nil {
+			err = checkBrokerHeader(h.Key, v)
+		}
+		if err != nil {
+			if ev.DeadLetter == "" {
+				return nil, relay.BadRow(ev, err)
+			}
+			leftOut = append(leftOut, err.Error())
+			continue
+		}
+		headers[h.Key] = v
 	}
 	if s.format == relay.FormatCloudEvents && ev.DeadLetter == "" {
 		attrs, err := relay.CloudEventAttributes(ev, s.ceSource)
@@ -465,11 +508,43 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	headers["aggregate_id"] = ev.AggregateID
 	headers["x-relay-lsn"] = ev.CommitLSN.String()
 	if ev.DeadLetter != "" {
-		headers["x-relay-error"] = ev.DeadLetter
+		reason := ev.DeadLetter
+		if len(leftOut) > 0 {
+			reason += "; left out of the dead letter: " + strings.Join(leftOut, "; ")
+		}
+		headers["x-relay-error"] = reason
 		headers["x-relay-index"] = int64(ev.Index)
+		if ev.OmittedPayload > 0 {
+			headers["x-relay-payload-omitted"] = fmt.Sprintf("%d bytes", ev.OmittedPayload)
+		}
+	}
+	if err := headers.Validate(); err != nil {
+		// The library would fail the publish, and recovery would repeat it.
+		return nil, relay.BadRow(ev, fmt.Errorf("headers: %w", err))
 	}
 	msg.Headers = headers
 	return &pending{ev: ev, exchange: exchange, key: key, msg: msg}, nil
+}
+
+// ownHeader reports whether key names a header the sink sets itself,
+// besides the x-relay- ones: a headers-column key of that name would
+// forge it.
+func (s *Sink) ownHeader(key string) bool {
+	switch key {
+	case "aggregate_type", "aggregate_id":
+		return true
+	}
+	// The AMQP binding's two prefixes: readers take either as an attribute.
+	return s.format == relay.FormatCloudEvents && (strings.HasPrefix(key, cloudEventsPrefix) || strings.HasPrefix(key, "cloudEvents_"))
+}
+
+// checkShortstr refuses a value AMQP cannot carry as a short string: the
+// client library fails the whole connection on one.
+func checkShortstr(what, v string) error {
+	if len(v) > maxShortstr {
+		return fmt.Errorf("%s is %d bytes, AMQP allows at most %d", what, len(v), maxShortstr)
+	}
+	return nil
 }
 
 // exchangeOf is the exchange of ev's table.
@@ -549,7 +624,16 @@ func (s *Sink) failLocked(gen uint64) bool {
 	case s.kick <- struct{}{}:
 	default: // a wake-up is already pending
 	}
+	s.wakeSettle()
 	return true
+}
+
+// wakeSettle wakes a recovery waiting in settle. s.mu held.
+func (s *Sink) wakeSettle() {
+	select {
+	case s.settled <- struct{}{}:
+	default:
+	}
 }
 
 // finishLocked takes p out of the in-flight set. It reports false if p was
@@ -569,6 +653,7 @@ func (s *Sink) finishLocked(p *pending, acked bool) bool {
 	if acked {
 		s.backoff.Reset()
 	}
+	s.wakeSettle()
 	return true
 }
 

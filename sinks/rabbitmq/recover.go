@@ -144,6 +144,8 @@ func (s *Sink) recover(ctx context.Context) error {
 	// to resend; confirms may still remove events meanwhile.
 	resend = slices.Clone(kept)
 	limit := s.maxSize
+	probe := s.probe
+	s.probe, s.closeReason = false, nil
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.watch(gen, confirms, returns, closes)
@@ -173,6 +175,11 @@ func (s *Sink) recover(ctx context.Context) error {
 			s.mu.Unlock()
 			return fmt.Errorf("republish event %s: %w", p.ev.ID, err)
 		}
+		if probe {
+			if err := s.settle(ctx, p); err != nil {
+				return err
+			}
+		}
 	}
 	s.mu.Lock()
 	if s.failed {
@@ -186,6 +193,39 @@ func (s *Sink) recover(ctx context.Context) error {
 		s.log.Info("RabbitMQ channel reopened; unconfirmed events republished", "republished", len(resend))
 	}
 	return nil
+}
+
+// settle waits, while recovery probes for a message the broker refuses,
+// until p is confirmed alone on its channel. If instead the broker closes
+// the channel with a 406, p is the message it refuses for what it is (a
+// header or property no check here knew of): a bad row under the bad-row
+// policy, rather than a message republished into the same refusal forever.
+func (s *Sink) settle(ctx context.Context, p *pending) error {
+	for {
+		s.mu.Lock()
+		done, failed, reason := p.done, s.failed, s.closeReason
+		s.mu.Unlock()
+		switch {
+		case done:
+			return nil
+		case failed && reason != nil && reason.Code == amqp.PreconditionFailed:
+			s.mu.Lock()
+			ok := s.finishLocked(p, false)
+			s.mu.Unlock()
+			if ok {
+				s.log.Warn("RabbitMQ refuses this event for what it is; failing it as a bad row", "event_id", p.ev.ID, "reason", reason.Reason)
+				s.complete(p, relay.BadRow(p.ev, fmt.Errorf("RabbitMQ refused it: %s", reason.Reason)))
+			}
+			return errors.New("channel closed by a refused message")
+		case failed:
+			return errors.New("channel failed while republishing")
+		}
+		select {
+		case <-s.settled:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // declareExchange makes sure the exchange exists: a passive declare first,
