@@ -44,6 +44,8 @@ type config struct {
 	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
 	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
 	KafkaCompression       string   `env:"RELAY_KAFKA_COMPRESSION" envDefault:"gzip" help:"codec of produced record batches: none, gzip, snappy, lz4 or zstd; every consumer must read it (gzip is the one compression kafkajs reads without plugins)"`
+	KafkaKeyFormat         string   `env:"RELAY_KAFKA_KEY_FORMAT" envDefault:"raw" help:"record key encoding: raw (the aggregate id's bytes) or json-string (the aggregate id as a JSON string, as Kafka Connect's JsonConverter with schemas.enable=false writes Debezium's key, so each aggregate keeps its partition); see Migrating from Debezium in README"`
+	KafkaValueFormat       string   `env:"RELAY_KAFKA_VALUE_FORMAT" envDefault:"raw" help:"record value encoding with RELAY_FORMAT=raw: raw (the payload's bytes) or json-string (the payload as one JSON string, a NULL payload as null, as JsonConverter with schemas.enable=false writes Debezium's outbox payload); dead letters stay raw"`
 	KafkaExactlyOnce       bool     `env:"RELAY_KAFKA_EXACTLY_ONCE" envDefault:"false" help:"produce in Kafka transactions with a checkpoint, so read_committed consumers see each event exactly once"`
 	KafkaTransactionalID   string   `env:"RELAY_KAFKA_TRANSACTIONAL_ID" help:"transactional id for exactly-once; one relay per id (default relay-<RELAY_SLOT>)"`
 	KafkaCheckpointTopic   string   `env:"RELAY_KAFKA_CHECKPOINT_TOPIC" envDefault:"relay.checkpoints" help:"compacted topic of exactly-once checkpoints, created when missing"`
@@ -293,6 +295,21 @@ func (c *config) validateKafka() []string {
 	}
 	if !slices.Contains(kafka.Compressions, c.KafkaCompression) {
 		add("RELAY_KAFKA_COMPRESSION", "%q: want one of %s", c.KafkaCompression, strings.Join(kafka.Compressions, ", "))
+	}
+	for _, f := range []struct{ key, value string }{
+		{"RELAY_KAFKA_KEY_FORMAT", c.KafkaKeyFormat},
+		{"RELAY_KAFKA_VALUE_FORMAT", c.KafkaValueFormat},
+	} {
+		if !slices.Contains(kafka.Encodings, f.value) {
+			add(f.key, "%q: want one of %s", f.value, strings.Join(kafka.Encodings, ", "))
+		}
+	}
+	// In the CloudEvents formats the value is the event's data (binary
+	// mode) or the event (structured): as a JSON string it would be
+	// another value than the one the event declares.
+	if f, err := relay.ParseFormat(c.Format); err == nil && f != relay.FormatRaw && c.KafkaValueFormat == kafka.EncodingJSONString {
+		add("RELAY_KAFKA_VALUE_FORMAT", "%s cannot be combined with RELAY_FORMAT=%s: the CloudEvents value would become a JSON string; set RELAY_KAFKA_VALUE_FORMAT=%s or RELAY_FORMAT=raw",
+			kafka.EncodingJSONString, c.Format, kafka.EncodingRaw)
 	}
 	if c.KafkaPartitions == 0 || c.KafkaPartitions < -1 {
 		add("RELAY_KAFKA_PARTITIONS", "%d: want -1 (the broker's default) or at least 1", c.KafkaPartitions)

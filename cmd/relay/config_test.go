@@ -53,6 +53,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		KafkaPartitions:        -1,
 		KafkaReplicationFactor: -1,
 		KafkaCompression:       "gzip",
+		KafkaKeyFormat:         "raw",
+		KafkaValueFormat:       "raw",
 		Format:                 "raw",
 		ColumnPreset:           "standard",
 		MaxInFlight:            4096,
@@ -214,6 +216,20 @@ func TestLoadConfigValid(t *testing.T) {
 			env:  envWith("RELAY_KAFKA_COMPRESSION", "zstd"),
 		},
 		{
+			name: "kafka key and value as JsonConverter writes Debezium's",
+			env:  envWith("RELAY_SINK", "kafka", "RELAY_KAFKA_BROKERS", "127.0.0.1:9092", "RELAY_KAFKA_KEY_FORMAT", "json-string", "RELAY_KAFKA_VALUE_FORMAT", "json-string"),
+			check: func(t *testing.T, c config) {
+				if c.KafkaKeyFormat != kafka.EncodingJSONString || c.KafkaValueFormat != kafka.EncodingJSONString {
+					t.Errorf("key format %q, value format %q", c.KafkaKeyFormat, c.KafkaValueFormat)
+				}
+			},
+		},
+		{
+			// The key is no part of the CloudEvent.
+			name: "kafka json-string key with cloudevents",
+			env:  envWith("RELAY_KAFKA_KEY_FORMAT", "json-string", "RELAY_FORMAT", "cloudevents-structured", "RELAY_CLOUDEVENTS_SOURCE", "/orders"),
+		},
+		{
 			name: "slot at 63 characters",
 			env:  envWith("RELAY_SLOT", "_"+strings.Repeat("a", 62), "RELAY_PUBLICATION", "pub_2"),
 		},
@@ -259,6 +275,11 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{name: "kafka compression unknown", env: envWith("RELAY_KAFKA_COMPRESSION", "brotli"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
 		{name: "kafka compression upper case", env: envWith("RELAY_KAFKA_COMPRESSION", "GZIP"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
 		{name: "kafka compression snappy typo", env: envWith("RELAY_KAFKA_COMPRESSION", "snapy"), want: []string{"RELAY_KAFKA_COMPRESSION"}},
+		{name: "kafka key format unknown", env: envWith("RELAY_KAFKA_KEY_FORMAT", "json"), want: []string{"RELAY_KAFKA_KEY_FORMAT"}},
+		{name: "kafka key format string", env: envWith("RELAY_KAFKA_KEY_FORMAT", "string"), want: []string{"RELAY_KAFKA_KEY_FORMAT"}},
+		{name: "kafka value format unknown", env: envWith("RELAY_KAFKA_VALUE_FORMAT", "JSON-STRING"), want: []string{"RELAY_KAFKA_VALUE_FORMAT"}},
+		{name: "kafka json-string value with cloudevents", env: envWith("RELAY_KAFKA_VALUE_FORMAT", "json-string", "RELAY_FORMAT", "cloudevents", "RELAY_CLOUDEVENTS_SOURCE", "/orders"), want: []string{"RELAY_KAFKA_VALUE_FORMAT"}},
+		{name: "kafka json-string value with structured cloudevents", env: envWith("RELAY_KAFKA_VALUE_FORMAT", "json-string", "RELAY_FORMAT", "cloudevents-structured", "RELAY_CLOUDEVENTS_SOURCE", "/orders"), want: []string{"RELAY_KAFKA_VALUE_FORMAT"}},
 		{name: "kafka CA file missing", env: envWith("RELAY_KAFKA_TLS_CA_FILE", "/nonexistent/ca.pem"), want: []string{"RELAY_KAFKA_TLS_CA_FILE"}},
 		{name: "kafka key without cert", env: envWith("RELAY_KAFKA_TLS_KEY_FILE", "/etc/hostname"), want: []string{"RELAY_KAFKA_TLS_CERT_FILE"}},
 		{name: "kafka SASL mechanism", env: envWith("RELAY_KAFKA_SASL_MECHANISM", "GSSAPI", "RELAY_KAFKA_SASL_USERNAME", "u", "RELAY_KAFKA_SASL_PASSWORD", "p"), want: []string{"RELAY_KAFKA_SASL_MECHANISM"}},
@@ -308,6 +329,20 @@ func TestLoadConfigInvalid(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKafkaValueFormatAgainstFormatNamesBoth: the refusal of a json-string
+// value with a CloudEvents format names both variables, either of which
+// the operator may mean to change.
+func TestKafkaValueFormatAgainstFormatNamesBoth(t *testing.T) {
+	_, err := loadConfig(envWith("RELAY_KAFKA_VALUE_FORMAT", "json-string", "RELAY_FORMAT", "cloudevents", "RELAY_CLOUDEVENTS_SOURCE", "/orders"))
+	var ce configError
+	if !errors.As(err, &ce) || len(ce) != 1 {
+		t.Fatalf("loadConfig: %v; want one problem", err)
+	}
+	if !strings.HasPrefix(ce[0], "RELAY_KAFKA_VALUE_FORMAT: ") || !strings.Contains(ce[0], "RELAY_FORMAT=cloudevents") {
+		t.Errorf("problem %q does not name RELAY_KAFKA_VALUE_FORMAT and RELAY_FORMAT=cloudevents", ce[0])
 	}
 }
 

@@ -311,6 +311,8 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			DeadLetter:           cfg.DeadLetter,
 			Format:               cfg.format(),
 			CloudEventsSource:    cfg.CloudEventsSource,
+			KeyFormat:            cfg.KafkaKeyFormat,
+			ValueFormat:          cfg.KafkaValueFormat,
 			Metrics:              m,
 			Logger:               log,
 		}

@@ -80,6 +80,14 @@ type Config struct {
 	// source attribute of every event.
 	Format            relay.Format
 	CloudEventsSource string
+	// KeyFormat and ValueFormat encode the record key (the aggregate id)
+	// and, in the raw format, the value (the payload): one of Encodings,
+	// empty meaning EncodingRaw. EncodingJSONString writes them as Kafka
+	// Connect's JsonConverter without schemas writes a string, so that a
+	// topic Debezium wrote through it goes on with the same bytes, and the
+	// same partition per aggregate. Dead letters are always raw.
+	KeyFormat   string
+	ValueFormat string
 	// Metrics counts what the sink does beyond publishing (retries,
 	// dropped headers); nil counts nothing.
 	Metrics *metrics.Metrics
@@ -145,6 +153,19 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
+	jsonKey, err := encoding("key", cfg.KeyFormat)
+	if err != nil {
+		return nil, err
+	}
+	jsonValue, err := encoding("value", cfg.ValueFormat)
+	if err != nil {
+		return nil, err
+	}
+	if jsonValue && cfg.Format != relay.FormatRaw {
+		// The CloudEvents data (binary mode) or the whole event
+		// (structured) would become a JSON string of itself.
+		return nil, fmt.Errorf("kafka: value format %s needs the raw format, not %s", EncodingJSONString, cfg.Format)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -160,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		limits: map[string]int32{},
 		slots:  make(chan struct{}, maxBuffered),
 		dlq:    cfg.DeadLetter,
-		format: format{mode: cfg.Format, source: cfg.CloudEventsSource},
+		format: format{mode: cfg.Format, source: cfg.CloudEventsSource, jsonKey: jsonKey, jsonValue: jsonValue},
 	}
 	s.format.guard = relay.NewHeaderGuard(s.format.own, cfg.Metrics, s.log)
 	conn := []kgo.Opt{
@@ -244,6 +265,18 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		}
 	}
 	return s, nil
+}
+
+// encoding reports whether name, the key's or the value's encoding, is
+// EncodingJSONString.
+func encoding(what, name string) (json bool, err error) {
+	switch name {
+	case "", EncodingRaw:
+		return false, nil
+	case EncodingJSONString:
+		return true, nil
+	}
+	return false, fmt.Errorf("kafka: unknown %s format %q, want one of %s", what, name, strings.Join(Encodings, ", "))
 }
 
 // startTxn prepares exactly-once producing: the checkpoint topic, a
@@ -398,6 +431,9 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	// largest count in the drain's allocation profile.
 	n := len(ev.Headers) + len(fheaders) + 4
 	size := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType) + maxLSNLen
+	if f.jsonKey {
+		size += 2 + len(ev.AggregateID)/8 // quotes, some escapes
+	}
 	for _, h := range ev.Headers {
 		size += len(h.Value)
 	}
@@ -445,9 +481,19 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 			headers = append(headers, kgo.RecordHeader{Key: "x-relay-payload-omitted", Value: bytesOf(fmt.Sprintf("%d bytes", ev.OmittedPayload))})
 		}
 	}
+	var key []byte
+	if f.jsonKey {
+		start := len(buf)
+		if buf, err = appendJSONString(buf, []byte(ev.AggregateID)); err != nil {
+			return nil, relay.BadRow(ev, fmt.Errorf("aggregate id: %w, which RELAY_KAFKA_KEY_FORMAT=%s cannot write as a JSON string", err, EncodingJSONString))
+		}
+		key = buf[start:len(buf):len(buf)]
+	} else {
+		key = bytesOf(ev.AggregateID)
+	}
 	r.Record = kgo.Record{
 		Topic:     topic,
-		Key:       bytesOf(ev.AggregateID),
+		Key:       key,
 		Value:     value,
 		Headers:   headers,
 		Timestamp: ev.CreatedAt,

@@ -1,9 +1,11 @@
 package kafka
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -18,10 +20,29 @@ const (
 	contentTypeHeader = "content-type"
 )
 
-// format is how the sink shapes records (Config.Format).
+// Encodings of the record key and value (Config.KeyFormat,
+// Config.ValueFormat).
+const (
+	// EncodingRaw is the column's bytes, unchanged.
+	EncodingRaw = "raw"
+	// EncodingJSONString is the column's text as one JSON string, byte for
+	// byte as Kafka Connect's JsonConverter with schemas.enable=false
+	// writes a string: what a Debezium outbox topic written through that
+	// converter holds (README, Migrating from Debezium).
+	EncodingJSONString = "json-string"
+)
+
+// Encodings lists the values Config.KeyFormat and Config.ValueFormat accept.
+var Encodings = []string{EncodingRaw, EncodingJSONString}
+
+// format is how the sink shapes records (Config.Format, Config.KeyFormat,
+// Config.ValueFormat).
 type format struct {
 	mode   relay.Format
 	source string
+	// jsonKey and jsonValue encode the key and the raw format's value as
+	// JSON strings (EncodingJSONString).
+	jsonKey, jsonValue bool
 	// guard leaves out headers-column keys that would forge the record's
 	// own headers (own); nil in tests that build records alone.
 	guard *relay.HeaderGuard
@@ -91,5 +112,63 @@ func (f format) apply(ev *relay.Event) (headers []kgo.RecordHeader, value []byte
 		}
 		return []kgo.RecordHeader{{Key: contentTypeHeader, Value: []byte(relay.ContentTypeCloudEventsJSON)}}, b, nil
 	}
+	if f.jsonValue {
+		if ev.Payload == nil {
+			// Debezium's payload schema is optional, and JsonConverter
+			// writes a null value of an optional schema as JSON null, not
+			// as a tombstone (unless route.tombstone.on.empty.payload).
+			return nil, []byte("null"), nil
+		}
+		v, err := appendJSONString(make([]byte, 0, len(ev.Payload)+len(ev.Payload)/8+2), ev.Payload)
+		if err != nil {
+			return nil, nil, relay.BadRow(ev, fmt.Errorf("payload: %w, which RELAY_KAFKA_VALUE_FORMAT=%s cannot write as a JSON string", err, EncodingJSONString))
+		}
+		return nil, v, nil
+	}
 	return nil, ev.Payload, nil
+}
+
+// errNotUTF8 is a value a JSON string cannot hold.
+var errNotUTF8 = errors.New("not UTF-8 text")
+
+// appendJSONString appends s as a JSON string, escaped as Jackson (the
+// JSON library of Kafka Connect's JsonConverter) escapes it by default:
+// the quote and backslash, \b \t \n \f \r by name, the other control
+// characters as \u00XX in upper-case hex, and nothing else (not '/', not
+// DEL, not U+2028, no non-ASCII character), so that the bytes equal
+// JsonConverter's. Go's encoding/json escapes differently (<, >, &,
+// U+2028, lower-case hex).
+func appendJSONString(b, s []byte) ([]byte, error) {
+	if !utf8.Valid(s) {
+		return b, errNotUTF8
+	}
+	const hex = "0123456789ABCDEF"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\b':
+			b = append(b, '\\', 'b')
+		case '\t':
+			b = append(b, '\\', 't')
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\f':
+			b = append(b, '\\', 'f')
+		case '\r':
+			b = append(b, '\\', 'r')
+		default:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+		}
+		start = i + 1
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"'), nil
 }
