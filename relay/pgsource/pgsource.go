@@ -240,8 +240,12 @@ type stream struct {
 }
 
 // tick is how often the loop looks up from reading to report status and
-// notice shutdown or a failed sink.
-const tick = 100 * time.Millisecond
+// notice shutdown or a failed sink. It bounds how stale the slot's
+// confirmed position is: what the broker confirmed but the slot was not
+// told yet is what a crash publishes again, so a moved position is
+// reported at the next tick (a status update is a few dozen bytes, and
+// PostgreSQL writes the slot to disk only when its restart point moves).
+const tick = 20 * time.Millisecond
 
 func (st *stream) run(ctx context.Context) error {
 	netConn := st.conn.Conn()
@@ -294,14 +298,14 @@ func (st *stream) periodic(ctx context.Context, now time.Time) error {
 	return st.status(now, false)
 }
 
-// status reports the tracker's safe position: when it moved (at most once a
-// second), when forced (the server asked, shutdown) and at least every
+// status reports the tracker's safe position: when it moved (at most once
+// a tick), when forced (the server asked, shutdown) and at least every
 // StatusInterval so the server does not time the session out.
 func (st *stream) status(now time.Time, force bool) error {
 	safe := max(st.tr.Safe(), st.start)
 	since := now.Sub(st.sentAt)
 	due := since >= st.src.cfg.StatusInterval
-	if !force && !(safe > st.sent && since >= time.Second) && !due {
+	if !force && !(safe > st.sent && since >= tick) && !due {
 		return nil
 	}
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), st.conn, pglogrepl.StandbyStatusUpdate{
