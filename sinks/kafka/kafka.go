@@ -290,9 +290,11 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Op
 	}
 	host, _ := os.Hostname()
 	t := &txn{
-		s:         s,
-		id:        cfg.TransactionalID,
-		owner:     fmt.Sprintf("%s/%d/%x", host, os.Getpid(), rand.Uint32()),
+		s:  s,
+		id: cfg.TransactionalID,
+		// Valid UTF-8, so that the checkpoint's JSON gives it back as it
+		// is and the relay recognises its own claim.
+		owner:     strings.ToValidUTF8(fmt.Sprintf("%s/%d/%x", host, os.Getpid(), rand.Uint32()), "?"),
 		topic:     cfg.CheckpointTopic,
 		maxEvents: cmp.Or(cfg.TransactionMaxEvents, 1000),
 		linger:    cmp.Or(cfg.TransactionLinger, 100*time.Millisecond),
