@@ -388,11 +388,19 @@ func (p *relayProc) thaw() { p.cmd.Process.Signal(syscall.SIGCONT) }
 // killWithReplayDue SIGKILLs the relay and reports whether its successor
 // must publish something again: whether a row the broker delivered (whose
 // commit LSN is the highest of delivered()) lies at or after the slot's
-// final position, read once the killed relay's walsender is gone. A test
-// that needs a replay repeats the kill until this holds, rather than
+// final position, read once the killed relay's walsender is gone. The
+// relay is frozen first, so that it confirms nothing more while the
+// consumer catches up with what the broker holds: a relay that reports its
+// position within milliseconds is otherwise always ahead of a consumer. A
+// test that needs a replay repeats the kill until this holds, rather than
 // hoping the relay was slower than its consumer.
 func (e *env) killWithReplayDue(p *relayProc, delivered func() uint64) bool {
 	e.t.Helper()
+	p.freeze()
+	slot := e.slotLSN()
+	for deadline := time.Now().Add(10 * time.Second); delivered() < slot && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	p.kill()
 	eventually(e.t, time.Minute, func() error {
 		if active, pid := e.slotActive(); active {

@@ -41,8 +41,14 @@ CREATE TABLE IF NOT EXISTS relay.backfill (
     done        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (slot_name, table_name)
 );
+CREATE TABLE IF NOT EXISTS relay.slot_position (
+    slot_name     text        PRIMARY KEY,
+    confirmed_lsn pg_lsn      NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+);
 GRANT USAGE ON SCHEMA relay TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.backfill TO relay;
+GRANT SELECT, INSERT, UPDATE ON relay.slot_position TO relay;
 
 -- With RELAY_CLEANUP=after-publish the relay deletes published rows:
 -- GRANT DELETE ON public.outbox TO relay;

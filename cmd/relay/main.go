@@ -172,6 +172,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		ConnString: cfg.DatabaseURL,
 		Slot:       cfg.Slot,
 		Heartbeat:  cfg.HeartbeatInterval,
+		Position:   src.Confirmed,
 		Metrics:    m,
 		Logger:     log,
 	})

@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS relay.backfill (
     last_key    text[],
     done        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (slot_name, table_name)
+);
+CREATE TABLE IF NOT EXISTS relay.slot_position (
+    slot_name     text        PRIMARY KEY,
+    confirmed_lsn pg_lsn      NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now()
 );`
 
 // backfillState is a table's progress.

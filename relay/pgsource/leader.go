@@ -8,10 +8,15 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
+
+// recordEvery is how often the leader writes the confirmed position to
+// relay.slot_position when it moved.
+const recordEvery = 250 * time.Millisecond
 
 // LeaderConfig configures a Leader.
 type LeaderConfig struct {
@@ -25,9 +30,13 @@ type LeaderConfig struct {
 	// confirm when only other databases write. 0 disables it.
 	Heartbeat time.Duration
 	// Poll is how often a standby tries the lock. Default 1s.
-	Poll    time.Duration
-	Metrics *metrics.Metrics
-	Logger  *slog.Logger
+	Poll time.Duration
+	// Position, when set, is the position the relay last confirmed to
+	// PostgreSQL (Source.Confirmed), which the leader keeps in
+	// relay.slot_position (position.go).
+	Position func() relay.LSN
+	Metrics  *metrics.Metrics
+	Logger   *slog.Logger
 }
 
 // Leader is the leader lock: a session-level advisory lock keyed by the
@@ -43,6 +52,10 @@ type Leader struct {
 	conn *pgx.Conn
 	// systemID and database identify the stream (Stream).
 	systemID, database string
+	// recorded is the position last written to relay.slot_position;
+	// recording is false once the table turned out unusable.
+	recorded  relay.LSN
+	recording bool
 }
 
 // NewLeader returns a Leader; Acquire connects.
@@ -99,6 +112,13 @@ func (l *Leader) Acquire(ctx context.Context, waiting func(reason string)) error
 		if got {
 			l.cfg.Metrics.Leader(true)
 			l.log.Info("leader lock acquired: this relay streams", "slot", l.cfg.Slot)
+			l.recorded, l.recording = 0, l.cfg.Position != nil
+			if l.recording {
+				if err := l.ensurePositionTable(ctx); err != nil {
+					l.recording = false
+					l.log.Warn("cannot keep a durable position record; after a PostgreSQL crash a restart republishes from the slot's last saved position", "error", err)
+				}
+			}
 			return nil
 		}
 		holder := l.holder(ctx, key)
@@ -143,6 +163,10 @@ func (l *Leader) holder(ctx context.Context, key int64) string {
 func (l *Leader) Hold(ctx context.Context) error {
 	check := time.NewTicker(2 * time.Second)
 	defer check.Stop()
+	// A few hundred milliseconds bound what a PostgreSQL crash republishes
+	// (position.go) for one small write each.
+	record := time.NewTicker(recordEvery)
+	defer record.Stop()
 	var beat <-chan time.Time
 	if l.cfg.Heartbeat > 0 {
 		t := time.NewTicker(l.cfg.Heartbeat)
@@ -170,6 +194,29 @@ func (l *Leader) Hold(ctx context.Context) error {
 			if retained != nil {
 				l.cfg.Metrics.RetainedWAL(*retained)
 			}
+		case <-record.C:
+			if !l.recording {
+				continue
+			}
+			lsn := l.cfg.Position()
+			if lsn <= l.recorded {
+				continue
+			}
+			if err := l.recordPosition(ctx, lsn); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				var pgErr *pgconn.PgError
+				if !errors.As(err, &pgErr) {
+					return fmt.Errorf("record the confirmed position on the leader lock's connection: %w", err)
+				}
+				// The server refused the write (a revoked grant, a dropped
+				// table): the record only spares duplicates, so go without.
+				l.recording = false
+				l.log.Warn("cannot keep a durable position record any more; after a PostgreSQL crash a restart republishes from the slot's last saved position", "error", err)
+				continue
+			}
+			l.recorded = lsn
 		case <-beat:
 			// Non-transactional: it is in the WAL at once, costs no
 			// transaction id, and pgoutput does not send it to a client

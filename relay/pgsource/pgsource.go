@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -92,6 +93,8 @@ type Source struct {
 	slotSeen bool
 	// streaming is read by readiness checks from other goroutines.
 	streaming chan bool
+	// confirmed is the last position reported to PostgreSQL (Confirmed).
+	confirmed atomic.Uint64
 }
 
 // New returns a Source; it connects only when streaming.
@@ -162,16 +165,24 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 		return classify(fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err))
 	}
 	s.log.Info("streaming", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from_lsn", slot.confirmed.String())
+	start := slot.confirmed
+	if slot.recorded > slot.confirmed {
+		// The slot lost its position (a PostgreSQL crash): what lies
+		// before the record was confirmed by the brokers already.
+		s.log.Info("skipping what the durable position record says the brokers confirmed", "slot_lsn", slot.confirmed.String(), "recorded_lsn", slot.recorded.String())
+		start = slot.recorded
+	}
 	s.setStreaming(true)
 	defer s.setStreaming(false)
 
 	st := &stream{
-		src:      s,
-		conn:     repl,
-		out:      out,
-		tr:       tr,
-		rels:     make(map[uint32]*relation),
-		start:    slot.confirmed,
+		src:  s,
+		conn: repl,
+		out:  out,
+		tr:   tr,
+		rels: make(map[uint32]*relation),
+		// Reported at the first tick: the record's position is safe.
+		start:    start,
 		sent:     slot.confirmed,
 		sentAt:   time.Now(),
 		closeOut: closeOut,
@@ -322,6 +333,7 @@ func (st *stream) status(now time.Time, force bool) error {
 		return fmt.Errorf("send standby status: %w", err)
 	}
 	st.sent, st.sentAt = safe, now
+	st.src.confirmed.Store(uint64(safe))
 	st.src.cfg.Metrics.Positions(uint64(safe), uint64(st.walEnd))
 	return nil
 }
@@ -501,6 +513,12 @@ func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 // emit admits ev into the in-flight window, waiting while it is full, and
 // hands it on.
 func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
+	if ev.CommitLSN < st.start {
+		// Its transaction's commit record starts before a position
+		// already confirmed: PostgreSQL replays it only because the slot
+		// lost that position in a crash (position.go).
+		return nil
+	}
 	for !st.tr.Add(ev) {
 		timer := time.NewTimer(tick)
 		select {

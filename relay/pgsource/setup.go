@@ -21,6 +21,8 @@ const (
 	codeDuplicateSchema   = "42P06"
 	codeDuplicateObject   = "42710"
 	codeUndefinedObject   = "42704"
+	codeUndefinedTable    = "42P01"
+	codeUndefinedSchema   = "3F000"
 	codeObjectInUse       = "55006"
 	codeInsufficientPriv  = "42501"
 	codeFeatureNotSupport = "0A000"
@@ -52,7 +54,10 @@ func (t Table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize
 // slotInfo is what the source needs to know about its replication slot.
 type slotInfo struct {
 	confirmed relay.LSN
-	created   bool
+	// recorded is the durable position record (position.go), which can be
+	// ahead of confirmed after a PostgreSQL crash.
+	recorded relay.LSN
+	created  bool
 	// snapshot is the exported snapshot of a slot just created for a
 	// backfill; backfill lists the tables still to backfill, after base rows.
 	snapshot string
@@ -83,8 +88,14 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 		return slotInfo{}, err
 	}
 	slot, err := s.ensureSlot(ctx, conn, repl)
-	if err != nil || s.cfg.Snapshot != SnapshotInitial {
+	if err != nil {
 		return slot, err
+	}
+	if !slot.created {
+		slot.recorded = s.recordedPosition(ctx, conn)
+	}
+	if s.cfg.Snapshot != SnapshotInitial {
+		return slot, nil
 	}
 	slot.backfill, slot.base, err = s.pendingBackfill(ctx, conn)
 	return slot, err
