@@ -21,14 +21,17 @@ docker:
 	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
 ## deps: install the services tests and the demo start (PostgreSQL, RabbitMQ)
-## and, for the tests, TEST_TOOLS (Debian package = command): kcat, the
-## command-line client of librdkafka, the Kafka tests' second reader
-test integration: TEST_TOOLS := kcat
+## and, for the tests, TEST_TOOLS (Debian package, or package:command when
+## the names differ): kcat, the command-line client of librdkafka, the Kafka
+## tests' second reader; promtool, which unit-tests the alert rules
+## (cmd/relay/alerts_test.go)
+integration: TEST_TOOLS := kcat
+test: TEST_TOOLS := kcat prometheus:promtool
 deps:
 	@missing=""; \
 	[ -n "$(PG_BIN)" ] || missing="$$missing postgresql"; \
 	[ -n "$(RABBIT)" ] || missing="$$missing rabbitmq-server"; \
-	for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in $(TEST_TOOLS); do command -v $${tool#*:} >/dev/null || missing="$$missing $${tool%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing:$$missing"; \

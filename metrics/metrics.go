@@ -28,6 +28,7 @@ type Metrics struct {
 	walEnd          prometheus.Gauge
 	lagBytes        prometheus.Gauge
 	retainedWAL     prometheus.Gauge
+	safeWAL         prometheus.Gauge
 	commitToAck     prometheus.Histogram
 	transactions    prometheus.Counter
 	lastPublish     prometheus.Gauge
@@ -79,6 +80,10 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 			Name: "relay_slot_retained_wal_bytes",
 			Help: "WAL the slot holds back (pg_current_wal_lsn() - restart_lsn, from pg_replication_slots).",
 		}),
+		safeWAL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "relay_slot_safe_wal_bytes",
+			Help: "WAL PostgreSQL may still write before the slot passes max_slot_wal_keep_size and is invalidated (pg_replication_slots.safe_wal_size); -1 when max_slot_wal_keep_size is unlimited.",
+		}),
 		commitToAck: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "relay_commit_to_ack_seconds",
 			Help:    "Time from the source transaction's commit to the broker's acknowledgement of its event.",
@@ -113,6 +118,8 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 			Help: "Headers-column keys left out of a message because they would repeat or forge a header the relay sets itself, by key.",
 		}, []string{"header"}),
 	}
+	// Unknown until the leader reads it, and 0 would mean "about to be lost".
+	m.safeWAL.Set(-1)
 	reg.MustRegister(m.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -121,7 +128,7 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.published, m.publishErrors, m.retries, m.inFlight, m.deadLettered,
-		m.confirmedLSN, m.walEnd, m.lagBytes, m.retainedWAL, m.commitToAck,
+		m.confirmedLSN, m.walEnd, m.lagBytes, m.retainedWAL, m.safeWAL, m.commitToAck,
 		m.transactions, m.lastPublish, m.leader, m.heartbeats, m.blocked,
 		m.sessionRestarts, m.headersDropped,
 	}
@@ -249,6 +256,15 @@ func (m *Metrics) RetainedWAL(bytes int64) {
 		return
 	}
 	m.retainedWAL.Set(float64(bytes))
+}
+
+// SafeWAL records what may still be written before the slot is
+// invalidated; -1 for no limit.
+func (m *Metrics) SafeWAL(bytes int64) {
+	if m == nil {
+		return
+	}
+	m.safeWAL.Set(float64(bytes))
 }
 
 // Transaction counts a streamed source transaction.

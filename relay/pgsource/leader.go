@@ -178,10 +178,11 @@ func (l *Leader) Hold(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-check.C:
-			var retained *int64
+			// safe_wal_size is NULL without max_slot_wal_keep_size.
+			var retained, safe *int64
 			err := l.conn.QueryRow(ctx, `
-				SELECT (pg_current_wal_lsn() - restart_lsn)::bigint
-				FROM pg_replication_slots WHERE slot_name = $1`, l.cfg.Slot).Scan(&retained)
+				SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, safe_wal_size
+				FROM pg_replication_slots WHERE slot_name = $1`, l.cfg.Slot).Scan(&retained, &safe)
 			if errors.Is(err, pgx.ErrNoRows) {
 				continue // not created yet, or gone: the source says which
 			}
@@ -193,6 +194,11 @@ func (l *Leader) Hold(ctx context.Context) error {
 			}
 			if retained != nil {
 				l.cfg.Metrics.RetainedWAL(*retained)
+			}
+			if safe != nil {
+				l.cfg.Metrics.SafeWAL(*safe)
+			} else {
+				l.cfg.Metrics.SafeWAL(-1)
 			}
 		case <-record.C:
 			if !l.recording {
