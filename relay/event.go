@@ -44,6 +44,10 @@ type Event struct {
 	DeadLetter string
 	// Destination is set by the sink: the exchange or topic the event went to.
 	Destination string
+	// Replay, when set, is the id of the `relay replay` that publishes
+	// the row again; sinks send it in the x-relay-replay header, so that
+	// consumers can tell a replayed message from the first delivery.
+	Replay string
 	// OmittedPayload is, in a dead letter, the size of the payload left
 	// out because the broker refused the row for it; sinks say so in the
 	// x-relay-payload-omitted header.

@@ -29,8 +29,9 @@ GRANT USAGE ON SCHEMA public TO relay;
 GRANT SELECT ON public.outbox TO relay;
 CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert');
 
--- The initial backfill's progress (RELAY_SNAPSHOT=initial): the relay reads
--- and writes its own small table; schema/relay_state.sql has the same DDL.
+-- The relay's own small tables (schema/relay_state.sql has the same DDL):
+-- the initial backfill's progress (RELAY_SNAPSHOT=initial), the confirmed
+-- position and the progress of `relay replay`; it reads and writes them.
 CREATE SCHEMA IF NOT EXISTS relay;
 CREATE TABLE IF NOT EXISTS relay.backfill (
     slot_name   text    NOT NULL,
@@ -46,9 +47,23 @@ CREATE TABLE IF NOT EXISTS relay.slot_position (
     confirmed_lsn pg_lsn      NOT NULL,
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS relay.replay (
+    replay_id   text        NOT NULL,
+    table_name  text        NOT NULL,
+    selection   jsonb       NOT NULL,
+    rows_done   bigint      NOT NULL DEFAULT 0,
+    last_key    text[],
+    done        boolean     NOT NULL DEFAULT false,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replay_id, table_name)
+);
 GRANT USAGE ON SCHEMA relay TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.backfill TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.slot_position TO relay;
+-- `relay replay` records its progress here, so that an interrupted replay
+-- resumes (--resume).
+GRANT SELECT, INSERT, UPDATE ON relay.replay TO relay;
 
--- With RELAY_CLEANUP=after-publish the relay deletes published rows:
+-- With RELAY_CLEANUP=after-publish or retain the relay deletes published rows:
 -- GRANT DELETE ON public.outbox TO relay;

@@ -81,12 +81,16 @@ type config struct {
 	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
 	Snapshot          string        `env:"RELAY_SNAPSHOT" envDefault:"initial" help:"initial: when the relay creates its slot, publish the rows already in the tables first (progress in relay.backfill, schema/relay_state.sql); never: only rows committed after"`
 	MessagePrefix     string        `env:"RELAY_MESSAGE_PREFIX" envDefault:"outbox" help:"prefix of transactional pg_logical_emit_message messages published as events (table-less outbox, schema/outbox_emit.sql); empty: off"`
-	Cleanup           string        `env:"RELAY_CLEANUP" help:"after-publish: delete each outbox row once the broker confirmed it, in batches off the hot path (the role needs DELETE); empty: the relay never writes the tables"`
+	Cleanup           string        `env:"RELAY_CLEANUP" help:"after-publish: delete each outbox row once the broker confirmed it, in batches off the hot path; retain: delete confirmed rows once their created_at is older than RELAY_RETENTION, so that relay replay can publish them again until then (the role needs DELETE); empty: the relay never writes the tables"`
+	Retention         time.Duration `env:"RELAY_RETENTION" help:"with RELAY_CLEANUP=retain (and only then, required): how long confirmed rows stay in the tables, by their created_at, e.g. 168h"`
 	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
 
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
 	LogFormat string `env:"RELAY_LOG_FORMAT" envDefault:"json" help:"json or text"`
 	HTTPAddr  string `env:"RELAY_HTTP_ADDR" envDefault:":8080" help:"address of the HTTP server for /healthz, /readyz and /metrics; empty disables it"`
+
+	// retentionSet tells a RELAY_RETENTION given as 0 from one not given.
+	retentionSet bool
 
 	// perTable holds the per-table variables (tables.go), by table and
 	// the global variable each overrides; env does not read them, as
@@ -120,6 +124,7 @@ func loadConfig(environ map[string]string) (config, error) {
 	if v, ok := environ["RELAY_HTTP_ADDR"]; ok && v == "" {
 		cfg.HTTPAddr = ""
 	}
+	cfg.retentionSet = environ["RELAY_RETENTION"] != ""
 	bad = append(bad, cfg.readSecretFiles()...)
 	bad = append(bad, cfg.readTableVariables(environ)...)
 	reported := map[string]bool{}
@@ -243,8 +248,27 @@ func (c *config) validate() []string {
 	if c.Snapshot != pgsource.SnapshotInitial && c.Snapshot != pgsource.SnapshotNever {
 		add("RELAY_SNAPSHOT", "%q: want initial or never", c.Snapshot)
 	}
-	if c.Cleanup != "" && c.Cleanup != "after-publish" {
-		add("RELAY_CLEANUP", "%q: want after-publish or empty", c.Cleanup)
+	switch c.Cleanup {
+	case "", "after-publish":
+		if c.retentionSet {
+			add("RELAY_RETENTION", "%s: only with RELAY_CLEANUP=retain, which deletes rows by age (RELAY_CLEANUP is %q)", c.Retention, c.Cleanup)
+		}
+	case "retain":
+		switch {
+		case !c.retentionSet:
+			add("RELAY_RETENTION", "required with RELAY_CLEANUP=retain: how long confirmed rows stay, e.g. 168h")
+		case c.Retention <= 0:
+			add("RELAY_RETENTION", "%s: must be positive", c.Retention)
+		}
+		// The age of a row is its created_at: a table without one
+		// would never be cleaned.
+		for _, t := range c.tables() {
+			if tc := c.forTable(t); tc.columns().CreatedAt == "" {
+				add(c.variableFor(t, "RELAY_COLUMN_CREATED_AT"), "required with RELAY_CLEANUP=retain, which deletes rows of %s by the age this column gives (the %s preset names none)", t, tc.ColumnPreset)
+			}
+		}
+	default:
+		add("RELAY_CLEANUP", "%q: want after-publish, retain or empty", c.Cleanup)
 	}
 	if c.BlockedRetry < 100*time.Millisecond {
 		add("RELAY_BLOCKED_RETRY_INTERVAL", "%s: must be at least 100ms", c.BlockedRetry)
@@ -528,6 +552,8 @@ Usage:
                    print each problem with its fix; exit 1 if any blocks the relay
   relay status     print the slot's confirmed position, lag, retained WAL and
                    which session holds the leader lock
+  relay replay     publish rows still in the outbox tables again, selected by
+                   the flags below, beside the running relay; resumable
   relay version    print the version
   relay --help     print this help
 
@@ -545,6 +571,10 @@ Configuration is read from the environment only:
 	}
 	tw.Flush()
 	printTableHelp(w)
+	fmt.Fprint(w, `
+relay replay flags (the configuration is the relay's; see README, Replay and retention):
+`)
+	printReplayFlags(w)
 	fmt.Fprint(w, `
 GOMAXPROCS: the relay runs its Go code on one core unless GOMAXPROCS is set
 (the stream is capped by PostgreSQL's single-threaded decoding; see

@@ -233,6 +233,25 @@ func TestLoadConfigValid(t *testing.T) {
 			name: "slot at 63 characters",
 			env:  envWith("RELAY_SLOT", "_"+strings.Repeat("a", 62), "RELAY_PUBLICATION", "pub_2"),
 		},
+		{
+			name: "cleanup after publish",
+			env:  envWith("RELAY_CLEANUP", "after-publish"),
+		},
+		{
+			name: "retain a week",
+			env:  envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "168h"),
+			check: func(t *testing.T, c config) {
+				if c.Cleanup != "retain" || c.Retention != 168*time.Hour {
+					t.Errorf("cleanup %q, retention %s", c.Cleanup, c.Retention)
+				}
+			},
+		},
+		{
+			// The retention counts from the created_at column, which
+			// the debezium preset does not name: naming one is enough.
+			name: "retain with a debezium table and its timestamp column",
+			env:  envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "1h", "RELAY_COLUMN_PRESET", "debezium", "RELAY_COLUMN_CREATED_AT", "ts"),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -305,6 +324,17 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{name: "log format", env: envWith("RELAY_LOG_FORMAT", "logfmt"), want: []string{"RELAY_LOG_FORMAT"}},
 		{name: "log level", env: envWith("RELAY_LOG_LEVEL", "verbose"), want: []string{"RELAY_LOG_LEVEL"}},
 		{name: "http address without port", env: envWith("RELAY_HTTP_ADDR", "localhost"), want: []string{"RELAY_HTTP_ADDR"}},
+		{name: "unknown cleanup", env: envWith("RELAY_CLEANUP", "sometimes"), want: []string{"RELAY_CLEANUP"}},
+		{name: "retention without retain", env: envWith("RELAY_RETENTION", "168h"), want: []string{"RELAY_RETENTION"}},
+		{name: "retention with after-publish", env: envWith("RELAY_CLEANUP", "after-publish", "RELAY_RETENTION", "1h"), want: []string{"RELAY_RETENTION"}},
+		{name: "retain without a retention", env: envWith("RELAY_CLEANUP", "retain"), want: []string{"RELAY_RETENTION"}},
+		{name: "retention zero", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "0s"), want: []string{"RELAY_RETENTION"}},
+		{name: "retention negative", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "-1h"), want: []string{"RELAY_RETENTION"}},
+		{name: "retention without unit", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "168"), want: []string{"RELAY_RETENTION"}},
+		{name: "retention in days", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "7d"), want: []string{"RELAY_RETENTION"}},
+		{name: "retain without a timestamp column", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "1h", "RELAY_COLUMN_PRESET", "debezium"), want: []string{"RELAY_COLUMN_CREATED_AT"}},
+		{name: "retain with a table without a timestamp column", env: envWith("RELAY_CLEANUP", "retain", "RELAY_RETENTION", "1h", "RELAY_TABLES", "public.outbox,billing.outbox",
+			"RELAY_TABLE_BILLING_OUTBOX_COLUMN_PRESET", "debezium"), want: []string{"RELAY_TABLE_BILLING_OUTBOX_COLUMN_CREATED_AT"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -59,6 +59,8 @@ func run(args []string, environ map[string]string, stdout, stderr io.Writer) int
 			return runCheck(environ, stdout, stderr)
 		case "status":
 			return runStatus(environ, stdout, stderr)
+		case "replay":
+			return runReplay(args[1:], environ, stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "relay: unknown argument %q; see relay --help\n", args[0])
 			return 2
@@ -212,6 +214,9 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 
 var errLostLeadership = errors.New("lost the leader lock")
 
+// errCleanup stops the relay when RELAY_CLEANUP cannot work as configured.
+var errCleanup = errors.New("cleanup")
+
 // lead streams while this relay holds the leader lock. The sink is created
 // here, not before: a standby must not connect as a producer (an
 // exactly-once one would fence the leader's transactions).
@@ -249,7 +254,8 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 	}()
 
 	var onPublished func(*relay.Event)
-	if cfg.Cleanup != "" {
+	switch cfg.Cleanup {
+	case "after-publish":
 		cleaner := pgsource.NewCleaner(cfg.DatabaseURL, cfg.columns(), cfg.tableColumns(), log)
 		onPublished = cleaner.Published
 		cleaned := make(chan struct{})
@@ -258,6 +264,25 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 			cleaner.Run(ctx)
 		}()
 		defer func() { cancel(nil); <-cleaned }()
+	case "retain":
+		retainer := pgsource.NewRetainer(pgsource.RetainConfig{
+			ConnString:   cfg.DatabaseURL,
+			Slot:         cfg.Slot,
+			Tables:       cfg.tables(),
+			Columns:      cfg.columns(),
+			TableColumns: cfg.tableColumns(),
+			Retention:    cfg.Retention,
+			Logger:       log,
+		})
+		retained := make(chan struct{})
+		go func() {
+			defer close(retained)
+			// Only what no retry fixes comes back: it stops the relay.
+			if err := retainer.Run(ctx); err != nil {
+				cancel(fmt.Errorf("%w: %w", errCleanup, err))
+			}
+		}()
+		defer func() { cancel(nil); <-retained }()
 	}
 	r := relay.New(relay.Config{
 		Source:           src,
@@ -275,7 +300,7 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 	go func() { runErr <- r.Run(ctx) }()
 	select {
 	case err := <-runErr:
-		if cause := context.Cause(ctx); errors.Is(cause, errLostLeadership) {
+		if cause := context.Cause(ctx); errors.Is(cause, errLostLeadership) || errors.Is(cause, errCleanup) {
 			return cause
 		}
 		return err

@@ -47,6 +47,17 @@ CREATE TABLE IF NOT EXISTS relay.slot_position (
     slot_name     text        PRIMARY KEY,
     confirmed_lsn pg_lsn      NOT NULL,
     updated_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS relay.replay (
+    replay_id   text        NOT NULL,
+    table_name  text        NOT NULL,
+    selection   jsonb       NOT NULL,
+    rows_done   bigint      NOT NULL DEFAULT 0,
+    last_key    text[],
+    done        boolean     NOT NULL DEFAULT false,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replay_id, table_name)
 );`
 
 // backfillState is a table's progress.
@@ -205,8 +216,15 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	// Keyset pagination in insertion order: created_at, then the row's
 	// physical position, which follows insertion for an insert-only table
 	// and, unlike a uuid id, orders the rows of one transaction. The
-	// ctid is read as one more column, after the table's.
-	selects := make([]string, len(cols), len(cols)+1)
+	// ctid is read as one more column, after the table's. Partitions
+	// number their positions each on its own, so in a partitioned table
+	// the partition (tableoid) comes before the position: rows of one
+	// created_at are read partition by partition.
+	partitioned, err := isPartitioned(ctx, tx, st.table)
+	if err != nil {
+		return err
+	}
+	selects := make([]string, len(cols), len(cols)+2)
 	// Aliased: ORDER BY resolves a bare name to an output column first,
 	// and would sort ctid's text form. Not cast to text: the result is
 	// read in text format, which is each type's output function, as
@@ -215,15 +233,28 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	for i, c := range cols {
 		selects[i] = fmt.Sprintf("%s AS c%d", pgx.Identifier{c.name}.Sanitize(), i)
 	}
-	selects = append(selects, "ctid::text AS row_position")
 	var keyCols, keyArgs []string
 	if rel.createdAt >= 0 {
 		// A NULL would make the row comparison unknown and skip rows.
 		keyCols = append(keyCols, "coalesce("+pgx.Identifier{cols[rel.createdAt].name}.Sanitize()+", '-infinity')")
 		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::%s", len(keyArgs)+1, typeNames[rel.createdAt]))
 	}
+	if partitioned {
+		selects = append(selects, "tableoid::oid::text AS row_partition")
+		keyCols = append(keyCols, "tableoid")
+		keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::oid", len(keyArgs)+1))
+	}
+	selects = append(selects, "ctid::text AS row_position")
 	keyCols = append(keyCols, "ctid")
 	keyArgs = append(keyArgs, fmt.Sprintf("$%d::text::tid", len(keyArgs)+1))
+	if st.lastKey != nil && len(st.lastKey) != len(keyArgs) {
+		// Recorded for another layout (the table was partitioned since):
+		// starting over publishes rows again, never skips one.
+		s.log.Warn("the recorded backfill position does not fit the table; backfilling it from the start", "table", st.table.String())
+		st.lastKey = nil
+	}
+	// The key columns read after the table's.
+	extra := len(selects) - len(cols)
 	order := strings.Join(keyCols, ", ")
 	base := "SELECT " + strings.Join(selects, ", ") + " FROM " + st.table.ident()
 	for {
@@ -243,9 +274,8 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 		var last []string
 		for rows.Next() {
 			raw := rows.RawValues()
-			ctid := string(raw[len(raw)-1])
-			raw = raw[:len(raw)-1]
-			values := copyValues(raw)
+			position := raw[len(raw)-extra:]
+			values := copyValues(raw[:len(raw)-extra])
 			ev, err := rel.event(values)
 			if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
 				rows.Close()
@@ -269,7 +299,9 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 					last = append(last, "-infinity")
 				}
 			}
-			last = append(last, ctid)
+			for _, v := range position {
+				last = append(last, string(v))
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -320,6 +352,15 @@ func copyValues(raw [][]byte) [][]byte {
 		}
 	}
 	return values
+}
+
+// isPartitioned reports whether t is a partitioned table.
+func isPartitioned(ctx context.Context, tx pgx.Tx, t Table) (bool, error) {
+	var partitioned bool
+	if err := tx.QueryRow(ctx, "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::regclass", t.ident()).Scan(&partitioned); err != nil {
+		return false, fmt.Errorf("read the kind of %s: %w", t, err)
+	}
+	return partitioned, nil
 }
 
 // tableColumns reads a table's columns with their types, in order.

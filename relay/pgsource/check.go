@@ -110,6 +110,15 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 		add(tableFindings(t, tf, srv.user, cfg.columnsOf(t), cfg.templatesOf(t), cfg.variableOf(t))...)
 	}
 
+	for _, t := range cfg.Tables {
+		for _, outer := range cfg.Tables {
+			if tf := tables[outer]; tf != nil && slices.Contains(tf.partitions, t) {
+				add(fail("table "+t.String(), fmt.Sprintf("is a partition of %s, which RELAY_TABLES lists too; the relay refuses to start", outer),
+					fmt.Sprintf("list only %s in RELAY_TABLES: a partitioned table is one outbox", outer)))
+			}
+		}
+	}
+
 	pub, err := readPublication(ctx, conn, cfg.Publication)
 	if err != nil {
 		add(fail("publication "+cfg.Publication, fmt.Sprintf("cannot read pg_publication: %v", err), ""))
@@ -239,6 +248,11 @@ type tableFacts struct {
 	schemaUsage bool
 	owner       bool // the role is, or is a member of, the table's owner
 	cols        []tableColumn
+	// partitions are a partitioned table's partitions, sub-partitions
+	// included, and leaves how many of them hold rows (are not
+	// partitioned themselves).
+	partitions []Table
+	leaves     int
 }
 
 type tableColumn struct {
@@ -274,6 +288,26 @@ func readTable(ctx context.Context, conn *pgx.Conn, t Table) (*tableFacts, error
 		var c tableColumn
 		err := r.Scan(&c.name, &c.typ, &c.typeName, &c.notNull)
 		return c, err
+	})
+	if err != nil || tf.kind != 'p' {
+		return tf, err
+	}
+	rows, err = conn.Query(ctx, `
+		SELECT n.nspname, c.relname, p.isleaf
+		FROM pg_partition_tree($1::oid::regclass) p
+		JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.relid <> $1::oid::regclass`, oid)
+	if err != nil {
+		return nil, err
+	}
+	var part Table
+	var leaf bool
+	_, err = pgx.ForEachRow(rows, []any{&part.Schema, &part.Name, &leaf}, func() error {
+		tf.partitions = append(tf.partitions, part)
+		if leaf {
+			tf.leaves++
+		}
+		return nil
 	})
 	return tf, err
 }
@@ -394,7 +428,12 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 			}
 		}
 	}
-	return append([]relay.Finding{ok(check, "columns "+strings.Join(shown, ", "))}, out...)
+	detail := "columns " + strings.Join(shown, ", ")
+	if tf.kind == 'p' {
+		// Rows of every partition are this table's events.
+		detail = fmt.Sprintf("partitioned, %d partitions holding rows, one outbox; %s", tf.leaves, detail)
+	}
+	return append([]relay.Finding{ok(check, detail)}, out...)
 }
 
 // columnTypeFindings checks that a mapped column's type is one the decoder
@@ -435,7 +474,13 @@ type pubFacts struct {
 	exists, allTables             bool
 	insert, update, delete, trunc bool
 	owner                         bool // the role owns it, so it may add tables
-	tables                        []pubTable
+	viaRoot                       bool // publish_via_partition_root
+	// tables are what pg_publication_tables lists: a partitioned table
+	// as its leaf partitions unless viaRoot. listed are the tables the
+	// publication names itself and schemas its FOR TABLES IN SCHEMA.
+	tables  []pubTable
+	listed  []Table
+	schemas []string
 }
 
 type pubTable struct {
@@ -447,8 +492,8 @@ type pubTable struct {
 func readPublication(ctx context.Context, conn *pgx.Conn, name string) (pubFacts, error) {
 	var p pubFacts
 	err := conn.QueryRow(ctx, `
-		SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pg_has_role(pubowner, 'USAGE')
-		FROM pg_publication WHERE pubname = $1`, name).Scan(&p.allTables, &p.insert, &p.update, &p.delete, &p.trunc, &p.owner)
+		SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pg_has_role(pubowner, 'USAGE'), pubviaroot
+		FROM pg_publication WHERE pubname = $1`, name).Scan(&p.allTables, &p.insert, &p.update, &p.delete, &p.trunc, &p.owner, &p.viaRoot)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return p, nil
 	}
@@ -478,6 +523,32 @@ func readPublication(ctx context.Context, conn *pgx.Conn, name string) (pubFacts
 		}
 		return t, err
 	})
+	if err != nil {
+		return p, err
+	}
+	rows, err = conn.Query(ctx, `
+		SELECT n.nspname, c.relname
+		FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+		JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1`, name)
+	if err != nil {
+		return p, err
+	}
+	p.listed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Table, error) {
+		var t Table
+		err := r.Scan(&t.Schema, &t.Name)
+		return t, err
+	})
+	if err != nil || v < 150000 {
+		return p, err
+	}
+	rows, err = conn.Query(ctx, `
+		SELECT n.nspname FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid
+		JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE p.pubname = $1`, name)
+	if err != nil {
+		return p, err
+	}
+	p.schemas, err = pgx.CollectRows(rows, pgx.RowTo[string])
 	return p, err
 }
 
@@ -489,16 +560,25 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 	ident := pgx.Identifier{name}.Sanitize()
 	idents := make([]string, len(want))
 	ownsAll := true
+	var partitioned []Table
 	for i, t := range want {
 		idents[i] = t.ident()
-		if tf := tables[t]; tf == nil || !tf.owner {
+		tf := tables[t]
+		if tf == nil || !tf.owner {
 			ownsAll = false
 		}
+		if tf != nil && tf.kind == 'p' {
+			partitioned = append(partitioned, t)
+		}
 	}
-	create := fmt.Sprintf("as the owner of the tables: CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert');", ident, strings.Join(idents, ", "))
+	with := "publish = 'insert'"
+	if len(partitioned) > 0 {
+		with += ", publish_via_partition_root = true"
+	}
+	create := fmt.Sprintf("as the owner of the tables: CREATE PUBLICATION %s FOR TABLE %s WITH (%s);", ident, strings.Join(idents, ", "), with)
 	if !p.exists {
 		if srv.superuser || (srv.createInDB && ownsAll) {
-			return []relay.Finding{ok(check, "does not exist; the relay will create it FOR TABLE "+strings.Join(idents, ", ")+" WITH (publish = 'insert')")}
+			return []relay.Finding{ok(check, "does not exist; the relay will create it FOR TABLE "+strings.Join(idents, ", ")+" WITH ("+with+")")}
 		}
 		why := "does not exist, and role " + srv.user + " cannot create it"
 		switch {
@@ -517,24 +597,40 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 	if !p.insert {
 		out = append(out, fail(check, "does not publish inserts", fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert');", ident)))
 	}
+	// The table of RELAY_TABLES that a listed table is, or is a
+	// partition of: its rows are that table's (partition.go).
+	rootOf := func(pt Table) (Table, bool) {
+		if slices.Contains(want, pt) {
+			return pt, true
+		}
+		for _, t := range want {
+			if tf := tables[t]; tf != nil && slices.Contains(tf.partitions, pt) {
+				return t, true
+			}
+		}
+		return Table{}, false
+	}
 	var have []Table
 	for _, pt := range p.tables {
-		have = append(have, pt.Table)
-		if !slices.Contains(want, pt.Table) {
+		root, found := rootOf(pt.Table)
+		if !found {
 			out = append(out, fail(check, fmt.Sprintf("also publishes %s, which is not in RELAY_TABLES; its rows would stop the relay", pt.Table),
 				fmt.Sprintf("add it to RELAY_TABLES or ALTER PUBLICATION %s DROP TABLE %s;", ident, pt.ident())))
 			continue
 		}
+		if !slices.Contains(have, root) {
+			have = append(have, root)
+		}
 		if pt.columns != nil {
 			var lacking []string
-			for _, mc := range mapping(columnsOf(pt.Table)) {
-				if mc.name != "" && !slices.Contains(pt.columns, mc.name) && hasColumn(tables[pt.Table], mc.name) {
+			for _, mc := range mapping(columnsOf(root)) {
+				if mc.name != "" && !slices.Contains(pt.columns, mc.name) && hasColumn(tables[root], mc.name) {
 					lacking = append(lacking, mc.name)
 				}
 			}
 			if len(lacking) > 0 {
 				out = append(out, fail(check, fmt.Sprintf("publishes only columns %s of %s, not %s", strings.Join(pt.columns, ", "), pt.Table, strings.Join(lacking, ", ")),
-					fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s; (every column; list the other tables too)", ident, pt.ident())))
+					fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s; (every column; list the other tables too)", ident, root.ident())))
 			}
 		}
 		if pt.rowFilter != "" {
@@ -544,10 +640,22 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 	}
 	var absent []string
 	for _, t := range want {
+		tf := tables[t]
+		published := slices.Contains(have, t)
+		if tf != nil && tf.kind == 'p' {
+			// Only a publication naming the partitioned table (or its
+			// schema) publishes the partitions attached later; listing
+			// today's does not.
+			published = slices.Contains(p.listed, t) || slices.Contains(p.schemas, t.Schema)
+		}
 		// A table that does not exist has a finding of its own.
-		if tf := tables[t]; !slices.Contains(have, t) && tf != nil && tf.exists {
+		if !published && tf != nil && tf.exists {
 			absent = append(absent, t.ident())
 		}
+	}
+	if len(partitioned) > 1 && !p.viaRoot {
+		out = append(out, warn(check, fmt.Sprintf("sends the rows of the partitioned tables %s under their leaf partitions (no publish_via_partition_root): a partition detached or dropped before the relay read its rows stops it, as nothing then says which table the rows belong to", strings.Join(idents, ", ")),
+			fmt.Sprintf("ALTER PUBLICATION %s SET (publish_via_partition_root = true); or keep partitions attached until the relay has confirmed their rows", ident)))
 	}
 	if len(absent) > 0 {
 		if srv.superuser || (p.owner && ownsAll) {
@@ -577,6 +685,13 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 		}
 		if len(extra) > 0 {
 			detail += " (and " + strings.Join(extra, ", ") + ", which the relay ignores)"
+		}
+		if slices.ContainsFunc(have, func(t Table) bool { return slices.Contains(partitioned, t) }) {
+			if p.viaRoot {
+				detail += "; a partitioned table's rows under its own name (publish_via_partition_root)"
+			} else {
+				detail += "; a partitioned table's rows under its leaf partitions, which the relay takes for the table's"
+			}
 		}
 		out = append(out, ok(check, detail))
 	}

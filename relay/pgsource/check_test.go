@@ -125,6 +125,8 @@ func TestTableFindings(t *testing.T) {
 		{name: "standard", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: StandardColumns,
 			templates: map[string]*relay.Template{"RELAY_AMQP_ROUTING_KEY": tpl(t, "{aggregate_type}.{event_type}")},
 			want:      []wantFinding{{relay.CheckOK, "payload=payload (jsonb)", ""}}},
+		{name: "partitioned", tf: tableFacts{exists: true, kind: 'p', selectPriv: true, schemaUsage: true, cols: outboxColumns(), partitions: []Table{{"public", "outbox_2026"}, {"public", "outbox_2026_a"}, {"public", "outbox_2026_b"}}, leaves: 2}, cols: StandardColumns,
+			want: []wantFinding{{relay.CheckOK, "partitioned, 2 partitions holding rows, one outbox; columns id=id", ""}}},
 		{name: "no select", tf: tableFacts{exists: true, kind: 'r', schemaUsage: true, cols: outboxColumns()}, cols: StandardColumns,
 			want: []wantFinding{{relay.CheckOK, "columns", ""}, {relay.CheckFail, "may not read it", `GRANT SELECT ON "public"."outbox" TO "relay";`}}},
 		{name: "debezium preset on a standard table", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: DebeziumColumns,
@@ -176,6 +178,8 @@ func TestPublicationFindings(t *testing.T) {
 	owner := server{user: "app", createInDB: true}
 	relayRole := server{user: "relay", replication: true}
 	good := pubFacts{exists: true, insert: true, tables: []pubTable{{Table: outbox}}}
+	leaf1, leaf2 := Table{"public", "outbox_1"}, Table{"public", "outbox_2"}
+	partitioned := map[Table]*tableFacts{outbox: {exists: true, kind: 'p', cols: outboxColumns(), partitions: []Table{leaf1, leaf2}, leaves: 2}}
 	tests := []struct {
 		name   string
 		p      pubFacts
@@ -209,6 +213,22 @@ func TestPublicationFindings(t *testing.T) {
 			want: []wantFinding{{relay.CheckFail, "not payload, headers, created_at", "SET TABLE"}}},
 		{name: "row filter", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: outbox, rowFilter: "(aggregate_type = 'order'::text)"}}}, tables: owned, srv: super,
 			want: []wantFinding{{relay.CheckWarn, "where (aggregate_type = 'order'::text)", ""}}},
+		{name: "partitioned, absent", tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckFail, "cannot create it", `FOR TABLE "public"."outbox" WITH (publish = 'insert', publish_via_partition_root = true);`}}},
+		{name: "partitioned, absent, superuser", tables: partitioned, srv: super,
+			want: []wantFinding{{relay.CheckOK, "the relay will create it FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert', publish_via_partition_root = true)", ""}}},
+		{name: "partitioned, rows under the table", p: pubFacts{exists: true, insert: true, viaRoot: true, tables: []pubTable{{Table: outbox}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"; a partitioned table's rows under its own name`, ""}}},
+		{name: "partitioned, rows under the leaves", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"; a partitioned table's rows under its leaf partitions`, ""}}},
+		{name: "partitioned, its schema published", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, schemas: []string{"public"}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"`, ""}}},
+		{name: "partitioned, only today's partitions listed", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []Table{leaf1, leaf2}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckFail, `lacks "public"."outbox"`, `ADD TABLE "public"."outbox";`}}},
+		{name: "partitioned, a leaf without the payload column", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1, columns: []string{"id", "aggregate_type", "aggregate_id", "event_type", "headers", "created_at"}}, {Table: leaf2}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckFail, "of public.outbox_1, not payload", `SET TABLE "public"."outbox";`}}},
+		{name: "partitioned, another partitioned table's leaf", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: other}}, listed: []Table{outbox, other}}, tables: partitioned, srv: relayRole,
+			want: []wantFinding{{relay.CheckFail, "also publishes public.orders", ""}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -140,3 +140,156 @@ func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]s
 	}
 	return nil
 }
+
+// RetainConfig configures a Retainer.
+type RetainConfig struct {
+	ConnString string
+	// Slot is the relay's replication slot, whose confirmed position
+	// decides which rows are confirmed.
+	Slot   string
+	Tables []Table
+	// Columns and TableColumns map the tables' columns, as in Config;
+	// each table's CreatedAt column must be named.
+	Columns      Columns
+	TableColumns map[Table]Columns
+	// Retention is how long a row stays after its created_at.
+	Retention time.Duration
+	// Every is the time between sweeps; default a hundredth of the
+	// retention, at least a second and at most a minute.
+	Every  time.Duration
+	Logger *slog.Logger
+}
+
+// Retainer deletes confirmed outbox rows once their created_at is older
+// than the retention (RELAY_CLEANUP=retain), so that `relay replay` can
+// publish them again until then. It sweeps on a connection of its own,
+// off the replication path, deleting through a partitioned table's parent
+// as through any table.
+//
+// Which rows are confirmed is read from the slot, not from the relay's
+// memory, so that rows confirmed before a restart are deleted too: the
+// slot's catalog_xmin is the oldest transaction that was still running at
+// a WAL position the relay has confirmed, so every transaction with an
+// older id ended before that position, and its rows were confirmed by the
+// broker (or were never published: committed before the slot existed with
+// RELAY_SNAPSHOT=never). A row is deleted when its inserting transaction
+// (xmin) precedes catalog_xmin and its created_at is past the retention. A
+// row the stream is stopped at, and every row committed after it, stays.
+// Nothing is deleted while an initial backfill is unfinished, as its rows
+// predate the slot.
+type Retainer struct {
+	cfg RetainConfig
+	log *slog.Logger
+}
+
+// retainBatch is the most rows one DELETE removes.
+const retainBatch = 1000
+
+// NewRetainer returns a Retainer for cfg.
+func NewRetainer(cfg RetainConfig) *Retainer {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Every <= 0 {
+		cfg.Every = min(max(cfg.Retention/100, time.Second), time.Minute)
+	}
+	return &Retainer{cfg: cfg, log: cfg.Logger.With("component", "cleanup")}
+}
+
+// Run sweeps at once and then every cfg.Every until ctx ends. It returns
+// an error only for what no retry can fix (a table without its created_at
+// column, a role without DELETE on it); anything else is logged and
+// retried at the next sweep.
+func (r *Retainer) Run(ctx context.Context) error {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	checked := map[Table]bool{}
+	tick := time.NewTicker(r.cfg.Every)
+	defer tick.Stop()
+	for {
+		if conn == nil {
+			var err error
+			if conn, err = pgx.Connect(ctx, r.cfg.ConnString); err != nil {
+				conn = nil
+				if ctx.Err() == nil {
+					r.log.Warn("cannot connect to delete rows past the retention; retrying", "error", err)
+				}
+			}
+		}
+		if conn != nil {
+			if err := r.sweep(ctx, conn, checked); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				if relay.IsPermanent(err) {
+					return err
+				}
+				r.log.Warn("deleting rows past the retention failed; retrying", "error", err)
+				conn.Close(context.WithoutCancel(ctx))
+				conn = nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Retainer) sweep(ctx context.Context, conn *pgx.Conn, checked map[Table]bool) error {
+	var pending bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM relay.backfill WHERE slot_name = $1 AND NOT done)`, r.cfg.Slot).Scan(&pending)
+	if err != nil && !isCode(err, codeUndefinedTable) && !isCode(err, codeUndefinedSchema) {
+		return fmt.Errorf("read the backfill state: %w", err)
+	}
+	if pending {
+		return nil
+	}
+	for _, t := range r.cfg.Tables {
+		col := r.cfg.Columns.CreatedAt
+		if m, ok := r.cfg.TableColumns[t]; ok {
+			col = m.CreatedAt
+		}
+		if !checked[t] {
+			var exists bool
+			err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped)`,
+				t.ident(), col).Scan(&exists)
+			if err != nil {
+				return fmt.Errorf("look up %s.%s: %w", t, col, err)
+			}
+			if !exists {
+				return relay.Permanent(fmt.Errorf("RELAY_CLEANUP=retain deletes rows by their created_at, and table %s has no column %q (RELAY_COLUMN_CREATED_AT)", t, col))
+			}
+			checked[t] = true
+		}
+		// The predicate is repeated outside the subquery: rows of other
+		// partitions can share a ctid, and the outer one keeps a delete
+		// to rows it selects on its own.
+		old := fmt.Sprintf(`%s < now() - $1::bigint * interval '1 microsecond'
+			AND age(xmin) > (SELECT age(catalog_xmin) FROM pg_replication_slots WHERE slot_name = $2)`, pgx.Identifier{col}.Sanitize())
+		query := fmt.Sprintf(`DELETE FROM %[1]s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %[1]s WHERE %[2]s LIMIT %[3]d)) AND %[2]s`, t.ident(), old, retainBatch)
+		var deleted int64
+		for {
+			tag, err := conn.Exec(ctx, query, r.cfg.Retention.Microseconds(), r.cfg.Slot)
+			if isCode(err, codeInsufficientPriv) {
+				return relay.Permanent(fmt.Errorf("delete rows of %s past the retention (RELAY_CLEANUP=retain needs DELETE on the table: GRANT DELETE ON %[1]s TO the relay's role): %w", t, err))
+			}
+			if err != nil {
+				return fmt.Errorf("delete rows of %s past the retention: %w", t, err)
+			}
+			deleted += tag.RowsAffected()
+			if tag.RowsAffected() < retainBatch {
+				break
+			}
+		}
+		if deleted > 0 && r.log.Enabled(ctx, slog.LevelDebug) {
+			r.log.Debug("deleted rows past the retention", "table", t.String(), "rows", deleted)
+		}
+	}
+	return nil
+}

@@ -176,11 +176,13 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 	defer s.setStreaming(false)
 
 	st := &stream{
-		src:  s,
-		conn: repl,
-		out:  out,
-		tr:   tr,
-		rels: make(map[uint32]*relation),
+		src:      s,
+		conn:     repl,
+		out:      out,
+		tr:       tr,
+		rels:     make(map[uint32]*relation),
+		parts:    slot.parts,
+		unplaced: make(map[uint32]*errUnplaced),
 		// Reported at the first tick: the record's position is safe.
 		start:    start,
 		sent:     slot.confirmed,
@@ -238,6 +240,10 @@ type stream struct {
 	tr       *relay.Tracker
 	rels     map[uint32]*relation
 	closeOut func()
+	// parts places the relations of Relation messages on outbox tables;
+	// unplaced are those it could not place, whose rows stop the stream.
+	parts    *partitions
+	unplaced map[uint32]*errUnplaced
 
 	start  relay.LSN // the slot's confirmed position; never report less
 	sent   relay.LSN // last position reported
@@ -391,6 +397,9 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		}
 		ev, err := decodeInsert(bytes.Clone(data), st.rels)
 		if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
+			if u := st.unplacedRow(data); ev == nil && u != nil {
+				return relay.Permanent(fmt.Errorf("insert at %s: %w", relay.LSN(walStart), u))
+			}
 			return fmt.Errorf("decode insert at %s: %w", relay.LSN(walStart), err)
 		}
 		ev.CommitLSN, ev.CommitTime, ev.Index = st.commitLSN, st.commitTime, st.index
@@ -414,14 +423,23 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		for i, c := range m.Columns {
 			cols[i] = column{name: c.Name, typ: c.DataType}
 		}
-		if !st.src.published(m.Namespace, m.RelationName) {
-			return relay.Permanent(fmt.Errorf("publication %s streams table %s.%s, which is not in RELAY_TABLES", st.src.cfg.Publication, m.Namespace, m.RelationName))
+		// A leaf partition's rows are its outbox table's (partition.go).
+		named := Table{Schema: m.Namespace, Name: m.RelationName}
+		table, ok, err := st.parts.place(ctx, m.RelationID, named, st.src.cfg.Publication)
+		if err != nil {
+			return err
 		}
-		rel, err := newRelation(m.Namespace, m.RelationName, cols, st.src.cfg.columnsOf(Table{Schema: m.Namespace, Name: m.RelationName}))
+		if !ok {
+			delete(st.rels, m.RelationID)
+			st.unplaced[m.RelationID] = &errUnplaced{rel: named, oid: m.RelationID, publication: st.src.cfg.Publication, partitioned: st.parts.partitioned}
+			return nil
+		}
+		rel, err := newRelation(table.Schema, table.Name, cols, st.src.cfg.columnsOf(table))
 		if err != nil {
 			return relay.Permanent(err)
 		}
 		st.rels[m.RelationID] = rel
+		delete(st.unplaced, m.RelationID)
 	case *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage, *pglogrepl.TruncateMessage:
 		// The relay publishes inserts only; deleting or updating outbox rows
 		// (the insert-and-delete pattern, cleanup) is not an event. A
@@ -435,6 +453,15 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		return fmt.Errorf("unhandled pgoutput message %T at %s", msg, relay.LSN(walStart))
 	}
 	return nil
+}
+
+// unplacedRow returns why the relation of an Insert message (data) could
+// not be placed on an outbox table, or nil.
+func (st *stream) unplacedRow(data []byte) *errUnplaced {
+	if len(data) < 5 {
+		return nil
+	}
+	return st.unplaced[binary.BigEndian.Uint32(data[1:])]
 }
 
 // boundary handles a Begin or a Commit message.
@@ -577,13 +604,4 @@ func (c *Config) columnsOf(t Table) Columns {
 		return m
 	}
 	return c.Columns
-}
-
-func (s *Source) published(schema, name string) bool {
-	for _, t := range s.cfg.Tables {
-		if t.Schema == schema && t.Name == name {
-			return true
-		}
-	}
-	return false
 }

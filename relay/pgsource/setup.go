@@ -63,6 +63,8 @@ type slotInfo struct {
 	snapshot string
 	backfill []backfillState
 	base     int64
+	// parts are the outbox tables' partition trees as the session starts.
+	parts *partitions
 }
 
 // prepare checks the database and creates what is missing: it runs on a
@@ -84,13 +86,18 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 	if err := s.checkTables(ctx, conn); err != nil {
 		return slotInfo{}, err
 	}
-	if err := s.ensurePublication(ctx, conn); err != nil {
+	parts, err := s.loadPartitions(ctx, conn)
+	if err != nil {
+		return slotInfo{}, err
+	}
+	if err := s.ensurePublication(ctx, conn, parts); err != nil {
 		return slotInfo{}, err
 	}
 	slot, err := s.ensureSlot(ctx, conn, repl)
 	if err != nil {
 		return slot, err
 	}
+	slot.parts = parts
 	if !slot.created {
 		slot.recorded = s.recordedPosition(ctx, conn)
 	}
@@ -149,8 +156,9 @@ func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) error {
 // ensurePublication creates the publication, or checks that an existing
 // one publishes inserts of exactly the configured tables, adding any that
 // are missing. A publication with other tables is refused: their rows would
-// arrive and there is nothing correct to do with them.
-func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
+// arrive and there is nothing correct to do with them. The partitions of a
+// partitioned outbox table are its own, however it is published.
+func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn, parts *partitions) error {
 	pub := pgx.Identifier{s.cfg.Publication}.Sanitize()
 	var allTables, inserts bool
 	err := conn.QueryRow(ctx, "SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1", s.cfg.Publication).Scan(&allTables, &inserts)
@@ -159,7 +167,14 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 		for i, t := range s.cfg.Tables {
 			idents[i] = t.ident()
 		}
-		err = createShared(ctx, conn, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish = 'insert')", pub, strings.Join(idents, ", ")))
+		with := "publish = 'insert'"
+		if len(parts.partitioned) > 0 {
+			// Rows then come under the partitioned table, whichever
+			// partition holds them, even one detached or dropped
+			// before the relay read them (partition.go).
+			with += ", publish_via_partition_root = true"
+		}
+		err = createShared(ctx, conn, fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (%s)", pub, strings.Join(idents, ", "), with))
 		switch {
 		case isCreated(err):
 			// Another relay created it meanwhile, perhaps for other
@@ -168,7 +183,7 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 		case err != nil:
 			return classify(fmt.Errorf("create publication %s: %w", s.cfg.Publication, err))
 		default:
-			s.log.Info("created publication", "publication", s.cfg.Publication, "tables", s.tableNames())
+			s.log.Info("created publication", "publication", s.cfg.Publication, "tables", s.tableNames(), "publish_via_partition_root", len(parts.partitioned) > 0)
 			return nil
 		}
 	}
@@ -181,26 +196,62 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 	if !inserts {
 		return relay.Permanent(fmt.Errorf("publication %s does not publish inserts: ALTER PUBLICATION %s SET (publish = 'insert')", s.cfg.Publication, pub))
 	}
-	rows, err := conn.Query(ctx, "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = $1", s.cfg.Publication)
+	// Without publish_via_partition_root a partitioned table is listed as
+	// its leaf partitions.
+	rows, err := conn.Query(ctx, `
+		SELECT c.oid, pt.schemaname, pt.tablename
+		FROM pg_publication_tables pt
+		JOIN pg_namespace n ON n.nspname = pt.schemaname
+		JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+		WHERE pt.pubname = $1`, s.cfg.Publication)
 	if err != nil {
 		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
 	}
-	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Table, error) {
-		var t Table
-		err := r.Scan(&t.Schema, &t.Name)
-		return t, err
+	type published struct {
+		oid uint32
+		Table
+	}
+	have, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (published, error) {
+		var p published
+		err := r.Scan(&p.oid, &p.Schema, &p.Name)
+		return p, err
 	})
 	if err != nil {
 		return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
 	}
-	for _, t := range have {
-		if !slices.Contains(s.cfg.Tables, t) {
-			return relay.Permanent(fmt.Errorf("publication %s also publishes %s, which is not in RELAY_TABLES: add it there or ALTER PUBLICATION %s DROP TABLE %s", s.cfg.Publication, t, pub, t.ident()))
+	var haveTables []Table
+	for _, p := range have {
+		haveTables = append(haveTables, p.Table)
+		if _, ok := parts.rootOf(p.Table); ok {
+			continue
 		}
+		// Perhaps a partition attached since the trees were read.
+		facts, err := parts.lookup(ctx, p.oid)
+		if err != nil {
+			return fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+		}
+		if slices.ContainsFunc(facts.ancestors, func(a Table) bool { return slices.Contains(s.cfg.Tables, a) }) {
+			continue
+		}
+		what, listed := p.String(), p.Table
+		if len(facts.ancestors) > 1 {
+			listed = facts.ancestors[len(facts.ancestors)-1]
+			what += " (a partition of " + listed.String() + ")"
+		}
+		return relay.Permanent(fmt.Errorf("publication %s also publishes %s, which is not in RELAY_TABLES: add it there or ALTER PUBLICATION %s DROP TABLE %s", s.cfg.Publication, what, pub, listed.ident()))
 	}
 	for _, t := range s.cfg.Tables {
-		if slices.Contains(have, t) {
+		if slices.Contains(haveTables, t) {
 			continue
+		}
+		if parts.isPartitioned(t) {
+			member, err := s.publicationLists(ctx, conn, t)
+			if err != nil {
+				return err
+			}
+			if member {
+				continue // published as its partitions
+			}
 		}
 		err := createShared(ctx, conn, fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, t.ident()))
 		if isCreated(err) {
@@ -212,6 +263,26 @@ func (s *Source) ensurePublication(ctx context.Context, conn *pgx.Conn) error {
 		s.log.Info("added table to publication", "publication", s.cfg.Publication, "table", t.String())
 	}
 	return nil
+}
+
+// publicationLists reports whether the publication lists table t itself
+// or its schema (FOR TABLES IN SCHEMA, PostgreSQL 15): what publishes the
+// partitions attached later too, unlike a list of today's partitions.
+func (s *Source) publicationLists(ctx context.Context, conn *pgx.Conn, t Table) (bool, error) {
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return false, fmt.Errorf("read server_version_num: %w", err)
+	}
+	q := `SELECT EXISTS (SELECT FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid WHERE p.pubname = $1 AND r.prrelid = $2::regclass)`
+	if version >= 150000 {
+		q += ` OR EXISTS (SELECT FROM pg_publication_namespace pn JOIN pg_publication p ON p.oid = pn.pnpubid
+			WHERE p.pubname = $1 AND pn.pnnspid = (SELECT relnamespace FROM pg_class WHERE oid = $2::regclass))`
+	}
+	var listed bool
+	if err := conn.QueryRow(ctx, q, s.cfg.Publication, t.ident()).Scan(&listed); err != nil {
+		return false, fmt.Errorf("read publication %s: %w", s.cfg.Publication, err)
+	}
+	return listed, nil
 }
 
 // ensureSlot reuses the slot or creates it. A slot this process has

@@ -1,6 +1,7 @@
 package pgsource
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -144,8 +145,12 @@ func TestSourceTables(t *testing.T) {
 	}{
 		{"public", "outbox", true}, {"sales", "Outbox", true}, {"sales", "outbox", false}, {"public", "Outbox", false}, {"other", "outbox", false},
 	} {
-		if got := s.published(tc.schema, tc.name); got != tc.want {
-			t.Errorf("published(%q, %q) = %v, want %v", tc.schema, tc.name, got, tc.want)
+		// Names are compared as stored, case and all; the catalog knows
+		// nothing of the others here.
+		p := &partitions{tables: s.cfg.Tables, roots: map[uint32]Table{}, lookup: func(context.Context, uint32) (relationFacts, error) { return relationFacts{}, nil }}
+		named := Table{tc.schema, tc.name}
+		if got, ok, err := p.place(t.Context(), 1, named, "pub"); err != nil || ok != tc.want || (ok && got != named) {
+			t.Errorf("place(%s) = %s, %v, %v; want it placed: %v", named, got, ok, err, tc.want)
 		}
 	}
 }

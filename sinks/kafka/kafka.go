@@ -443,6 +443,10 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		n += 4
 		size += len(ev.DeadLetter) + len(ev.Table) + 40
 	}
+	if ev.Replay != "" {
+		n++
+		size += len(ev.Replay)
+	}
 	buf := make([]byte, 0, size)
 	bytesOf := func(s string) []byte {
 		start := len(buf)
@@ -473,6 +477,9 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		kgo.RecordHeader{Key: "aggregate_type", Value: bytesOf(ev.AggregateType)},
 		kgo.RecordHeader{Key: "x-relay-lsn", Value: lsn},
 	)
+	if ev.Replay != "" {
+		headers = append(headers, kgo.RecordHeader{Key: "x-relay-replay", Value: bytesOf(ev.Replay)})
+	}
 	if ev.DeadLetter != "" {
 		headers = append(headers,
 			kgo.RecordHeader{Key: "x-relay-error", Value: bytesOf(ev.DeadLetter)},

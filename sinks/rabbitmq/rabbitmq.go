@@ -507,6 +507,9 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	headers["aggregate_type"] = ev.AggregateType
 	headers["aggregate_id"] = ev.AggregateID
 	headers["x-relay-lsn"] = ev.CommitLSN.String()
+	if ev.Replay != "" {
+		headers["x-relay-replay"] = ev.Replay
+	}
 	if ev.DeadLetter != "" {
 		reason := ev.DeadLetter
 		if len(leftOut) > 0 {
