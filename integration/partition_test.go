@@ -14,9 +14,9 @@ import (
 	"time"
 )
 
-// A partitioned outbox (README, Partitioned outbox tables): one table for
-// the relay, whichever partition holds a row and whatever happens to the
-// partitions meanwhile.
+// A partitioned outbox (docs/outbox-tables.md, Partitioned outbox tables):
+// one table for the relay, whichever partition holds a row and whatever
+// happens to the partitions meanwhile.
 
 // partitionMode is how the partitioned outbox is published.
 type partitionMode struct {
@@ -298,28 +298,32 @@ func TestCleanupOnAPartitionedOutbox(t *testing.T) {
 	t.Logf("%d rows deleted from the partitions; the detached partition kept %d of its %d", len(ids), kept, len(more)+len(after))
 }
 
-// retentionBlock is README's retention block for slot, waiting at most
-// wait seconds for the relay.
+// retentionPage documents partitioned outbox tables and holds the
+// retention block.
+const retentionPage = "../docs/outbox-tables.md"
+
+// retentionBlock is the retention block of retentionPage for slot, waiting
+// at most wait seconds for the relay.
 func retentionBlock(t *testing.T, slot string, wait int) string {
 	t.Helper()
-	readme, err := os.ReadFile("../README.md")
+	page, err := os.ReadFile(retentionPage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	block := regexp.MustCompile(`(?s)-- Retention of public\.outbox.*?END \$\$;`).FindString(string(readme))
+	block := regexp.MustCompile(`(?s)-- Retention of public\.outbox.*?END \$\$;`).FindString(string(page))
 	if block == "" || !strings.Contains(block, "FOR i IN 1..60 LOOP") {
-		t.Fatal("README has no retention block waiting 60 s for the slot outbox_relay")
+		t.Fatalf("%s has no retention block waiting 60 s for the slot outbox_relay", retentionPage)
 	}
 	block = strings.ReplaceAll(block, "'outbox_relay'", "'"+slot+"'")
 	return strings.Replace(block, "1..60", fmt.Sprint(1, "..", wait), 1)
 }
 
-// TestRetentionBlockDropsOnlyDeliveredPartitions runs README's retention
-// block on an outbox partitioned by day (real days: it drops partitions
-// whose range ended over 7 days ago). While the relay is frozen with a
-// row committed but unconfirmed, the block drops nothing and says why;
-// once the relay confirmed it, it drops the partitions older than 7 days
-// and keeps the rest, and every row was delivered.
+// TestRetentionBlockDropsOnlyDeliveredPartitions runs the retention block
+// of docs/outbox-tables.md on an outbox partitioned by day (real days: it
+// drops partitions whose range ended over 7 days ago). While the relay is
+// frozen with a row committed but unconfirmed, the block drops nothing and
+// says why; once the relay confirmed it, it drops the partitions older
+// than 7 days and keeps the rest, and every row was delivered.
 func TestRetentionBlockDropsOnlyDeliveredPartitions(t *testing.T) {
 	e := newEnv(t)
 	today := time.Now().UTC().Truncate(24 * time.Hour)

@@ -2,7 +2,7 @@
 -- outbox.sql, as a superuser (or as the outbox table's owner holding
 -- CREATEROLE and REPLICATION). Change the password, or authenticate the role
 -- with a client certificate (pg_hba.conf "hostssl ... cert" for both the
--- database and "replication"; README, TLS).
+-- database and "replication"; docs/configuration.md, Security).
 --
 -- What the relay does, and what it needs for it:
 --   replication connection, create and drop its slot   REPLICATION

@@ -23,7 +23,7 @@ import (
 )
 
 // config is every setting of the relay. It is the only place with env tags;
-// `relay --help` and README's table are generated from / checked against it.
+// `relay --help` and docs/configuration.md's table are generated from / checked against it.
 type config struct {
 	DatabaseURL     string   `env:"RELAY_DATABASE_URL" required:"true" help:"PostgreSQL URL of the outbox database; the replication connection is derived from it; TLS through sslmode, sslrootcert, sslcert, sslkey (required, or RELAY_DATABASE_URL_FILE)"`
 	DatabaseURLFile string   `env:"RELAY_DATABASE_URL_FILE" help:"file holding RELAY_DATABASE_URL, e.g. a mounted secret; a trailing newline is ignored"`
@@ -44,7 +44,7 @@ type config struct {
 	KafkaPartitions        int32    `env:"RELAY_KAFKA_PARTITIONS" envDefault:"-1" help:"partitions of created topics; -1: the broker's default"`
 	KafkaReplicationFactor int16    `env:"RELAY_KAFKA_REPLICATION_FACTOR" envDefault:"-1" help:"replication factor of created topics; -1: the broker's default"`
 	KafkaCompression       string   `env:"RELAY_KAFKA_COMPRESSION" envDefault:"gzip" help:"codec of produced record batches: none, gzip, snappy, lz4 or zstd; every consumer must read it (gzip is the one compression kafkajs reads without plugins)"`
-	KafkaKeyFormat         string   `env:"RELAY_KAFKA_KEY_FORMAT" envDefault:"raw" help:"record key encoding: raw (the aggregate id's bytes) or json-string (the aggregate id as a JSON string, as Kafka Connect's JsonConverter with schemas.enable=false writes Debezium's key, so each aggregate keeps its partition); see Migrating from Debezium in README"`
+	KafkaKeyFormat         string   `env:"RELAY_KAFKA_KEY_FORMAT" envDefault:"raw" help:"record key encoding: raw (the aggregate id's bytes) or json-string (the aggregate id as a JSON string, as Kafka Connect's JsonConverter with schemas.enable=false writes Debezium's key, so each aggregate keeps its partition); see docs/migrating-from-debezium.md"`
 	KafkaValueFormat       string   `env:"RELAY_KAFKA_VALUE_FORMAT" envDefault:"raw" help:"record value encoding with RELAY_FORMAT=raw: raw (the payload's bytes) or json-string (the payload as one JSON string, a NULL payload as null, as JsonConverter with schemas.enable=false writes Debezium's outbox payload); dead letters stay raw"`
 	KafkaExactlyOnce       bool     `env:"RELAY_KAFKA_EXACTLY_ONCE" envDefault:"false" help:"produce in Kafka transactions with a checkpoint, so read_committed consumers see each event exactly once"`
 	KafkaTransactionalID   string   `env:"RELAY_KAFKA_TRANSACTIONAL_ID" help:"transactional id for exactly-once; one relay per id (default relay-<RELAY_SLOT>)"`
@@ -572,7 +572,7 @@ Configuration is read from the environment only:
 	tw.Flush()
 	printTableHelp(w)
 	fmt.Fprint(w, `
-relay replay flags (the configuration is the relay's; see README, Replay and retention):
+relay replay flags (the configuration is the relay's; see docs/operations.md, Replay and retention):
 `)
 	printReplayFlags(w)
 	fmt.Fprint(w, `

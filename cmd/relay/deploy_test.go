@@ -21,8 +21,8 @@ import (
 	"github.com/relay-dev/relay/metrics"
 )
 
-// The files under deploy/ and README name environment variables and
-// metrics by hand. These tests hold them to what the code has, so that
+// The files under deploy/, README.md and the pages under docs/ name
+// environment variables and metrics by hand. These tests hold them to what the code has, so that
 // docs and deploy files cannot drift from it.
 
 var (
@@ -30,8 +30,8 @@ var (
 	// A metric in a PromQL expression; `outbox_relay` and the like are
 	// not, as a word character precedes them.
 	metricRE = regexp.MustCompile(`(?:^|[^A-Za-z0-9_:])(relay_[a-z_]+)`)
-	// A metric named in README's prose, as code.
-	readmeMetricRE = regexp.MustCompile("`(relay_[a-z_]+)")
+	// A metric named in the prose of README.md or a docs/ page, as code.
+	docMetricRE = regexp.MustCompile("`(relay_[a-z_]+)")
 )
 
 // exprKeys are the keys whose values are PromQL: Prometheus rules' expr,
@@ -121,7 +121,8 @@ func jsonScalars(v any, key string, out []scalar) []scalar {
 }
 
 // driftProblems lists every variable and metric that files (path →
-// content, deploy files and README.md) name and the relay lacks. counts
+// content: deploy files, the Dockerfile, README.md and docs/*.md) name and
+// the relay lacks. counts
 // gives how many metric uses each file had, so that a scanner that finds
 // nothing cannot pass for a clean one.
 func driftProblems(files map[string][]byte, knownVars, knownMetrics []string) (problems []string, counts map[string]int) {
@@ -134,9 +135,9 @@ func driftProblems(files map[string][]byte, knownVars, knownMetrics []string) (p
 	for _, name := range names {
 		data := files[name]
 		var refs deployRefs
-		if filepath.Base(name) == "README.md" || filepath.Base(name) == "Dockerfile" {
+		if filepath.Ext(name) == ".md" || filepath.Base(name) == "Dockerfile" {
 			refs.vars = varRE.FindAllString(string(data), -1)
-			for _, m := range readmeMetricRE.FindAllStringSubmatch(string(data), -1) {
+			for _, m := range docMetricRE.FindAllStringSubmatch(string(data), -1) {
 				refs.metrics = append(refs.metrics, m[1])
 			}
 		} else {
@@ -149,7 +150,7 @@ func driftProblems(files map[string][]byte, knownVars, knownMetrics []string) (p
 		counts[name] = len(refs.metrics)
 		seen := map[string]bool{}
 		for _, v := range refs.vars {
-			// Variables of the test harness, documented in README's
+			// Variables of the test harness, documented in docs/design.md's
 			// section on tests; the relay does not read them.
 			if strings.HasPrefix(v, "RELAY_TEST_") || seen[v] {
 				continue
@@ -187,8 +188,8 @@ func variableNames() []string {
 	return names
 }
 
-// readDeployFiles reads every file under deploy/, README.md and the
-// Dockerfile, keyed by their path in the repository.
+// readDeployFiles reads every file under deploy/, README.md, the pages
+// under docs/ and the Dockerfile, keyed by their path in the repository.
 func readDeployFiles(t *testing.T) map[string][]byte {
 	t.Helper()
 	files := map[string][]byte{}
@@ -211,11 +212,14 @@ func readDeployFiles(t *testing.T) map[string][]byte {
 	for _, name := range []string{"README.md", "Dockerfile"} {
 		files[name] = []byte(readRepoFile(t, name))
 	}
+	for name, text := range docPages(t) {
+		files[name] = []byte(text)
+	}
 	return files
 }
 
-// TestDeployFilesMatchTheCode: every RELAY_ variable that README or a file
-// under deploy/ names is one the relay reads, and every relay_ metric a
+// TestDeployFilesMatchTheCode: every RELAY_ variable that README.md, a page
+// under docs/ or a file under deploy/ names is one the relay reads, and every relay_ metric a
 // dashboard or alert rule queries is one it exports.
 func TestDeployFilesMatchTheCode(t *testing.T) {
 	files := readDeployFiles(t)
@@ -229,6 +233,12 @@ func TestDeployFilesMatchTheCode(t *testing.T) {
 		rules := name == "deploy/prometheus/alerts.yml" || name == "deploy/kubernetes/prometheusrule.yaml"
 		if (dashboard || rules) && counts[name] == 0 {
 			t.Errorf("%s: found no relay_ metric in its queries; is the scanner broken?", name)
+		}
+	}
+	// The metrics table and the delivery guarantees name metrics.
+	for _, name := range []string{"docs/operations.md", "docs/delivery-guarantees.md"} {
+		if counts[name] == 0 {
+			t.Errorf("%s: found no relay_ metric in it; is the scanner broken?", name)
 		}
 	}
 	if _, ok := files["deploy/prometheus/alerts.yml"]; !ok {
@@ -247,6 +257,7 @@ func TestDriftProblemsNamesWhatTheCodeLacks(t *testing.T) {
 		"deploy/relay.service":   []byte("Environment=RELAY_AMQP_ULR=amqp://\n"),
 		"deploy/broken.yaml":     []byte("a: [\n"),
 		"README.md":              []byte("Set `RELAY_DATABASE_URL`; watch `relay_leader` and `relay_lagg`.\n"),
+		"docs/operations.md":     []byte("| `RELAY_SINKK` | `rabbitmq` |\n| `relay_leader` | 1 while … |\n| `relay_leeder` | |\n"),
 		"deploy/clean/ok.yml":    []byte("x: RELAY_SLOT\n"),
 		"deploy/grafana/x.json":  []byte(`{"templating": {"list": [{"query": "label_values(relay_leader, job)"}]}}`),
 		"deploy/anchors/c.yml":   []byte("x: &a {RELAY_SINK: kafka}\ny: *a\nz:\n  <<: *a\n"),
@@ -265,6 +276,8 @@ func TestDriftProblemsNamesWhatTheCodeLacks(t *testing.T) {
 		"deploy/relay.service names RELAY_AMQP_ULR, which the relay does not read; did you mean RELAY_AMQP_URL?",
 		"deploy/rules.yml uses metric relay_lag_bytes, which the relay does not export",
 		"deploy/tables.yml names RELAY_TABLE_SALES_OUTBOX_AMQP_ROUTNG_KEY, which the relay does not read",
+		"docs/operations.md names RELAY_SINKK, which the relay does not read; did you mean RELAY_SINK?",
+		"docs/operations.md uses metric relay_leeder, which the relay does not export; did you mean relay_leader?",
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d problems, want %d:\n%s", len(got), len(want), strings.Join(got, "\n"))
@@ -274,7 +287,7 @@ func TestDriftProblemsNamesWhatTheCodeLacks(t *testing.T) {
 			t.Errorf("problem %d:\n got: %s\nwant: %s…", i, got[i], want[i])
 		}
 	}
-	wantCounts := map[string]int{"deploy/dash.json": 2, "deploy/grafana/x.json": 1, "deploy/prom/other.yaml": 0, "deploy/rules.yml": 1}
+	wantCounts := map[string]int{"deploy/dash.json": 2, "deploy/grafana/x.json": 1, "deploy/prom/other.yaml": 0, "deploy/rules.yml": 1, "docs/operations.md": 2}
 	for name, n := range wantCounts {
 		if counts[name] != n {
 			t.Errorf("%s: counted %d metric uses, want %d", name, counts[name], n)

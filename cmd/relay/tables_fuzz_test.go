@@ -13,15 +13,16 @@ import (
 )
 
 // FuzzTableVariables checks the per-table variables against their
-// definition (README, "Several outbox tables"): RELAY_TABLE_<KEY>_<SETTING>
-// sets RELAY_<SETTING> for the table of RELAY_TABLES whose key is <KEY>.
-// The reference is the definition run forwards: a variable applies to
-// table t and setting s exactly when its name is tableVariable(t, s). So
-// every RELAY_TABLE_ variable is either placed on the one table it names,
-// with its value, or stops the relay naming it (no table, not a per-table
-// setting, a key two tables share, empty, an invalid template or preset),
-// never both and never silently ignored; and what the relay says about it
-// does not depend on its value, which may be a secret in a mistyped name.
+// definition (docs/outbox-tables.md, "Several outbox tables"):
+// RELAY_TABLE_<KEY>_<SETTING> sets RELAY_<SETTING> for the table of
+// RELAY_TABLES whose key is <KEY>. The reference is the definition run
+// forwards: a variable applies to table t and setting s exactly when its
+// name is tableVariable(t, s). So every RELAY_TABLE_ variable is either
+// placed on the one table it names, with its value, or stops the relay
+// naming it (no table, not a per-table setting, a key two tables share,
+// empty, an invalid template or preset), never both and never silently
+// ignored; and what the relay says about it does not depend on its value,
+// which may be a secret in a mistyped name.
 func FuzzTableVariables(f *testing.F) {
 	f.Add("sales.outbox,billing.outbox", "SALES_OUTBOX_KAFKA_TOPIC", "BILLING_OUTBOX_AMQP_ROUTNG_KEY", "x.{event_type}", uint8(0))
 	f.Add("sales.outbox,billing.outbox", "BILING_OUTBOX_AMQP_ROUTING_KEY", "SALES_OUTBOX_AMQP_URL", "amqp://secret@h/", uint8(7))

@@ -76,7 +76,7 @@ func (e *errUnplaced) Error() string {
 	for i, t := range e.partitioned {
 		names[i] = t.String()
 	}
-	return fmt.Sprintf("publication %s streams rows of %s (oid %d), which is no longer a partition of %s: it was detached or dropped before the relay read its rows, and with several partitioned outbox tables and a publication without publish_via_partition_root nothing says which it belonged to; keep partitions attached until the relay has confirmed their rows, or recreate the publication WITH (publish_via_partition_root = true) (README, Partitioned outbox tables)",
+	return fmt.Sprintf("publication %s streams rows of %s (oid %d), which is no longer a partition of %s: it was detached or dropped before the relay read its rows, and with several partitioned outbox tables and a publication without publish_via_partition_root nothing says which it belonged to; keep partitions attached until the relay has confirmed their rows, or recreate the publication WITH (publish_via_partition_root = true) (docs/outbox-tables.md, Partitioned outbox tables)",
 		e.publication, e.rel, e.oid, strings.Join(names, " or "))
 }
 

@@ -17,7 +17,32 @@ import (
 
 // These tests hold the relay's records to what Debezium's outbox event
 // router writes for the row of its documentation, under each converter
-// setting (testdata/debezium/README.md says where each fixture comes from).
+// setting (testdata/debezium/README.md says where each fixture comes from),
+// and docs/migrating-from-debezium.md's table of converters to what they
+// find.
+
+// migrationGuide is the page that tells consumers which bytes to expect.
+const migrationGuide = "../../docs/migrating-from-debezium.md"
+
+// converterRow is the row of the migration guide's converter table whose
+// first cell starts with prefix.
+func converterRow(t *testing.T, prefix string) string {
+	t.Helper()
+	b, err := os.ReadFile(migrationGuide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for line := range strings.Lines(string(b)) {
+		if strings.HasPrefix(line, "| "+prefix) {
+			rows = append(rows, line)
+		}
+	}
+	if len(rows) != 1 {
+		t.Fatalf("%s: %d rows of the converter table start with %q, want 1", migrationGuide, len(rows), prefix)
+	}
+	return rows[0]
+}
 
 func fixture(t *testing.T, name string) []byte {
 	t.Helper()
@@ -48,6 +73,13 @@ func TestDebeziumFixtures(t *testing.T) {
 		{"JsonConverter schemas.enable=false", jsonString, "json-converter.key", "json-converter.value"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			row := converterRow(t, map[string]string{
+				"StringConverter":                    "`org.apache.kafka.connect.storage.StringConverter` |",
+				"JsonConverter schemas.enable=false": "`org.apache.kafka.connect.json.JsonConverter` with `schemas.enable=false` |",
+			}[tt.name])
+			if strings.Contains(row, "not byte-identical") {
+				t.Errorf("%s says the relay's bytes differ, which this test finds identical:\n%s", migrationGuide, row)
+			}
 			r, err := record(debeziumRow(t), "outbox.event.order", tt.f)
 			if err != nil {
 				t.Fatal(err)
@@ -68,8 +100,16 @@ func TestDebeziumFixtures(t *testing.T) {
 
 	// With schemas enabled JsonConverter wraps key and value in an
 	// envelope the relay does not write; inside it, the payload member is
-	// byte for byte what json-string writes, which README tells consumers.
+	// byte for byte what json-string writes, which the migration guide
+	// tells consumers.
 	t.Run("JsonConverter schemas.enable=true", func(t *testing.T) {
+		row := converterRow(t, "`JsonConverter` with `schemas.enable=true`")
+		if strings.Count(row, "**not byte-identical**") != 2 || !strings.Contains(row, "none writes the envelope") {
+			t.Errorf("%s does not say that neither key nor value is byte-identical and the relay writes no envelope:\n%s", migrationGuide, row)
+		}
+		if key := string(fixture(t, "json-converter-schemas.key")); !strings.Contains(row, "`"+key+"`") {
+			t.Errorf("%s does not show Debezium's key envelope %s:\n%s", migrationGuide, key, row)
+		}
 		r, err := record(debeziumRow(t), "outbox.event.order", jsonString)
 		if err != nil {
 			t.Fatal(err)
@@ -83,7 +123,7 @@ func TestDebeziumFixtures(t *testing.T) {
 		} {
 			want := fixture(t, c.fixture)
 			if bytes.Equal(c.got, want) {
-				t.Errorf("%s: the relay wrote the envelope, which README says it does not", c.fixture)
+				t.Errorf("%s: the relay wrote the envelope, which %s says it does not", c.fixture, migrationGuide)
 			}
 			if envelope := `{"schema":` + c.schemaJSON + `,"payload":` + string(c.got) + `}`; envelope != string(want) {
 				t.Errorf("%s: its payload member is not the relay's json-string bytes:\n%s\n%s", c.fixture, envelope, want)
@@ -95,6 +135,10 @@ func TestDebeziumFixtures(t *testing.T) {
 	// compactly; the relay's raw value is PostgreSQL's text of the same
 	// document.
 	t.Run("JsonConverter table.expand.json.payload=true", func(t *testing.T) {
+		row := converterRow(t, "`JsonConverter` with `schemas.enable=false` and the router's `table.expand.json.payload=true`")
+		if strings.Count(row, "**not byte-identical**") != 1 || !strings.Contains(row, "`RELAY_KAFKA_VALUE_FORMAT=raw`") {
+			t.Errorf("%s does not say the value is not byte-identical and is written raw:\n%s", migrationGuide, row)
+		}
 		r, err := record(debeziumRow(t), "outbox.event.order", format{jsonKey: true})
 		if err != nil {
 			t.Fatal(err)
@@ -117,7 +161,7 @@ func TestDebeziumFixtures(t *testing.T) {
 		var compact bytes.Buffer
 		json.Compact(&compact, r.Value)
 		if bytes.Equal(compact.Bytes(), r.Value) {
-			t.Error("the raw value has no whitespace, so README's 'not byte-identical' is wrong")
+			t.Errorf("the raw value has no whitespace, so %s's 'not byte-identical' is wrong", migrationGuide)
 		}
 	})
 }

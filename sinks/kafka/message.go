@@ -28,7 +28,7 @@ const (
 	// EncodingJSONString is the column's text as one JSON string, byte for
 	// byte as Kafka Connect's JsonConverter with schemas.enable=false
 	// writes a string: what a Debezium outbox topic written through that
-	// converter holds (README, Migrating from Debezium).
+	// converter holds (docs/migrating-from-debezium.md).
 	EncodingJSONString = "json-string"
 )
 

@@ -83,7 +83,8 @@ const (
 	cancelledWithin = 10 * time.Second
 	// headerKey is the header column every event carries.
 	headerKey = "trace_id"
-	// lsnHeader carries the commit LSN; README documents it for every sink.
+	// lsnHeader carries the commit LSN; docs/messages.md documents it for
+	// every sink.
 	lsnHeader = "x-relay-lsn"
 )
 
