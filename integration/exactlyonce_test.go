@@ -391,6 +391,31 @@ func committedByMarkers(recs []*kgo.Record) []*kgo.Record {
 	return out
 }
 
+// undecidedByMarkers returns the data records of transactions that have
+// neither a commit nor an abort marker in any partition: what kfake leaves
+// when it is killed after acknowledging a commit and before writing its
+// markers (it keeps no transaction log to finish them from, as Kafka
+// does).
+func undecidedByMarkers(recs []*kgo.Record) []*kgo.Record {
+	type txnID struct {
+		pid   int64
+		epoch int16
+	}
+	decided := map[txnID]bool{}
+	for _, r := range recs {
+		if r.Attrs.IsControl() {
+			decided[txnID{r.ProducerID, r.ProducerEpoch}] = true
+		}
+	}
+	var out []*kgo.Record
+	for _, r := range recs {
+		if r.Attrs.IsTransactional() && !r.Attrs.IsControl() && !decided[txnID{r.ProducerID, r.ProducerEpoch}] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // readUpToRaw is readUpTo returning kgo's records, transaction markers
 // (control records) included.
 func readUpToRaw(t *testing.T, brokers string, ends map[topicPartition]int64, level kgo.IsolationLevel, timeout time.Duration) []*kgo.Record {
@@ -604,7 +629,29 @@ func checkExactlyOnceAs(t *testing.T, e *env, ids []string, byMarkers bool) (com
 		report("read_committed: %d duplicates among %d records (%d distinct ids, %d inserted):%s",
 			committedCount.duplicates, committedCount.records, committedCount.distinct, len(ids), firstDuplicates(committed, 10))
 	}
-	checkAll(t, ids, asMessages(committed))
+	arrived := committed
+	if lapse {
+		// The relay confirms a row to the slot only once its transaction
+		// committed, so rows in a transaction kfake never decided, below
+		// the slot, were acknowledged and then lost by kfake: counted as
+		// arrived, and said. A row in no transaction at all still fails.
+		seen := map[string]bool{}
+		for _, r := range committed {
+			seen[r.id()] = true
+		}
+		lost := 0
+		for _, r := range asKafkaRecords(undecidedByMarkers(raw)) {
+			if !seen[r.id()] {
+				seen[r.id()] = true
+				arrived = append(arrived, r)
+				lost++
+			}
+		}
+		if lost > 0 {
+			t.Logf("%d rows are only in transactions without markers (kfake's lapse): counted as arrived", lost)
+		}
+	}
+	checkAll(t, ids, asMessages(arrived))
 	checkOrder(t, asMessages(committed))
 	checkKafkaRecords(t, committed, 3)
 	return committed, committedCount, uncommittedCount

@@ -163,7 +163,7 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		}
 		t.failMu.Lock()
 		if t.failed == nil {
-			t.failed = produceError(ev, r.Topic, err)
+			t.failed = txnProduceError(ev, r.Topic, err)
 		}
 		t.failMu.Unlock()
 	})
@@ -305,6 +305,19 @@ func (t *txn) classify(err error) error {
 		return relay.Permanent(err)
 	}
 	return err
+}
+
+// txnProduceError classifies a record that failed inside a transaction.
+// The abort undoes the transaction, and the next session produces its
+// events again, so unlike outside one (produceError) only what no retry
+// changes is final: the row's own fault, and authorization. Sequence and
+// epoch errors after a broker restart are neither.
+func txnProduceError(ev *relay.Event, topic string, err error) error {
+	final := produceError(ev, topic, err)
+	if _, bad := relay.AsBadRow(final); bad || errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.TransactionalIDAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) {
+		return final
+	}
+	return fmt.Errorf("kafka: event %s (%d bytes) to topic %s: %w", ev.ID, len(ev.Payload), topic, err)
 }
 
 // claimLocked commits the committed position again under this process's
