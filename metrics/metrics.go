@@ -13,7 +13,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/relay-dev/relay/relay"
 )
+
+// The core reports through its own interface; Metrics is its one
+// implementation.
+var _ relay.Observer = (*Metrics)(nil)
 
 // Metrics are the relay's collectors.
 type Metrics struct {
@@ -172,20 +178,12 @@ func (m *Metrics) Published(table, destination string, commit time.Time) {
 	m.lastPublish.Set(float64(now.UnixNano()) / 1e9)
 }
 
-// Reasons of relay_publish_errors_total: the only values of its reason
-// label.
-const (
-	ReasonTooLarge  = "too_large" // over the broker's size limit
-	ReasonBadRow    = "bad_row"   // anything else about the row itself
-	ReasonPermanent = "permanent" // retrying cannot help, but not the row's fault
-	ReasonTransient = "transient" // retried
-	ReasonCanceled  = "canceled"  // given up at shutdown
-)
-
-var reasons = []string{ReasonTooLarge, ReasonBadRow, ReasonPermanent, ReasonTransient, ReasonCanceled}
+// reasons are the only values of relay_publish_errors_total's reason
+// label: the core's.
+var reasons = []string{relay.ReasonTooLarge, relay.ReasonBadRow, relay.ReasonPermanent, relay.ReasonTransient, relay.ReasonCanceled}
 
 // PublishError counts a failed publish of an event of table; reason is one
-// of the Reason constants.
+// of the relay.Reason constants.
 func (m *Metrics) PublishError(table, reason string) {
 	if m == nil {
 		return

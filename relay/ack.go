@@ -5,35 +5,39 @@ import (
 	"sync/atomic"
 )
 
-// Tracker turns out-of-order broker confirms into the one position that is
-// safe to confirm to PostgreSQL.
+// tracker turns out-of-order broker confirms into the one position that is
+// safe to confirm to PostgreSQL. Only the core uses it.
 //
-// The source numbers every event it hands on (Add) and, at each transaction
-// end, records a mark: "once every event added so far is confirmed, this LSN
-// is safe" (Mark). Sinks confirm events in any order (Ack). Safe returns the
-// LSN of the latest mark whose events form a fully confirmed prefix of the
-// stream; a received-but-unconfirmed position is never returned.
+// The core numbers every event it hands to the sink (Add) and, for each
+// mark a source sends, records "once every event added so far is
+// confirmed, this LSN is safe" (Mark). Sinks confirm events in any order
+// (Ack). Safe returns the LSN of the latest mark whose events form a fully
+// confirmed prefix of the stream; a received-but-unconfirmed position is
+// never returned.
 //
 // The tracker also bounds what is in flight, by count and by bytes: Add
 // refuses an event while the window is full, and Space signals when an Ack
 // has made room. This is the relay's backpressure.
-type Tracker struct {
+type tracker struct {
 	mu       sync.Mutex
 	acked    []bool // ring, indexed by seq % len
+	base     uint64 // the first seq
 	head     uint64 // lowest unconfirmed seq
 	next     uint64 // next seq to hand out
 	bytes    int
 	maxBytes int
 	marks    []mark
 	safe     LSN
+	// space signals the core that the window has room, progress the
+	// source that its position moved: two waiters, two channels.
 	space    chan struct{}
+	progress chan struct{}
 	failed   chan struct{}
 	err      error
 	sizes    []int // ring, parallel to acked
-	onAck    func(*Event)
-	reject   func(*Event, error) bool
-	// doneFn is t.done, bound once: binding it in every Add allocated.
-	doneFn func(*Event, error)
+	// done is what each added event's Done calls, bound once: binding
+	// it in every Add allocated.
+	done func(*Event, error)
 }
 
 type mark struct {
@@ -50,15 +54,17 @@ var trackerEpoch atomic.Uint64
 // trackerSeqBits is the size of each tracker's range: 2^40 events.
 const trackerSeqBits = 40
 
-// NewTracker returns a tracker that allows maxEvents and maxBytes in flight
+// newTracker returns a tracker that allows maxEvents and maxBytes in flight
 // (an event larger than maxBytes is still admitted when nothing else is in
-// flight) and starts from start, the position already confirmed.
-func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
+// flight) and starts from start, the position already confirmed. done is
+// what each added event's Done calls.
+func newTracker(maxEvents, maxBytes int, start LSN, done func(*Event, error)) *tracker {
 	if maxEvents < 1 {
 		maxEvents = 1
 	}
 	base := trackerEpoch.Add(1) << trackerSeqBits
-	t := &Tracker{
+	return &tracker{
+		base:     base,
 		head:     base,
 		next:     base,
 		acked:    make([]bool, maxEvents),
@@ -66,15 +72,15 @@ func NewTracker(maxEvents, maxBytes int, start LSN) *Tracker {
 		maxBytes: maxBytes,
 		safe:     start,
 		space:    make(chan struct{}, 1),
+		progress: make(chan struct{}, 1),
 		failed:   make(chan struct{}),
+		done:     done,
 	}
-	t.doneFn = t.done
-	return t
 }
 
-// Add admits ev into the window and wires its Done to this tracker. It
-// returns false, admitting nothing, while the window is full.
-func (t *Tracker) Add(ev *Event) bool {
+// Add admits ev into the window and wires its Done to the tracker's done.
+// It returns false, admitting nothing, while the window is full.
+func (t *tracker) Add(ev *Event) bool {
 	size := ev.Size()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -84,7 +90,7 @@ func (t *Tracker) Add(ev *Event) bool {
 	}
 	ev.seq = t.next
 	ev.size = size
-	ev.done = t.doneFn
+	ev.done = t.done
 	i := t.next % uint64(len(t.acked))
 	t.acked[i] = false
 	t.sizes[i] = size
@@ -95,7 +101,7 @@ func (t *Tracker) Add(ev *Event) bool {
 
 // Mark records that lsn becomes safe once every event added so far is
 // confirmed. Marks must be added in non-decreasing LSN order.
-func (t *Tracker) Mark(lsn LSN) {
+func (t *tracker) Mark(lsn LSN) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if lsn <= t.safe {
@@ -104,6 +110,10 @@ func (t *Tracker) Mark(lsn LSN) {
 	if t.head == t.next {
 		t.safe = lsn
 		t.marks = t.marks[:0]
+		select {
+		case t.progress <- struct{}{}:
+		default:
+		}
 		return
 	}
 	if n := len(t.marks); n > 0 && t.marks[n-1].upTo == t.next {
@@ -114,7 +124,7 @@ func (t *Tracker) Mark(lsn LSN) {
 }
 
 // Ack records the broker's confirm of ev.
-func (t *Tracker) Ack(ev *Event) {
+func (t *tracker) Ack(ev *Event) {
 	t.mu.Lock()
 	if ev.seq < t.head || ev.seq >= t.next {
 		t.mu.Unlock()
@@ -146,36 +156,15 @@ func (t *Tracker) Ack(ev *Event) {
 		case t.space <- struct{}{}:
 		default:
 		}
-	}
-}
-
-func (t *Tracker) done(ev *Event, err error) {
-	if err != nil {
-		// A row is dead-lettered, its refused dead letter replaced by a
-		// bare one (Relay.deadLetter), and a refused bare one stops the
-		// stream.
-		if !ev.bare && t.reject != nil && t.reject(ev, err) {
-			return
+		select {
+		case t.progress <- struct{}{}:
+		default:
 		}
-		t.Fail(err)
-		return
 	}
-	if t.onAck != nil {
-		t.onAck(ev)
-	}
-	t.Ack(ev)
-}
-
-// Hooks installs, before the first Add, what Done calls besides the
-// tracker's own work: onAck for each confirmed event, and reject for a
-// failed one, which takes the event over (it will be Done again) when it
-// returns true. Both run on the sink's goroutines and must not block.
-func (t *Tracker) Hooks(onAck func(*Event), reject func(*Event, error) bool) {
-	t.onAck, t.reject = onAck, reject
 }
 
 // Fail records the first error that must stop the stream and closes Failed.
-func (t *Tracker) Fail(err error) {
+func (t *tracker) Fail(err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.err == nil {
@@ -185,27 +174,34 @@ func (t *Tracker) Fail(err error) {
 }
 
 // Failed is closed once Fail has been called.
-func (t *Tracker) Failed() <-chan struct{} { return t.failed }
+func (t *tracker) Failed() <-chan struct{} { return t.failed }
 
 // Err returns the error given to Fail, if any.
-func (t *Tracker) Err() error {
+func (t *tracker) Err() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.err
 }
 
 // Space receives a value after an Ack has freed room in the window.
-func (t *Tracker) Space() <-chan struct{} { return t.space }
+func (t *tracker) Space() <-chan struct{} { return t.space }
 
 // Safe returns the position that may be confirmed to PostgreSQL.
-func (t *Tracker) Safe() LSN {
+func (t *tracker) Safe() LSN {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.safe
 }
 
+// settled returns how many added events form a confirmed prefix.
+func (t *tracker) settled() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.head - t.base
+}
+
 // InFlight returns how many added events are not yet confirmed.
-func (t *Tracker) InFlight() int {
+func (t *tracker) InFlight() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return int(t.next - t.head)

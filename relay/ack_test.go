@@ -1,4 +1,4 @@
-package relay_test
+package relay
 
 import (
 	"errors"
@@ -8,23 +8,21 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/relay-dev/relay/relay"
 )
 
 var trkSeedFlag = flag.Uint64("tracker.seed", 0, "seed for TestTrackerModel (0: random)")
 
 // trkBaseSize is the Size of an event with no fields set.
-var trkBaseSize = (&relay.Event{}).Size()
+var trkBaseSize = (&Event{}).Size()
 
 // trkEvent returns an event of Size trkBaseSize+payload. The name goes in
 // ContentType, which Size does not count, to tell events apart in failures.
-func trkEvent(name string, payload int) *relay.Event {
-	return &relay.Event{ContentType: name, Payload: make([]byte, payload)}
+func trkEvent(name string, payload int) *Event {
+	return &Event{ContentType: name, Payload: make([]byte, payload)}
 }
 
 // trkSpace reports whether Space holds a signal, consuming it.
-func trkSpace(tr *relay.Tracker) bool {
+func trkSpace(tr *tracker) bool {
 	select {
 	case <-tr.Space():
 		return true
@@ -34,9 +32,9 @@ func trkSpace(tr *relay.Tracker) bool {
 }
 
 func TestNewTrackerStartsAtStart(t *testing.T) {
-	for _, start := range []relay.LSN{0, 1, 0x16B3748, 1<<64 - 1} {
+	for _, start := range []LSN{0, 1, 0x16B3748, 1<<64 - 1} {
 		t.Run(start.String(), func(t *testing.T) {
-			tr := relay.NewTracker(4, 1<<20, start)
+			tr := testTracker(4, 1<<20, start)
 			if got := tr.Safe(); got != start {
 				t.Errorf("Safe() = %s, want the start position %s", got, start)
 			}
@@ -66,12 +64,12 @@ func TestNewTrackerStartsAtStart(t *testing.T) {
 func TestTrackerSafe(t *testing.T) {
 	type step struct {
 		do       string
-		safe     relay.LSN
+		safe     LSN
 		inFlight int
 	}
 	tests := []struct {
 		name  string
-		start relay.LSN
+		start LSN
 		steps []step
 	}{
 		{
@@ -161,8 +159,8 @@ func TestTrackerSafe(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := relay.NewTracker(16, 1<<20, tt.start)
-			evs := map[string]*relay.Event{}
+			tr := testTracker(16, 1<<20, tt.start)
+			evs := map[string]*Event{}
 			for i, s := range tt.steps {
 				verb, arg, _ := strings.Cut(s.do, " ")
 				switch verb {
@@ -177,7 +175,7 @@ func TestTrackerSafe(t *testing.T) {
 					if _, err := fmt.Sscan(arg, &lsn); err != nil {
 						t.Fatalf("step %d %q: %v", i, s.do, err)
 					}
-					tr.Mark(relay.LSN(lsn))
+					tr.Mark(LSN(lsn))
 				case "done":
 					evs[arg].Done(nil)
 				case "ack":
@@ -217,7 +215,7 @@ func TestTrackerAddWindow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := relay.NewTracker(tt.maxEvents, tt.maxBytes, 0)
+			tr := testTracker(tt.maxEvents, tt.maxBytes, 0)
 			admitted := 0
 			for i, p := range tt.payloads {
 				ev := trkEvent("", p)
@@ -244,7 +242,7 @@ func TestTrackerAddWindow(t *testing.T) {
 
 func TestTrackerSpace(t *testing.T) {
 	t.Run("count", func(t *testing.T) {
-		tr := relay.NewTracker(2, 1<<20, 0)
+		tr := testTracker(2, 1<<20, 0)
 		a, b, c := trkEvent("a", 0), trkEvent("b", 0), trkEvent("c", 0)
 		if !tr.Add(a) || !tr.Add(b) {
 			t.Fatal("Add refused an event in an empty window")
@@ -271,7 +269,7 @@ func TestTrackerSpace(t *testing.T) {
 		}
 	})
 	t.Run("bytes", func(t *testing.T) {
-		tr := relay.NewTracker(100, 2*trkBaseSize+100, 0)
+		tr := testTracker(100, 2*trkBaseSize+100, 0)
 		a, b, c := trkEvent("a", 100), trkEvent("b", 0), trkEvent("c", 100)
 		if !tr.Add(a) || !tr.Add(b) {
 			t.Fatal("Add refused events within the byte budget")
@@ -289,8 +287,8 @@ func TestTrackerSpace(t *testing.T) {
 		}
 	})
 	t.Run("signals coalesce", func(t *testing.T) {
-		tr := relay.NewTracker(4, 1<<20, 0)
-		evs := []*relay.Event{trkEvent("", 0), trkEvent("", 0), trkEvent("", 0)}
+		tr := testTracker(4, 1<<20, 0)
+		evs := []*Event{trkEvent("", 0), trkEvent("", 0), trkEvent("", 0)}
 		for _, ev := range evs {
 			tr.Add(ev)
 		}
@@ -307,7 +305,7 @@ func TestTrackerSpace(t *testing.T) {
 }
 
 func TestTrackerFail(t *testing.T) {
-	tr := relay.NewTracker(4, 1<<20, 7)
+	tr := testTracker(4, 1<<20, 7)
 	a, b := trkEvent("a", 0), trkEvent("b", 0)
 	tr.Add(a)
 	tr.Add(b)
@@ -342,7 +340,7 @@ func TestTrackerFail(t *testing.T) {
 }
 
 func TestTrackerConcurrentFail(t *testing.T) {
-	tr := relay.NewTracker(4, 1<<20, 0)
+	tr := testTracker(4, 1<<20, 0)
 	const n = 8
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -366,29 +364,29 @@ func TestTrackerConcurrentFail(t *testing.T) {
 func TestTrackerIgnoresStaleAcks(t *testing.T) {
 	tests := []struct {
 		name  string
-		stale func(t *testing.T) *relay.Event
+		stale func(t *testing.T) *Event
 	}{
-		{"event of another tracker", func(t *testing.T) *relay.Event {
-			other := relay.NewTracker(4, 1<<20, 0)
+		{"event of another tracker", func(t *testing.T) *Event {
+			other := testTracker(4, 1<<20, 0)
 			ev := trkEvent("other", 0)
 			if !other.Add(ev) {
 				t.Fatal("Add refused")
 			}
 			return ev
 		}},
-		{"event of an earlier tracker, confirmed there", func(t *testing.T) *relay.Event {
-			old := relay.NewTracker(4, 1<<20, 0)
+		{"event of an earlier tracker, confirmed there", func(t *testing.T) *Event {
+			old := testTracker(4, 1<<20, 0)
 			ev := trkEvent("old", 0)
 			old.Add(ev)
 			old.Mark(5)
 			ev.Done(nil)
 			return ev
 		}},
-		{"event never added", func(t *testing.T) *relay.Event {
+		{"event never added", func(t *testing.T) *Event {
 			return trkEvent("never", 0)
 		}},
-		{"event refused by Add", func(t *testing.T) *relay.Event {
-			full := relay.NewTracker(1, 1<<20, 0)
+		{"event refused by Add", func(t *testing.T) *Event {
+			full := testTracker(1, 1<<20, 0)
 			full.Add(trkEvent("", 0))
 			ev := trkEvent("refused", 0)
 			if full.Add(ev) {
@@ -400,7 +398,7 @@ func TestTrackerIgnoresStaleAcks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			stale := tt.stale(t)
-			tr := relay.NewTracker(4, 1<<20, 0)
+			tr := testTracker(4, 1<<20, 0)
 			a, b := trkEvent("a", 0), trkEvent("b", 0)
 			tr.Add(a)
 			tr.Mark(10)
@@ -426,7 +424,7 @@ func TestTrackerIgnoresStaleAcks(t *testing.T) {
 	}
 
 	t.Run("duplicate confirm after its slot was reused", func(t *testing.T) {
-		tr := relay.NewTracker(2, 1<<20, 0)
+		tr := testTracker(2, 1<<20, 0)
 		a0, a1, a2 := trkEvent("a0", 0), trkEvent("a1", 0), trkEvent("a2", 0)
 		tr.Add(a0)
 		tr.Mark(10)
@@ -437,7 +435,7 @@ func TestTrackerIgnoresStaleAcks(t *testing.T) {
 		a0.Done(nil)
 		tr.Ack(a0)
 		a1.Done(nil)
-		if got, want := tr.Safe(), relay.LSN(10); got != want {
+		if got, want := tr.Safe(), LSN(10); got != want {
 			t.Errorf("Safe() = %d, want %d: a0's second confirm must not confirm a2", got, want)
 		}
 		if got := tr.InFlight(); got != 1 {
@@ -450,37 +448,37 @@ func TestTrackerIgnoresStaleAcks(t *testing.T) {
 // compares them after every step.
 type trkModel struct {
 	tb        testing.TB
-	tr        *relay.Tracker
+	tr        *tracker
 	maxEvents int
 	maxBytes  int
-	start     relay.LSN
+	start     LSN
 
-	evs      []*relay.Event // every admitted event, in order
+	evs      []*Event // every admitted event, in order
 	acked    []bool
 	marks    []trkMark
 	head     int // first unconfirmed index in evs
-	lastMark relay.LSN
-	lastSafe relay.LSN
+	lastMark LSN
+	lastSafe LSN
 
-	stale []*relay.Event // events this tracker does not hold
-	other *relay.Tracker // a second tracker the stale events come from
+	stale []*Event // events this tracker does not hold
+	other *tracker // a second tracker the stale events come from
 	trace []string
 }
 
 type trkMark struct {
 	upTo int // the mark holds once evs[:upTo] are all confirmed
-	lsn  relay.LSN
+	lsn  LSN
 }
 
-func newTrkModel(tb testing.TB, maxEvents, maxBytes int, start relay.LSN) *trkModel {
+func newTrkModel(tb testing.TB, maxEvents, maxBytes int, start LSN) *trkModel {
 	m := &trkModel{
 		tb:        tb,
-		tr:        relay.NewTracker(maxEvents, maxBytes, start),
+		tr:        testTracker(maxEvents, maxBytes, start),
 		maxEvents: max(maxEvents, 1),
 		maxBytes:  maxBytes,
 		start:     start,
 		lastSafe:  start,
-		other:     relay.NewTracker(1000, 1<<30, 0),
+		other:     testTracker(1000, 1<<30, 0),
 	}
 	m.logf("NewTracker(%d, %d, %d)", maxEvents, maxBytes, start)
 	// Events of another tracker, numbered like this one's.
@@ -518,7 +516,7 @@ func (m *trkModel) bytes() int {
 }
 
 // safe is the LSN of the latest mark whose events are all confirmed.
-func (m *trkModel) safe() relay.LSN {
+func (m *trkModel) safe() LSN {
 	s := m.start
 	for _, mk := range m.marks {
 		if mk.upTo <= m.head && mk.lsn > s {
@@ -573,7 +571,7 @@ func (m *trkModel) add(payload int) bool {
 }
 
 // mark records lastMark+delta.
-func (m *trkModel) mark(delta relay.LSN) {
+func (m *trkModel) mark(delta LSN) {
 	m.tb.Helper()
 	m.lastMark += delta
 	m.tr.Mark(m.lastMark)
@@ -671,7 +669,7 @@ func TestTrackerModel(t *testing.T) {
 	for sc := range scenarios {
 		maxEvents := 1 + rng.IntN(8)
 		maxBytes := []int{0, trkBaseSize, 3*trkBaseSize + 100, 1 << 30}[rng.IntN(4)]
-		start := relay.LSN(rng.IntN(40))
+		start := LSN(rng.IntN(40))
 		m := newTrkModel(t, maxEvents, maxBytes, start)
 		m.logf("scenario %d", sc)
 
@@ -693,12 +691,12 @@ func TestTrackerModel(t *testing.T) {
 						txnLeft--
 					}
 				default:
-					m.mark(relay.LSN(rng.IntN(20))) // commit; equal LSNs too
+					m.mark(LSN(rng.IntN(20))) // commit; equal LSNs too
 					inTxn = false
 				}
 			case r < 50: // keepalive between transactions
 				if !inTxn {
-					m.mark(relay.LSN(rng.IntN(5)))
+					m.mark(LSN(rng.IntN(5)))
 				}
 			case r < 90:
 				m.confirmPending(rng.IntN(1<<20), rng.IntN(4) == 0)
@@ -725,7 +723,7 @@ func FuzzTracker(f *testing.F) {
 		}
 		maxEvents := int(data[0]%8) + 1
 		maxBytes := []int{0, trkBaseSize, 3*trkBaseSize + 100, 1 << 30}[data[1]%4]
-		start := relay.LSN(data[2] % 64)
+		start := LSN(data[2] % 64)
 		m := newTrkModel(t, maxEvents, maxBytes, start)
 		for _, b := range data[3:] {
 			op, arg := b>>5, int(b&31)
@@ -733,9 +731,9 @@ func FuzzTracker(f *testing.F) {
 			case 0, 1:
 				m.add(arg * 16)
 			case 2:
-				m.mark(relay.LSN(arg)) // 0 repeats the last mark
+				m.mark(LSN(arg)) // 0 repeats the last mark
 			case 3:
-				m.mark(relay.LSN(arg) * 1000)
+				m.mark(LSN(arg) * 1000)
 			case 4:
 				m.confirmPending(arg, false)
 			case 5:
@@ -758,17 +756,17 @@ func TestTrackerConcurrentAcks(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 2))
 
 	const n = 2000
-	tr := relay.NewTracker(n, 1<<30, 0)
-	evs := make([]*relay.Event, n)
-	marks := map[relay.LSN]bool{0: true}
-	var last relay.LSN
+	tr := testTracker(n, 1<<30, 0)
+	evs := make([]*Event, n)
+	marks := map[LSN]bool{0: true}
+	var last LSN
 	for i := range evs {
 		evs[i] = trkEvent("", rng.IntN(100))
 		if !tr.Add(evs[i]) {
 			t.Fatalf("Add #%d refused in a window of %d", i, n)
 		}
 		if rng.IntN(5) == 0 || i == n-1 {
-			last += relay.LSN(1 + rng.IntN(10))
+			last += LSN(1 + rng.IntN(10))
 			tr.Mark(last)
 			marks[last] = true
 		}
@@ -779,7 +777,7 @@ func TestTrackerConcurrentAcks(t *testing.T) {
 	stop := make(chan struct{})
 	watchErr := make(chan error, 1)
 	go func() {
-		var prev relay.LSN
+		var prev LSN
 		for {
 			select {
 			case <-stop:
@@ -848,12 +846,12 @@ func TestTrackerBackpressure(t *testing.T) {
 		total  = 5000
 		txn    = 3
 	)
-	tr := relay.NewTracker(window, 1<<30, 0)
-	out := make(chan *relay.Event, window)
+	tr := testTracker(window, 1<<30, 0)
+	out := make(chan *Event, window)
 
 	var sinkWG sync.WaitGroup
 	sinkWG.Go(func() {
-		var batch []*relay.Event
+		var batch []*Event
 		flush := func() {
 			for i := len(batch) - 1; i >= 0; i-- {
 				batch[i].Done(nil)
@@ -869,7 +867,7 @@ func TestTrackerBackpressure(t *testing.T) {
 		flush()
 	})
 
-	var lsn relay.LSN
+	var lsn LSN
 	waits := 0
 	for i := range total {
 		ev := trkEvent("", 0)
@@ -900,4 +898,19 @@ func TestTrackerBackpressure(t *testing.T) {
 	if got := tr.InFlight(); got != 0 {
 		t.Errorf("InFlight() = %d, want 0", got)
 	}
+}
+
+// testTracker is a tracker whose events' Done acknowledges them, or fails
+// the tracker, as the core's settle does for a row without a dead-letter
+// destination.
+func testTracker(maxEvents, maxBytes int, start LSN) *tracker {
+	var t *tracker
+	t = newTracker(maxEvents, maxBytes, start, func(ev *Event, err error) {
+		if err != nil {
+			t.Fail(err)
+			return
+		}
+		t.Ack(ev)
+	})
+	return t
 }

@@ -56,10 +56,10 @@ type Event struct {
 	seq  uint64
 	size int
 	done func(*Event, error)
-	// bare is set on a row whose dead letter was refused, once a dead
-	// letter without payload and headers replaces it: a further refusal
-	// stops the stream.
-	bare bool
+	// of is, in a dead letter, the row it stands for; stage is how far a
+	// row that cannot be published has gone (session.refused).
+	of    *Event
+	stage uint8
 }
 
 // Header is one key of the outbox headers column.
@@ -131,9 +131,13 @@ func (e *Event) Done(err error) {
 	}
 }
 
-// OnDone installs the function Done calls. The relay installs its acker;
-// tests of sinks install their own.
+// OnDone installs the function Done calls. The core installs its own;
+// tests of sinks install theirs.
 func (e *Event) OnDone(f func(*Event, error)) { e.done = f }
+
+// DeadLettered reports whether the row went, or is going, to the
+// dead-letter destination instead of its own (in OnPublished: it went).
+func (e *Event) DeadLettered() bool { return e.stage != stageNone }
 
 // Size is the event's approximate memory footprint, for the in-flight byte budget.
 func (e *Event) Size() int {

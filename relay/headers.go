@@ -4,8 +4,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-
-	"github.com/relay-dev/relay/metrics"
 )
 
 // HeaderPrefix starts the name of every header the relay adds for itself
@@ -20,14 +18,14 @@ const HeaderPrefix = "x-relay-"
 // many consumers that read the first value of a header.
 type HeaderGuard struct {
 	own     func(key string) bool
-	metrics *metrics.Metrics
+	metrics interface{ HeaderDropped(key string) }
 	log     *slog.Logger
 	logged  sync.Map // keys already logged: once per key, not per row
 }
 
 // NewHeaderGuard returns a guard for a sink whose own headers are those
 // own reports, and every name starting with HeaderPrefix.
-func NewHeaderGuard(own func(key string) bool, m *metrics.Metrics, log *slog.Logger) *HeaderGuard {
+func NewHeaderGuard(own func(key string) bool, m interface{ HeaderDropped(key string) }, log *slog.Logger) *HeaderGuard {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -41,7 +39,9 @@ func (g *HeaderGuard) Drop(ev *Event, key string) bool {
 	if g == nil || !strings.HasPrefix(key, HeaderPrefix) && (g.own == nil || !g.own(key)) {
 		return false
 	}
-	g.metrics.HeaderDropped(key)
+	if g.metrics != nil {
+		g.metrics.HeaderDropped(key)
+	}
 	if _, seen := g.logged.LoadOrStore(key, struct{}{}); !seen {
 		g.log.Warn("a headers-column key repeats a header the relay sets itself; the relay's value is sent, the row's left out (logged once per key)",
 			"header", key, "event_id", ev.ID)

@@ -1,11 +1,14 @@
 // Package relay is the core of the outbox relay: it moves committed outbox
-// rows from a Source (PostgreSQL logical replication) to a Sink (a broker)
-// and confirms to the source only what the broker has confirmed.
+// rows from a Source (PostgreSQL logical replication, a backfill, a replay)
+// to a Sink (a broker) and tells the source only what the broker has
+// confirmed.
 //
-// The path of an event is Source → Relay → Sink → Tracker → Source: the
-// source decodes rows and admits them into a Tracker, the relay hands them to
-// the sink in order, the sink reports each broker confirm through Event.Done,
-// and the tracker tells the source the highest position it may confirm.
+// An event's path crosses each part once: the source sends rows and marks
+// on one channel (Item); the core admits each row into its in-flight
+// window and hands it to the sink; the sink reports the broker's verdict
+// through Event.Done; the core alone decides, in session.settle, whether
+// the row is acknowledged, dead-lettered or stops the stream; and the
+// source reads back through Progress the position it may confirm.
 package relay
 
 import (
@@ -17,23 +20,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
-
-	"github.com/relay-dev/relay/metrics"
 )
-
-// Source produces events from the database, one session at a time.
-//
-// Stream runs one replication session: it admits each event into tr (waiting
-// on tr.Space while the window is full) and then sends it on out, in commit
-// order; it reports tr.Safe() back to the database. When ctx ends it stops
-// reading, closes out, waits a bounded time for in-flight events to be
-// confirmed, sends a final status and returns ctx's error. Stream closes out
-// on every return path. It returns when tr.Failed is closed, with tr.Err().
-// Errors that retrying cannot fix are marked Permanent; any other error ends
-// the session and the relay starts a new one after a backoff.
-type Source interface {
-	Stream(ctx context.Context, out chan<- *Event, tr *Tracker) error
-}
 
 // Config is what a Relay needs.
 type Config struct {
@@ -50,19 +37,56 @@ type Config struct {
 	// Blocked reports the row meanwhile.
 	DeadLetter   bool
 	BlockedRetry time.Duration
+	// Backoff is the wait between sessions after a transient error;
+	// default 500 ms doubling to 30 s.
+	Backoff *Backoff
 	// OnPublished, when set, is called for every event the broker
 	// confirmed, from the sink's goroutines; it must not block.
 	OnPublished func(*Event)
-	// Metrics records events and errors; nil records nothing.
-	Metrics *metrics.Metrics
+	// Observer is told what happens to events; nil: nothing is.
+	Observer Observer
 	// Logger receives lifecycle events and errors; never one line per event.
 	Logger *slog.Logger
 }
+
+// Observer is what the core reports, for metrics. Its methods are called
+// from the core's and the sink's goroutines and must not block.
+type Observer interface {
+	// Published counts an event the broker confirmed, at destination.
+	Published(table, destination string, commitTime time.Time)
+	// PublishError counts a refusal; reason is one of the Reason
+	// constants.
+	PublishError(table, reason string)
+	// DeadLettered counts a row published to the dead-letter destination.
+	DeadLettered(table string)
+	// InFlight is the number of events handed to the sink and not yet
+	// confirmed, about once a second.
+	InFlight(n int)
+	// Blocked reports whether the stream is stopped at a row.
+	Blocked(on bool)
+	// SessionRestart counts a session that ended other than by shutdown.
+	SessionRestart()
+}
+
+// Reasons a publish failed, for Observer.PublishError.
+const (
+	ReasonTooLarge  = "too_large" // over the broker's size limit
+	ReasonBadRow    = "bad_row"   // anything else about the row itself
+	ReasonPermanent = "permanent" // retrying cannot help, but not the row's fault
+	ReasonTransient = "transient" // retried
+	ReasonCanceled  = "canceled"  // given up at shutdown
+)
+
+// itemBuffer is how many items a source may send ahead of the core's
+// admission: enough that the two goroutines hand over in runs, few enough
+// that the rows waiting in it add little to the in-flight bytes.
+const itemBuffer = 128
 
 // Relay runs sessions of Source → Sink until its context ends or an error
 // that retrying cannot fix.
 type Relay struct {
 	cfg     Config
+	obs     Observer
 	log     *slog.Logger
 	blocked atomic.Pointer[RowError]
 }
@@ -81,153 +105,107 @@ func New(cfg Config) *Relay {
 	if cfg.BlockedRetry <= 0 {
 		cfg.BlockedRetry = 30 * time.Second
 	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = NewBackoff(500*time.Millisecond, 30*time.Second)
+	}
+	obs := cfg.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Relay{cfg: cfg, log: log.With("component", "relay")}
+	return &Relay{cfg: cfg, obs: obs, log: log.With("component", "relay")}
 }
 
 // Run streams until ctx ends (returning nil) or a Permanent error occurs.
 // Transient errors (lost connections, a slot held by another process) are
-// logged and retried with capped exponential backoff. A row that cannot be
-// published and has nowhere to be dead-lettered blocks the stream: Run
-// reports it through Blocked and tries again every BlockedRetry.
+// logged and retried with backoff. A row that cannot be published and has
+// nowhere to be dead-lettered blocks the stream: Run reports it through
+// Blocked and tries again every BlockedRetry.
 func (r *Relay) Run(ctx context.Context) error {
-	backoff := NewBackoff(500*time.Millisecond, 30*time.Second)
+	backoff := r.cfg.Backoff
 	for {
 		start := time.Now()
 		err := r.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.cfg.Metrics.SessionRestart()
-		if re, ok := AsBadRow(err); ok {
+		r.obs.SessionRestart()
+		var wait time.Duration
+		switch re, bad := AsBadRow(err); {
+		case bad:
 			r.blocked.Store(re)
-			r.cfg.Metrics.Blocked(true)
+			r.obs.Blocked(true)
+			wait = r.cfg.BlockedRetry
 			r.log.Error("the stream is stopped at a row that cannot be published; it resumes once the cause is fixed, or set a dead-letter destination (RELAY_DEAD_LETTER) and restart",
-				"event_id", re.ID, "lsn", re.LSN.String(), "index", re.Index, "reason", re.Err.Error(), "retry_in", r.cfg.BlockedRetry.String())
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(r.cfg.BlockedRetry):
-			}
-			continue
-		}
-		if IsPermanent(err) {
+				"event_id", re.ID, "lsn", re.LSN.String(), "index", re.Index, "reason", re.Err.Error(), "retry_in", wait.String())
+		case IsPermanent(err):
 			return err
+		default:
+			if time.Since(start) > time.Minute {
+				backoff.Reset()
+			}
+			wait = backoff.Next()
+			r.log.Warn("replication session ended; retrying", "error", err, "retry_in", wait.String())
 		}
-		if time.Since(start) > time.Minute {
-			backoff.Reset()
-		}
-		wait := backoff.Next()
-		r.log.Warn("replication session ended; retrying", "error", err, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
+		if !Sleep(ctx, wait) {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }
 
-// session runs one Source.Stream with a fresh tracker, so that after a
-// reconnect the window restarts from what the database has confirmed and
-// confirms for events of an earlier session are ignored.
+// session is one Source.Stream and the events it sends. Each session has
+// a fresh tracker, so that after a reconnect the window restarts from what
+// the database has confirmed and confirms for events of an earlier
+// session are ignored.
+type session struct {
+	*Relay
+	tr *tracker
+	// again carries dead letters from settle, on the sink's goroutines, to
+	// the publisher, the only goroutine that may call Publish. A row is
+	// dead-lettered at most twice (its dead letter, then a bare one), so
+	// twice the window never fills.
+	again chan *Event
+}
+
 func (r *Relay) session(ctx context.Context) error {
-	tr := NewTracker(r.cfg.MaxInFlight, r.cfg.MaxInFlightBytes, 0)
-	// Rejected events come back to the publishing goroutine, the only one
-	// that may call Publish. Each event is rejected at most twice (its
-	// dead letter, then a bare one), so twice the in-flight bound is the
-	// channel's.
-	rejects := make(chan rejected, 2*r.cfg.MaxInFlight)
-	tr.Hooks(r.acked, func(ev *Event, err error) bool {
-		r.cfg.Metrics.PublishError(ev.Table, reason(err))
-		if _, ok := AsBadRow(err); !ok || !r.cfg.DeadLetter {
-			return false
-		}
-		select {
-		case rejects <- rejected{ev, err}:
-			return true
-		default:
-			return false
-		}
-	})
-	events := make(chan *Event, r.cfg.MaxInFlight)
-	// The publisher outlives ctx: on shutdown the source stops reading but
-	// waits for what is in flight, so events already admitted must still
-	// reach the sink. It ends when the source closes events or the session
-	// is over.
+	s := &session{Relay: r, again: make(chan *Event, 2*r.cfg.MaxInFlight)}
+	s.tr = newTracker(r.cfg.MaxInFlight, r.cfg.MaxInFlightBytes, 0, s.settle)
+
+	// The source's context also ends when the session fails, so that it
+	// stops reading and returns.
+	srcCtx, stopSource := context.WithCancel(ctx)
+	defer stopSource()
+	// The publisher outlives ctx: on shutdown the source stops reading
+	// but waits for what is in flight, so what it sent must still reach
+	// the sink. It ends with the source.
 	pubCtx, stopPub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPub()
 
+	items := make(chan Item, itemBuffer)
 	var g errgroup.Group
 	g.Go(func() error {
 		defer stopPub()
-		return r.cfg.Source.Stream(ctx, events, tr)
+		return r.cfg.Source.Stream(srcCtx, items, &Progress{tr: s.tr})
 	})
 	g.Go(func() error {
-		gauge := time.NewTicker(time.Second)
-		defer gauge.Stop()
-		for {
-			var (
-				ev    *Event
-				cause error
-			)
-			select {
-			case e, ok := <-events:
-				if !ok {
-					// Keep dead-lettering while the source waits
-					// for what is in flight, until the session ends.
-					events = nil
-					continue
-				}
-				ev, cause = e, e.Invalid
-			case rj := <-rejects:
-				ev, cause = rj.ev, rj.err
-			case <-gauge.C:
-				r.cfg.Metrics.InFlight(tr.InFlight())
-				continue
-			case <-pubCtx.Done():
-				return nil
-			}
-			if tr.Err() != nil {
-				continue // the session is failing; drain so nothing blocks
-			}
-			if cause != nil {
-				if ev.Invalid != nil {
-					r.cfg.Metrics.PublishError(ev.Table, reason(cause))
-				}
-				ev, cause = r.deadLetter(ev, cause)
-				if cause != nil {
-					tr.Fail(cause)
-					continue
-				}
-			}
-			if err := r.cfg.Sink.Publish(pubCtx, ev); err != nil {
-				if pubCtx.Err() != nil {
-					return nil
-				}
-				r.cfg.Metrics.PublishError(ev.Table, reason(err))
-				if _, ok := AsBadRow(err); ok && r.cfg.DeadLetter {
-					if ev.DeadLetter != "" {
-						// A dead letter's Done hands the failure to its
-						// row, which goes bare or stops the stream.
-						ev.Done(err)
-						continue
-					}
-					select {
-					case rejects <- rejected{ev, err}:
-						continue
-					default:
-					}
-				}
-				tr.Fail(fmt.Errorf("publish event %s: %w", ev.ID, err))
-			}
+		s.publish(pubCtx, items)
+		return nil
+	})
+	g.Go(func() error {
+		select {
+		case <-s.tr.Failed():
+			stopSource()
+		case <-pubCtx.Done():
 		}
+		return nil
 	})
 	err := g.Wait()
-	if err == nil {
-		err = tr.Err()
+	if ferr := s.tr.Err(); ferr != nil {
+		// The source returned because the session failed.
+		return ferr
 	}
 	if err == nil && ctx.Err() == nil {
 		err = errors.New("replication stream ended")
@@ -235,71 +213,161 @@ func (r *Relay) session(ctx context.Context) error {
 	return err
 }
 
-type rejected struct {
-	ev  *Event
-	err error
-}
-
-// acked runs for every confirmed event.
-func (r *Relay) acked(ev *Event) {
-	r.cfg.Metrics.Published(ev.Table, ev.Destination, ev.CommitTime)
-	if r.cfg.OnPublished != nil {
-		r.cfg.OnPublished(ev)
-	}
-	if re := r.blocked.Load(); re != nil && re.LSN == ev.CommitLSN && re.Index == ev.Index {
-		if r.blocked.CompareAndSwap(re, nil) {
-			r.cfg.Metrics.Blocked(false)
-			r.log.Info("the row the stream was stopped at is published; streaming again", "event_id", ev.ID)
+// publish admits the source's rows into the window, in order, and hands
+// them and dead letters to the sink, until ctx ends.
+func (s *session) publish(ctx context.Context, items <-chan Item) {
+	gauge := time.NewTicker(time.Second)
+	defer gauge.Stop()
+	failed := s.tr.Failed()
+	var waiting *Event // a row waiting for room in the window
+	for {
+		in, space := items, (<-chan struct{})(nil)
+		if waiting != nil {
+			in, space = nil, s.tr.space
+		}
+		select {
+		case it, ok := <-in:
+			switch {
+			case !ok:
+				// Keep dead-lettering while the source waits for
+				// what is in flight, until the session ends.
+				items = nil
+				continue
+			case failed == nil:
+				continue // failed: drained so that nothing waits
+			case it.Event == nil:
+				s.tr.Mark(it.Mark)
+				continue
+			}
+			waiting = it.Event
+		case <-space:
+		case dl := <-s.again:
+			if failed != nil && !s.publishOne(ctx, dl) {
+				failed, waiting = nil, nil
+			}
+			continue
+		case <-failed:
+			failed, waiting = nil, nil
+			continue
+		case <-gauge.C:
+			s.obs.InFlight(s.tr.InFlight())
+			continue
+		case <-ctx.Done():
+			return
+		}
+		if waiting != nil && s.tr.Add(waiting) {
+			ev := waiting
+			waiting = nil
+			if ev.Invalid != nil {
+				// Its dead letter takes its place in the stream.
+				ev = s.refused(ev, ev.Invalid)
+			}
+			if !s.publishOne(ctx, ev) {
+				// Nothing after a row the stream stops at goes out.
+				failed = nil
+			}
 		}
 	}
 }
 
-// deadLetter returns the dead letter that replaces ev, failed with cause,
-// or the error that stops the stream when there is nowhere to send it.
-func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
-	re, ok := AsBadRow(cause)
-	if !ok {
-		re = &RowError{ID: ev.ID, LSN: ev.CommitLSN, Index: ev.Index, Err: cause}
+// publishOne hands ev to the sink, and what replaces it when the sink
+// refuses it at once. It reports false when that stopped the session (or
+// ev is nil: refused already stopped it).
+func (s *session) publishOne(ctx context.Context, ev *Event) bool {
+	for ev != nil {
+		err := s.cfg.Sink.Publish(ctx, ev)
+		if err == nil || ctx.Err() != nil {
+			return true
+		}
+		ev = s.refused(ev, err)
 	}
-	if !r.cfg.DeadLetter || ev.bare {
-		return nil, re
+	return false
+}
+
+// settle is every published event's Done: the broker's verdict.
+func (s *session) settle(ev *Event, err error) {
+	if err != nil {
+		if dl := s.refused(ev, err); dl != nil {
+			select {
+			case s.again <- dl:
+			default:
+				s.tr.Fail(fmt.Errorf("dead-letter event %s: too many dead letters waiting", dl.ID))
+			}
+		}
+		return
 	}
-	dl := *ev
-	dl.Invalid = nil
+	row := ev
+	if ev.of != nil {
+		// A dead letter: its row is done, counted where it went.
+		row = ev.of
+		s.obs.DeadLettered(row.Table)
+		row.Destination = ev.Destination
+	}
+	s.obs.Published(row.Table, row.Destination, row.CommitTime)
+	if s.cfg.OnPublished != nil {
+		s.cfg.OnPublished(row)
+	}
+	if re := s.blocked.Load(); re != nil && re.LSN == row.CommitLSN && re.Index == row.Index {
+		if s.blocked.CompareAndSwap(re, nil) {
+			s.obs.Blocked(false)
+			s.log.Info("the row the stream was stopped at is published; streaming again", "event_id", row.ID)
+		}
+	}
+	s.tr.Ack(row)
+}
+
+// Stages of a row that cannot be published.
+const (
+	stageNone       = iota
+	stageDeadLetter // its dead letter is out
+	stageBare       // its dead letter was refused; a bare one is out
+)
+
+// refused decides what happens after the broker, the sink or the source
+// refused ev (a row or its dead letter): the one place that does. A row
+// with something wrong with it goes to the dead-letter destination: it
+// returns the dead letter to publish. When that refuses the dead letter
+// too, a bare one without the row's payload and headers goes. A refused
+// bare one, a row without a dead-letter destination, and any error not
+// about the row stop the session: it returns nil.
+func (s *session) refused(ev *Event, err error) *Event {
+	s.obs.PublishError(ev.Table, reason(err))
+	row := ev
+	if ev.of != nil {
+		row = ev.of
+	}
+	re, bad := AsBadRow(err)
 	switch {
-	case ev.DeadLetter != "":
-		// Its dead letter was refused too. Sinks leave out of a dead
-		// letter what they know the broker refuses; what is left to a
-		// row is its payload and headers, so the last resort carries
-		// neither, and a third refusal stops the stream.
-		ev.bare = true
-		dl.bare = true
+	case !bad:
+		s.tr.Fail(fmt.Errorf("publish event %s: %w", row.ID, err))
+		return nil
+	case !s.cfg.DeadLetter || row.stage == stageBare:
+		s.tr.Fail(re)
+		return nil
+	}
+	dl := *row
+	dl.Invalid, dl.of, dl.done = nil, row, s.settle
+	switch {
+	case row.stage == stageDeadLetter:
+		// Sinks leave out of a dead letter what they know the broker
+		// refuses; what is left to a row is its payload and headers, so
+		// the last resort carries neither.
+		row.stage = stageBare
 		dl.DeadLetter = fmt.Sprintf("%s; its dead letter was refused too (%v), so this one goes without the row's payload and headers", ev.DeadLetter, re.Err)
 		dl.Payload, dl.Headers, dl.To = nil, nil, ""
-		dl.OmittedPayload = len(ev.Payload)
-	case errors.Is(cause, ErrTooLarge):
-		// Its payload is what the broker refuses; the row keeps it.
+		dl.OmittedPayload = len(row.Payload)
+	case errors.Is(err, ErrTooLarge):
+		// Its payload is what the broker refuses.
+		row.stage = stageDeadLetter
 		dl.DeadLetter = re.Err.Error()
 		dl.Payload = nil
-		dl.OmittedPayload = len(ev.Payload)
+		dl.OmittedPayload = len(row.Payload)
 	default:
+		row.stage = stageDeadLetter
 		dl.DeadLetter = re.Err.Error()
 	}
-	dl.done = func(d *Event, err error) {
-		if err == nil {
-			r.cfg.Metrics.DeadLettered(ev.Table)
-			// Published, it counts where it went, not where its row
-			// could not go.
-			ev.Destination = d.Destination
-		}
-		// The original's Done: the tracker acks it, or fails the stream.
-		ev.Done(err)
-	}
-	// Only the original counts as dead-lettered from now: its Done, when
-	// called by the dead letter's outcome, must not reject it again.
-	ev.DeadLetter = dl.DeadLetter
-	r.log.Warn("dead-lettering a row that cannot be published", "event_id", re.Row(), "lsn", re.LSN.String(), "index", re.Index, "reason", dl.DeadLetter)
-	return &dl, nil
+	s.log.Warn("dead-lettering a row that cannot be published", "event_id", re.Row(), "lsn", re.LSN.String(), "index", re.Index, "reason", dl.DeadLetter)
+	return &dl
 }
 
 // reason is a short, stable word for what made a publish fail, for the
@@ -307,35 +375,23 @@ func (r *Relay) deadLetter(ev *Event, cause error) (*Event, error) {
 func reason(err error) string {
 	switch {
 	case errors.Is(err, ErrTooLarge):
-		return metrics.ReasonTooLarge
+		return ReasonTooLarge
 	case IsPermanent(err):
 		if _, ok := AsBadRow(err); ok {
-			return metrics.ReasonBadRow
+			return ReasonBadRow
 		}
-		return metrics.ReasonPermanent
+		return ReasonPermanent
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return metrics.ReasonCanceled
+		return ReasonCanceled
 	}
-	return metrics.ReasonTransient
+	return ReasonTransient
 }
 
-// Backoff is capped exponential backoff for retry loops.
-type Backoff struct {
-	min, max, cur time.Duration
-}
+type nopObserver struct{}
 
-// NewBackoff returns a backoff that starts at min and doubles up to max.
-func NewBackoff(min, max time.Duration) *Backoff { return &Backoff{min: min, max: max} }
-
-// Next returns how long to wait before the next attempt.
-func (b *Backoff) Next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
-	}
-	return b.cur
-}
-
-// Reset starts the sequence again from min, after a success.
-func (b *Backoff) Reset() { b.cur = 0 }
+func (nopObserver) Published(string, string, time.Time) {}
+func (nopObserver) PublishError(string, string)         {}
+func (nopObserver) DeadLettered(string)                 {}
+func (nopObserver) InFlight(int)                        {}
+func (nopObserver) Blocked(bool)                        {}
+func (nopObserver) SessionRestart()                     {}

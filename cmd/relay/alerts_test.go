@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/relay-dev/relay/metrics"
+	"github.com/relay-dev/relay/relay"
 )
 
 // The alert rules run only when something has already gone wrong, so they
@@ -404,7 +405,7 @@ const staleSample = -1 << 62
 // can take, and counters that only grow (until the process restarts).
 func TestAlertRuleTestsUseTheRelaysSeries(t *testing.T) {
 	fams := exportedFamilies(t)
-	reasons := []string{metrics.ReasonTooLarge, metrics.ReasonBadRow, metrics.ReasonPermanent, metrics.ReasonTransient, metrics.ReasonCanceled}
+	reasons := []string{relay.ReasonTooLarge, relay.ReasonBadRow, relay.ReasonPermanent, relay.ReasonTransient, relay.ReasonCanceled}
 	for _, g := range readRuleTests(t).Tests {
 		for _, s := range g.InputSeries {
 			m := seriesRE.FindStringSubmatch(strings.TrimSpace(s.Series))

@@ -292,7 +292,7 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 		MaxInFlightBytes: cfg.MaxInFlightBytes,
 		DeadLetter:       cfg.DeadLetter != "",
 		BlockedRetry:     cfg.BlockedRetry,
-		Metrics:          m,
+		Observer:         m,
 		Logger:           log,
 	})
 	running.Store(r)

@@ -370,7 +370,7 @@ func replay(ctx context.Context, cfg config, log *slog.Logger, rep *pgsource.Rep
 		BlockedRetry: time.Hour,
 		OnPublished: func(ev *relay.Event) {
 			published.Add(1)
-			if ev.DeadLetter != "" {
+			if ev.DeadLettered() {
 				dead.Add(1)
 			}
 		},

@@ -152,11 +152,13 @@ func (s *Source) pendingBackfill(ctx context.Context, conn *pgx.Conn) ([]backfil
 
 // backfill publishes the rows of the tables in states, in insertion order
 // (created_at, then physical position), reading in the exported snapshot when one
-// is given. It returns once every row is confirmed and recorded.
-func (s *Source) backfill(ctx context.Context, states []backfillState, base int64, snapshot string, start relay.LSN, out chan<- *relay.Event, tr *relay.Tracker) error {
+// is given. It returns once every row is confirmed and recorded, with the
+// number of rows it sent.
+func (s *Source) backfill(ctx context.Context, states []backfillState, base int64, snapshot string, start relay.LSN, out chan<- relay.Item, pos *relay.Progress) (uint64, error) {
+	var sent uint64
 	cfg, err := pgx.ParseConfig(s.cfg.ConnString)
 	if err != nil {
-		return relay.Permanent(fmt.Errorf("parse database url: %w", err))
+		return 0, relay.Permanent(fmt.Errorf("parse database url: %w", err))
 	}
 	// The decoder reads pgoutput's text forms, which these settings fix
 	// for the replication session; rows read here must look the same.
@@ -166,23 +168,23 @@ func (s *Source) backfill(ctx context.Context, states []backfillState, base int6
 	cfg.RuntimeParams["extra_float_digits"] = "3"
 	reader, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("connect for the backfill: %w", err)
+		return 0, fmt.Errorf("connect for the backfill: %w", err)
 	}
 	defer reader.Close(context.WithoutCancel(ctx))
 	writer, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("connect for the backfill: %w", err)
+		return 0, fmt.Errorf("connect for the backfill: %w", err)
 	}
 	defer writer.Close(context.WithoutCancel(ctx))
 
 	tx, err := reader.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return fmt.Errorf("begin the backfill: %w", err)
+		return 0, fmt.Errorf("begin the backfill: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	if snapshot != "" {
 		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+strings.ReplaceAll(snapshot, "'", "")+"'"); err != nil {
-			return fmt.Errorf("import the slot's snapshot %s: %w", snapshot, err)
+			return 0, fmt.Errorf("import the slot's snapshot %s: %w", snapshot, err)
 		}
 	}
 	index := base
@@ -191,20 +193,20 @@ func (s *Source) backfill(ctx context.Context, states []backfillState, base int6
 			st.start = start
 			if _, err := writer.Exec(ctx, `UPDATE relay.backfill SET start_lsn = $3::text::pg_lsn WHERE slot_name = $1 AND table_name = $2`,
 				s.cfg.Slot, st.table.String(), start.String()); err != nil {
-				return fmt.Errorf("record the backfill of %s: %w", st.table, err)
+				return 0, fmt.Errorf("record the backfill of %s: %w", st.table, err)
 			}
 		}
 		s.log.Info("backfilling existing rows", "table", st.table.String(), "from_row", st.rows, "snapshot", snapshot != "")
 		began, before := time.Now(), st.rows
-		if err := s.backfillTable(ctx, tx, writer, &st, &index, out, tr); err != nil {
-			return err
+		if err := s.backfillTable(ctx, tx, writer, &st, &index, out, pos, &sent); err != nil {
+			return sent, err
 		}
 		s.log.Info("backfilled", "table", st.table.String(), "rows", st.rows-before, "seconds", time.Since(began).Seconds())
 	}
-	return nil
+	return sent, nil
 }
 
-func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn, st *backfillState, index *int64, out chan<- *relay.Event, tr *relay.Tracker) error {
+func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn, st *backfillState, index *int64, out chan<- relay.Item, pos *relay.Progress, sent *uint64) error {
 	cols, typeNames, err := tableColumns(ctx, tx, st.table)
 	if err != nil {
 		return err
@@ -315,12 +317,13 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 			return nil
 		}
 		for _, ev := range batch {
-			if err := admit(ctx, tr, out, ev); err != nil {
+			if err := send(ctx, out, relay.Item{Event: ev}, nil); err != nil {
 				return err
 			}
+			*sent++
 		}
 		// The batch is recorded only once the broker has every row of it.
-		if err := drained(ctx, tr); err != nil {
+		if err := pos.Wait(ctx, *sent); err != nil {
 			return err
 		}
 		st.rows += int64(len(batch))
@@ -386,37 +389,4 @@ func tableColumns(ctx context.Context, tx pgx.Tx, t Table) ([]column, []string, 
 		types = append(types, tn)
 	}
 	return cols, types, rows.Err()
-}
-
-// admit waits for room in the window, then hands ev on.
-func admit(ctx context.Context, tr *relay.Tracker, out chan<- *relay.Event, ev *relay.Event) error {
-	for !tr.Add(ev) {
-		select {
-		case <-tr.Space():
-		case <-tr.Failed():
-			return tr.Err()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	// Admitted, it must reach the sink; out has room for the window.
-	out <- ev
-	return nil
-}
-
-// drained waits until nothing is in flight.
-func drained(ctx context.Context, tr *relay.Tracker) error {
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for tr.InFlight() > 0 {
-		select {
-		case <-tr.Space():
-		case <-tick.C:
-		case <-tr.Failed():
-			return tr.Err()
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
 }

@@ -1124,14 +1124,15 @@ func TestDestinationColumn(t *testing.T) {
 }
 
 // TestBoundaryMatchesPglogrepl: Begin and Commit, parsed in place, give
-// what pglogrepl.Parse gives, and the commit's end LSN becomes safe.
+// what pglogrepl.Parse gives, and the commit sends its end LSN as a mark.
 func TestBoundaryMatchesPglogrepl(t *testing.T) {
 	be := binary.BigEndian
 	for _, us := range []int64{0, 786_000_000_123_456, -1_500_000} {
 		begin := be.AppendUint32(be.AppendUint64(be.AppendUint64([]byte{'B'}, 0x1_0000_2000), uint64(us)), 4242)
 		commit := be.AppendUint64(be.AppendUint64(be.AppendUint64([]byte{'C', 0}, 0x1_0000_2000), 0x1_0000_2040), uint64(us))
-		st := &stream{src: &Source{}, tr: relay.NewTracker(8, 1<<20, 0)}
-		if err := st.boundary(begin, 0); err != nil {
+		out := make(chan relay.Item, 1)
+		st := &stream{src: &Source{cfg: Config{Metrics: nopObserver{}}}, out: out}
+		if err := st.boundary(t.Context(), begin, 0); err != nil {
 			t.Fatal(err)
 		}
 		m, err := pglogrepl.Parse(begin)
@@ -1142,7 +1143,7 @@ func TestBoundaryMatchesPglogrepl(t *testing.T) {
 		if !st.inTxn || st.commitLSN != relay.LSN(b.FinalLSN) || !st.commitTime.Equal(b.CommitTime) {
 			t.Fatalf("begin at %d µs: in txn %v, lsn %s, time %s; pglogrepl: %s, %s", us, st.inTxn, st.commitLSN, st.commitTime, b.FinalLSN, b.CommitTime)
 		}
-		if err := st.boundary(commit, 0); err != nil {
+		if err := st.boundary(t.Context(), commit, 0); err != nil {
 			t.Fatal(err)
 		}
 		m, err = pglogrepl.Parse(commit)
@@ -1150,13 +1151,13 @@ func TestBoundaryMatchesPglogrepl(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := m.(*pglogrepl.CommitMessage)
-		if st.inTxn || st.tr.Safe() != relay.LSN(c.TransactionEndLSN) {
-			t.Fatalf("commit: in txn %v, safe %s; pglogrepl end %s", st.inTxn, st.tr.Safe(), c.TransactionEndLSN)
+		if mark := <-out; st.inTxn || mark.Event != nil || mark.Mark != relay.LSN(c.TransactionEndLSN) {
+			t.Fatalf("commit: in txn %v, sent %+v; pglogrepl end %s", st.inTxn, mark, c.TransactionEndLSN)
 		}
-		if err := st.boundary(commit, 0); err == nil {
+		if err := st.boundary(t.Context(), commit, 0); err == nil {
 			t.Fatal("a second commit outside a transaction was accepted")
 		}
-		if err := st.boundary(begin[:20], 0); err == nil {
+		if err := st.boundary(t.Context(), begin[:20], 0); err == nil {
 			t.Fatal("a truncated begin was accepted")
 		}
 	}

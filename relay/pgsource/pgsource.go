@@ -19,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -76,7 +75,7 @@ type Config struct {
 	// committed in between are then never published, which it logs.
 	SlotRecreate bool
 	// Metrics records positions and transactions; nil records nothing.
-	Metrics *metrics.Metrics
+	Metrics Observer
 	Logger  *slog.Logger
 }
 
@@ -97,8 +96,25 @@ type Source struct {
 	confirmed atomic.Uint64
 }
 
+// Observer is what the source reports, for metrics.
+type Observer interface {
+	// Positions reports the position confirmed to the slot and the
+	// server's WAL end.
+	Positions(confirmed, walEnd uint64)
+	// Transaction counts a transaction with outbox rows.
+	Transaction()
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Positions(uint64, uint64) {}
+func (nopObserver) Transaction()             {}
+
 // New returns a Source; it connects only when streaming.
 func New(cfg Config) (*Source, error) {
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopObserver{}
+	}
 	if _, err := pgconn.ParseConfig(cfg.ConnString); err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
@@ -130,7 +146,7 @@ func (s *Source) setStreaming(v bool) {
 }
 
 // Stream implements relay.Source.
-func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.Tracker) error {
+func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.Progress) error {
 	closeOut := sync.OnceFunc(func() { close(out) })
 	defer closeOut()
 
@@ -148,8 +164,9 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 	if err != nil {
 		return err
 	}
+	var backfilled uint64
 	if len(slot.backfill) > 0 {
-		if err := s.backfill(ctx, slot.backfill, slot.base, slot.snapshot, slot.confirmed, out, tr); err != nil {
+		if backfilled, err = s.backfill(ctx, slot.backfill, slot.base, slot.snapshot, slot.confirmed, out, pos); err != nil {
 			return err
 		}
 	}
@@ -179,7 +196,8 @@ func (s *Source) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 		src:      s,
 		conn:     repl,
 		out:      out,
-		tr:       tr,
+		pos:      pos,
+		rows:     backfilled,
 		rels:     make(map[uint32]*relation),
 		parts:    slot.parts,
 		unplaced: make(map[uint32]*errUnplaced),
@@ -236,8 +254,10 @@ func (s *Source) connect(ctx context.Context) (*pgconn.PgConn, error) {
 type stream struct {
 	src      *Source
 	conn     *pgconn.PgConn
-	out      chan<- *relay.Event
-	tr       *relay.Tracker
+	out      chan<- relay.Item
+	pos      *relay.Progress
+	rows     uint64    // rows sent
+	mark     relay.LSN // the last mark sent
 	rels     map[uint32]*relation
 	closeOut func()
 	// parts places the relations of Relation messages on outbox tables;
@@ -302,24 +322,20 @@ func (st *stream) run(ctx context.Context) error {
 	}
 }
 
-// periodic reports progress and notices shutdown or a failed sink.
+// periodic reports progress and notices shutdown, or a session the core
+// stopped (which ends ctx).
 func (st *stream) periodic(ctx context.Context, now time.Time) error {
-	select {
-	case <-st.tr.Failed():
-		return st.tr.Err()
-	default:
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	return st.status(now, false)
 }
 
-// status reports the tracker's safe position: when it moved (at most once
+// status reports the published position: when it moved (at most once
 // a tick), when forced (the server asked, shutdown) and at least every
 // StatusInterval so the server does not time the session out.
 func (st *stream) status(now time.Time, force bool) error {
-	safe := max(st.tr.Safe(), st.start)
+	safe := max(st.pos.LSN(), st.start)
 	since := now.Sub(st.sentAt)
 	due := since >= st.src.cfg.StatusInterval
 	if !force && !(safe > st.sent && since >= tick) && !due {
@@ -360,7 +376,9 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 		// hold WAL back. Not inside a transaction, whose rest is still to come.
 		st.walEnd = max(st.walEnd, relay.LSN(ka.ServerWALEnd))
 		if !st.inTxn {
-			st.tr.Mark(relay.LSN(ka.ServerWALEnd))
+			if err := st.send(ctx, relay.Item{Mark: relay.LSN(ka.ServerWALEnd)}); err != nil {
+				return err
+			}
 		}
 		if ka.ReplyRequested {
 			return st.status(time.Now(), true)
@@ -390,7 +408,7 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 	case byte(pglogrepl.MessageTypeBegin), byte(pglogrepl.MessageTypeCommit):
 		// A row's two companions, parsed in place: through pglogrepl.Parse
 		// they cost more allocations than the row itself.
-		return st.boundary(data, walStart)
+		return st.boundary(ctx, data, walStart)
 	case byte(pglogrepl.MessageTypeInsert):
 		if !st.inTxn {
 			return errors.New("insert outside a transaction")
@@ -465,7 +483,7 @@ func (st *stream) unplacedRow(data []byte) *errUnplaced {
 }
 
 // boundary handles a Begin or a Commit message.
-func (st *stream) boundary(data []byte, walStart pglogrepl.LSN) error {
+func (st *stream) boundary(ctx context.Context, data []byte, walStart pglogrepl.LSN) error {
 	be := binary.BigEndian
 	if data[0] == byte(pglogrepl.MessageTypeBegin) {
 		// Byte1('B') Int64(final LSN) Int64(commit time) Int32(xid)
@@ -492,8 +510,7 @@ func (st *stream) boundary(data []byte, walStart pglogrepl.LSN) error {
 	// A restart resumes after the confirmed position and skips any
 	// transaction whose commit record starts before it, so the end of
 	// this transaction becomes safe only once all its rows are confirmed.
-	st.tr.Mark(relay.LSN(be.Uint64(data[10:])))
-	return nil
+	return st.send(ctx, relay.Item{Mark: relay.LSN(be.Uint64(data[10:]))})
 }
 
 // pgTime converts PostgreSQL's microseconds since 2000-01-01 UTC.
@@ -524,7 +541,7 @@ func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 			return err
 		}
 		if !st.inTxn {
-			st.tr.Mark(relay.LSN(m.LSN))
+			return st.send(ctx, relay.Item{Mark: relay.LSN(m.LSN)})
 		}
 		return nil
 	}
@@ -537,8 +554,7 @@ func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 	return st.emit(ctx, ev)
 }
 
-// emit admits ev into the in-flight window, waiting while it is full, and
-// hands it on.
+// emit hands ev to the core.
 func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
 	if ev.CommitLSN < st.start {
 		// Its transaction's commit record starts before a position
@@ -546,28 +562,48 @@ func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
 		// lost that position in a crash (position.go).
 		return nil
 	}
-	for !st.tr.Add(ev) {
-		timer := time.NewTimer(tick)
+	return st.send(ctx, relay.Item{Event: ev})
+}
+
+// send hands a row or a mark to the core. While the core's window is full
+// it waits, still reporting progress every tick so that the server does
+// not time the session out.
+func (st *stream) send(ctx context.Context, it relay.Item) error {
+	err := send(ctx, st.out, it, func() error { return st.periodic(ctx, time.Now()) })
+	switch {
+	case err != nil:
+	case it.Event != nil:
+		st.rows++
+	default:
+		st.mark = it.Mark
+	}
+	return err
+}
+
+// send hands it on out, calling every (when not nil) each tick it waits.
+func send(ctx context.Context, out chan<- relay.Item, it relay.Item, every func() error) error {
+	select {
+	case out <- it:
+		return nil
+	default:
+	}
+	timer := time.NewTimer(tick)
+	defer timer.Stop()
+	for {
 		select {
-		case <-st.tr.Space():
+		case out <- it:
+			return nil
 		case <-timer.C:
-			if err := st.periodic(ctx, time.Now()); err != nil {
-				return err
+			if every != nil {
+				if err := every(); err != nil {
+					return err
+				}
 			}
-		case <-st.tr.Failed():
-			timer.Stop()
-			return st.tr.Err()
+			timer.Reset(tick)
 		case <-ctx.Done():
-			timer.Stop()
 			return ctx.Err()
 		}
-		timer.Stop()
 	}
-	// Once admitted it must reach the sink, or shutdown would wait for a
-	// confirm that never comes; out has room for the whole window, so
-	// this does not block.
-	st.out <- ev
-	return nil
 }
 
 // shutdown stops handing on events, waits a bounded time for what is in
@@ -578,17 +614,19 @@ func (st *stream) shutdown(ctx context.Context) error {
 	deadline := time.Now().Add(st.src.cfg.ShutdownTimeout)
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
-	for st.tr.InFlight() > 0 && st.tr.Err() == nil && time.Now().Before(deadline) {
+wait:
+	for (st.pos.Rows() < st.rows || max(st.pos.LSN(), st.start) < st.mark) && time.Now().Before(deadline) {
 		select {
-		case <-st.tr.Space():
-		case <-st.tr.Failed():
+		case <-st.pos.Changed():
+		case <-st.pos.Stopped():
+			break wait
 		case <-ticker.C:
 		}
 		if err := st.status(time.Now(), false); err != nil {
 			return err
 		}
 	}
-	if n := st.tr.InFlight(); n > 0 {
+	if n := st.rows - st.pos.Rows(); n > 0 {
 		st.src.log.Warn("stopping with unconfirmed events; they will be published again on restart", "in_flight", n)
 	}
 	if err := st.status(time.Now(), true); err != nil {

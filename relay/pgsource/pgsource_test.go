@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"reflect"
 	"strings"
@@ -908,8 +909,16 @@ func TestRelaysStartingTogetherOnAFreshDatabase(t *testing.T) {
 			srcs[i] = src
 			wg.Go(func() {
 				<-start
-				err := src.Stream(ctx, make(chan *relay.Event, 16), relay.NewTracker(16, 1<<20, 0))
-				if ctx.Err() == nil {
+				// Any session that ends while the test runs is an
+				// error: the core would retry it, the test does not.
+				var failed atomic.Bool
+				log := slog.New(&errorHandler{report: func(msg string, err any) {
+					if failed.CompareAndSwap(false, true) {
+						errs <- fmt.Errorf("relay %d: %s: %v", i, msg, err)
+					}
+				}})
+				err := relay.New(relay.Config{Source: src, Sink: &recorder{}, Logger: log}).Run(ctx)
+				if ctx.Err() == nil && failed.CompareAndSwap(false, true) {
 					errs <- fmt.Errorf("relay %d stopped: %w", i, err)
 				}
 			})
@@ -953,3 +962,26 @@ func TestRelaysStartingTogetherOnAFreshDatabase(t *testing.T) {
 		}
 	}
 }
+
+// errorHandler reports every record at level warn and above, with its
+// error attribute.
+type errorHandler struct {
+	report func(msg string, err any)
+}
+
+func (h *errorHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+func (h *errorHandler) Handle(_ context.Context, r slog.Record) error {
+	var err any
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			err = a.Value.Any()
+		}
+		return true
+	})
+	h.report(r.Message, err)
+	return nil
+}
+
+func (h *errorHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *errorHandler) WithGroup(string) slog.Handler      { return h }

@@ -595,7 +595,7 @@ func (r *Replay) Record(ctx context.Context) error {
 }
 
 // replayMark is a position in the stream of replayed events: once the
-// tracker reports its mark safe, every event up to it is confirmed, and
+// core reports its mark reached, every event up to it is confirmed, and
 // the table's progress is what it says.
 type replayMark struct {
 	mark  relay.LSN
@@ -610,7 +610,7 @@ type replayMark struct {
 // recorded it closes Finished and waits for ctx to end. It implements
 // relay.Source; each session after the first reads a new snapshot from
 // the recorded progress.
-func (r *Replay) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.Tracker) (err error) {
+func (r *Replay) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.Progress) (err error) {
 	defer close(out)
 	s := r.first
 	r.first = nil
@@ -624,17 +624,17 @@ func (r *Replay) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 		}
 	}
 	defer s.close(ctx)
-	p := &replayProgress{r: r, s: s, tr: tr}
-	err = r.stream(ctx, s, p, out, tr)
+	p := &replayProgress{r: r, s: s, out: out, pos: pos}
+	err = r.stream(ctx, s, p)
 	if err == nil {
-		err = drained(ctx, tr)
+		err = pos.WaitMark(ctx, p.next)
 	}
 	if ctx.Err() != nil {
 		// Stopped: what the broker confirms within the shutdown timeout
 		// is recorded, so that a resume repeats as little as it can.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ShutdownTimeout)
 		defer cancel()
-		_ = drained(wctx, tr)
+		_ = pos.WaitMark(wctx, p.next)
 		if err := p.record(wctx); err != nil {
 			r.log.Warn("recording the replay's progress on shutdown", "error", err)
 		}
@@ -656,7 +656,7 @@ func (r *Replay) Stream(ctx context.Context, out chan<- *relay.Event, tr *relay.
 	return ctx.Err()
 }
 
-func (r *Replay) stream(ctx context.Context, s *replaySession, p *replayProgress, out chan<- *relay.Event, tr *relay.Tracker) error {
+func (r *Replay) stream(ctx context.Context, s *replaySession, p *replayProgress) error {
 	var index int64
 	for i, t := range r.tables {
 		if t.done {
@@ -705,7 +705,7 @@ func (r *Replay) stream(ctx context.Context, s *replaySession, p *replayProgress
 				for _, v := range raw[ncols:] {
 					key = append(key, string(v))
 				}
-				if err := admit(ctx, tr, out, ev); err != nil {
+				if err := p.send(ctx, relay.Item{Event: ev}); err != nil {
 					batch.Close()
 					return err
 				}
@@ -718,7 +718,9 @@ func (r *Replay) stream(ctx context.Context, s *replaySession, p *replayProgress
 				break
 			}
 			rows += int64(n)
-			p.mark(i, rows, key, false)
+			if err := p.mark(ctx, i, rows, key, false); err != nil {
+				return err
+			}
 			if err := p.record(ctx); err != nil {
 				return err
 			}
@@ -726,29 +728,47 @@ func (r *Replay) stream(ctx context.Context, s *replaySession, p *replayProgress
 		if _, err := s.tx.Exec(ctx, "CLOSE "+cursor); err != nil {
 			return fmt.Errorf("replay %s: %w", t.table, err)
 		}
-		p.mark(i, rows, key, true)
+		if err := p.mark(ctx, i, rows, key, true); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// replayProgress turns the tracker's safe marks into relay.replay rows.
+// replayProgress sends the replay's rows and marks, and turns the marks
+// the core reports published into relay.replay rows.
 type replayProgress struct {
-	r       *Replay
-	s       *replaySession
-	tr      *relay.Tracker
+	r   *Replay
+	s   *replaySession
+	out chan<- relay.Item
+	pos *relay.Progress
+	// rows are the rows sent; next numbers the marks, which are no WAL
+	// positions: a replay confirms nothing to the slot.
+	rows    uint64
 	next    relay.LSN
 	pending []replayMark
 }
 
-func (p *replayProgress) mark(table int, rows int64, key []string, done bool) {
+func (p *replayProgress) send(ctx context.Context, it relay.Item) error {
+	err := send(ctx, p.out, it, nil)
+	if err == nil && it.Event != nil {
+		p.rows++
+	}
+	return err
+}
+
+func (p *replayProgress) mark(ctx context.Context, table int, rows int64, key []string, done bool) error {
+	if err := p.send(ctx, relay.Item{Mark: p.next + 1}); err != nil {
+		return err
+	}
 	p.next++
-	p.tr.Mark(p.next)
 	p.pending = append(p.pending, replayMark{mark: p.next, table: table, rows: rows, key: key, done: done})
+	return nil
 }
 
 // record writes the latest mark the broker has confirmed, if it moved.
 func (p *replayProgress) record(ctx context.Context) error {
-	safe := p.tr.Safe()
+	safe := p.pos.LSN()
 	k := -1
 	for i, m := range p.pending {
 		if m.mark <= safe {

@@ -249,10 +249,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		}
 		wait := backoff.Next()
 		s.log.Warn("cannot reach a Kafka broker; retrying", "brokers", cfg.Brokers, "error", err, "retry_in", wait.String())
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
+		relay.Sleep(ctx, wait)
 	}
 	s.healthy.Store(true)
 	s.log.Info("connected to Kafka", "brokers", cfg.Brokers, "create_topics", cfg.CreateTopics, "exactly_once", cfg.ExactlyOnce)

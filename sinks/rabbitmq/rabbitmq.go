@@ -260,13 +260,9 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 		}
 		wait := s.nextBackoff()
 		s.log.Warn("cannot connect to RabbitMQ; retrying", "url", s.redacted, "error", err, "retry_in", wait.String())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !relay.Sleep(ctx, wait) {
 			s.teardown()
 			return nil, fmt.Errorf("rabbitmq: connect to %s: %w (last error: %v)", s.redacted, ctx.Err(), err)
-		case <-t.C:
 		}
 	}
 	s.mu.Lock()

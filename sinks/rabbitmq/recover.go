@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -23,13 +22,8 @@ func (s *Sink) supervise() {
 		case <-s.kick:
 		}
 		for s.needsRecovery() {
-			wait := s.nextBackoff()
-			t := time.NewTimer(wait)
-			select {
-			case <-s.life.Done():
-				t.Stop()
+			if !relay.Sleep(s.life, s.nextBackoff()) {
 				return
-			case <-t.C:
 			}
 			if err := s.recover(s.life); err != nil {
 				if s.life.Err() != nil {
