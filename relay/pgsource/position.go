@@ -78,3 +78,14 @@ func (l *Leader) recordPosition(ctx context.Context, lsn relay.LSN) error {
 		l.cfg.Slot, lsn.String())
 	return err
 }
+
+// CreateStateTables creates the relay schema's tables
+// (schema/relay_state.sql) under the lock that relays starting together
+// take to create what they share; tables another session created
+// meanwhile are no error.
+func CreateStateTables(ctx context.Context, conn *pgx.Conn) error {
+	if err := createShared(ctx, conn, stateDDL); err != nil && !isCreated(err) {
+		return err
+	}
+	return nil
+}

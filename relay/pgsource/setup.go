@@ -52,6 +52,9 @@ func (t Table) String() string { return t.Schema + "." + t.Name }
 
 func (t Table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
 
+// Ident is the table's name quoted for SQL: "schema"."name".
+func (t Table) Ident() string { return t.ident() }
+
 // slotInfo is what the source needs to know about its replication slot.
 type slotInfo struct {
 	confirmed relay.LSN
