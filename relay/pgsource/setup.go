@@ -17,16 +17,13 @@ import (
 
 // SQLSTATE codes the source acts on.
 const (
-	codeUniqueViolation   = pgerr.UniqueViolation
-	codeDuplicateTable    = pgerr.DuplicateTable
-	codeDuplicateSchema   = pgerr.DuplicateSchema
-	codeDuplicateObject   = pgerr.DuplicateObject
-	codeUndefinedObject   = pgerr.UndefinedObject
-	codeUndefinedTable    = pgerr.UndefinedTable
-	codeUndefinedSchema   = pgerr.UndefinedSchema
-	codeObjectInUse       = pgerr.ObjectInUse
-	codeInsufficientPriv  = pgerr.InsufficientPrivilege
-	codeFeatureNotSupport = pgerr.FeatureNotSupported
+	codeUniqueViolation = pgerr.UniqueViolation
+	codeDuplicateTable  = pgerr.DuplicateTable
+	codeDuplicateSchema = pgerr.DuplicateSchema
+	codeDuplicateObject = pgerr.DuplicateObject
+	codeUndefinedTable  = pgerr.UndefinedTable
+	codeUndefinedSchema = pgerr.UndefinedSchema
+	codeObjectInUse     = pgerr.ObjectInUse
 )
 
 // Table is a configured outbox table.
