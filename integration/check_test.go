@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relay-dev/relay/integration/services"
-	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/relay/pgops"
 )
 
 // command runs `relay <args>` to completion with the env's variables plus
@@ -330,7 +330,7 @@ func TestStatusShowsTheSlotAfterTheRelayRan(t *testing.T) {
 	hasLine(t, out, "slot ", e.slot+" (logical, pgoutput)")
 	hasLine(t, out, "active ", fmt.Sprintf("yes, pid %d", pid))
 	// The relay holds the leader lock; pg_locks shows the key split in two.
-	key := pgsource.LeaderLockKey(e.slot)
+	key := pgops.LeaderLockKey(e.slot)
 	var leader int
 	err := e.db.QueryRow(t.Context(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
 		AND classid = $1 AND objid = $2`, uint32(uint64(key)>>32), uint32(key)).Scan(&leader)

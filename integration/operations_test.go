@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relay-dev/relay/integration/services"
-	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/relay/pgops"
 )
 
 // Tests of what an operator relies on: metrics and readiness, the leader
@@ -69,7 +69,7 @@ func (e *env) lockHolder() int32 {
 		WHERE locktype = 'advisory' AND granted AND objsubid = 1
 		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 		  AND classid::bigint = ($1::bigint >> 32) & 4294967295
-		  AND objid::bigint = $1::bigint & 4294967295`, pgsource.LeaderLockKey(e.slot)).Scan(&pid)
+		  AND objid::bigint = $1::bigint & 4294967295`, pgops.LeaderLockKey(e.slot)).Scan(&pid)
 	if err != nil {
 		return 0
 	}
@@ -153,7 +153,7 @@ func TestMetricsAndReadiness(t *testing.T) {
 // must still match.
 func negativeKeySlot(base string) string {
 	for i := 0; ; i++ {
-		if s := fmt.Sprintf("%s_%d", base, i); pgsource.LeaderLockKey(s) < 0 {
+		if s := fmt.Sprintf("%s_%d", base, i); pgops.LeaderLockKey(s) < 0 {
 			return s
 		}
 	}
@@ -186,7 +186,7 @@ func TestStandbyTakesOverWhenTheLeaderIsKilled(t *testing.T) {
 	}
 	if !strings.Contains(reason, named) {
 		t.Errorf("the standby's /readyz reason %q does not name the lock holder, %s (slot %s, lock key %d)",
-			reason, named, e.slot, pgsource.LeaderLockKey(e.slot))
+			reason, named, e.slot, pgops.LeaderLockKey(e.slot))
 	}
 
 	// Rows commit until the standby streams, so some come across the

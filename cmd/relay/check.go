@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgops"
 	"github.com/relay-dev/relay/relay/pgsource"
 	"github.com/relay-dev/relay/sinks/kafka"
 	"github.com/relay-dev/relay/sinks/rabbitmq"
@@ -66,7 +67,7 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 	var db, broker []relay.Finding
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		db = pgsource.Check(ctx, pgsource.CheckConfig{
+		db = pgops.Check(ctx, pgops.CheckConfig{
 			Config: pgsource.Config{
 				ConnString:   cfg.DatabaseURL,
 				Tables:       cfg.tables(),

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/relay-dev/relay/relay"
-	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/relay/pgops"
 )
 
 func TestCommandsRejectInvalidConfigurationWithExitTwo(t *testing.T) {
@@ -64,10 +64,10 @@ func TestSecretsCoverEveryPassword(t *testing.T) {
 func TestPrintStatus(t *testing.T) {
 	t.Parallel()
 	lsn, _ := relay.ParseLSN("0/16B3748")
-	st := pgsource.SlotStatus{
+	st := pgops.SlotStatus{
 		Slot: "outbox_relay", Exists: true, Type: "logical", Plugin: "pgoutput", WALStatus: "reserved",
 		Active: true, ActivePID: 42, Confirmed: lsn, Lag: 3 << 20, Retained: 100,
-		Leader: &pgsource.LockHolder{PID: 41, ApplicationName: "relay", ClientAddr: "10.0.0.7", Since: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
+		Leader: &pgops.LockHolder{PID: 41, ApplicationName: "relay", ClientAddr: "10.0.0.7", Since: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)},
 	}
 	var out bytes.Buffer
 	printStatus(&out, st)
@@ -83,7 +83,7 @@ leader               pid 41 (relay, 10.0.0.7), connected since 2025-01-02T03:04:
 		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
 	}
 	out.Reset()
-	printStatus(&out, pgsource.SlotStatus{Slot: "gone", Lag: -1, Retained: -1})
+	printStatus(&out, pgops.SlotStatus{Slot: "gone", Lag: -1, Retained: -1})
 	want = `slot    gone (does not exist)
 leader  none (no session holds the leader lock)
 `

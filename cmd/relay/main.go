@@ -23,6 +23,7 @@ import (
 
 	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgops"
 	"github.com/relay-dev/relay/relay/pgsource"
 	"github.com/relay-dev/relay/sinks/kafka"
 	"github.com/relay-dev/relay/sinks/rabbitmq"
@@ -170,7 +171,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		go func() { httpErr <- srv.Serve() }()
 	}
 
-	leader := pgsource.NewLeader(pgsource.LeaderConfig{
+	leader := pgops.NewLeader(pgops.LeaderConfig{
 		ConnString: cfg.DatabaseURL,
 		Slot:       cfg.Slot,
 		Heartbeat:  cfg.HeartbeatInterval,
@@ -220,7 +221,7 @@ var errCleanup = errors.New("cleanup")
 // lead streams while this relay holds the leader lock. The sink is created
 // here, not before: a standby must not connect as a producer (an
 // exactly-once one would fence the leader's transactions).
-func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics, src *pgsource.Source, leader *pgsource.Leader,
+func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics, src *pgsource.Source, leader *pgops.Leader,
 	current *atomic.Pointer[connectedSink], running *atomic.Pointer[relay.Relay], httpErr <-chan error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -256,7 +257,7 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 	var onPublished func(*relay.Event)
 	switch cfg.Cleanup {
 	case "after-publish":
-		cleaner := pgsource.NewCleaner(cfg.DatabaseURL, cfg.columns(), cfg.tableColumns(), log)
+		cleaner := pgops.NewCleaner(cfg.DatabaseURL, cfg.columns(), cfg.tableColumns(), log)
 		onPublished = cleaner.Published
 		cleaned := make(chan struct{})
 		go func() {
@@ -265,7 +266,7 @@ func lead(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metrics,
 		}()
 		defer func() { cancel(nil); <-cleaned }()
 	case "retain":
-		retainer := pgsource.NewRetainer(pgsource.RetainConfig{
+		retainer := pgops.NewRetainer(pgops.RetainConfig{
 			ConnString:   cfg.DatabaseURL,
 			Slot:         cfg.Slot,
 			Tables:       cfg.tables(),

@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/relay-dev/relay/relay/pgsource"
+	"github.com/relay-dev/relay/relay/pgops"
 )
 
 // runStatus is `relay status`: the replication slot's position, lag and
@@ -23,7 +23,7 @@ func runStatus(environ map[string]string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	st, err := pgsource.ReadStatus(ctx, cfg.DatabaseURL, cfg.Slot)
+	st, err := pgops.ReadStatus(ctx, cfg.DatabaseURL, cfg.Slot)
 	if err != nil {
 		fmt.Fprintln(stderr, mask("relay status: "+err.Error(), cfg.secrets()))
 		return 1
@@ -35,7 +35,7 @@ func runStatus(environ map[string]string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printStatus(w io.Writer, st pgsource.SlotStatus) {
+func printStatus(w io.Writer, st pgops.SlotStatus) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }

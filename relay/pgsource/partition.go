@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -178,6 +179,10 @@ func (p *partitions) place(ctx context.Context, oid uint32, named Table, publica
 	}
 	return Table{}, false, nil
 }
+
+// checkTimeout bounds a catalog lookup on a connection of its own, so that
+// an unreachable server is reported rather than waited for.
+const checkTimeout = 10 * time.Second
 
 // lookupRelation reads what the catalog says now about relation oid. It
 // runs on a connection of its own, opened for the lookup: a lookup happens

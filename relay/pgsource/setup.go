@@ -12,20 +12,18 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/internal/pgerr"
 )
 
 // SQLSTATE codes the source acts on.
 const (
-	codeUniqueViolation   = "23505"
-	codeDuplicateTable    = "42P07"
-	codeDuplicateSchema   = "42P06"
-	codeDuplicateObject   = "42710"
-	codeUndefinedObject   = "42704"
-	codeUndefinedTable    = "42P01"
-	codeUndefinedSchema   = "3F000"
-	codeObjectInUse       = "55006"
-	codeInsufficientPriv  = "42501"
-	codeFeatureNotSupport = "0A000"
+	codeUniqueViolation = pgerr.UniqueViolation
+	codeDuplicateTable  = pgerr.DuplicateTable
+	codeDuplicateSchema = pgerr.DuplicateSchema
+	codeDuplicateObject = pgerr.DuplicateObject
+	codeUndefinedTable  = pgerr.UndefinedTable
+	codeUndefinedSchema = pgerr.UndefinedSchema
+	codeObjectInUse     = pgerr.ObjectInUse
 )
 
 // Table is a configured outbox table.
@@ -50,6 +48,9 @@ func ParseTable(s string) (Table, error) {
 func (t Table) String() string { return t.Schema + "." + t.Name }
 
 func (t Table) ident() string { return pgx.Identifier{t.Schema, t.Name}.Sanitize() }
+
+// Ident is the table's name quoted for SQL: "schema"."name".
+func (t Table) Ident() string { return t.ident() }
 
 // slotInfo is what the source needs to know about its replication slot.
 type slotInfo struct {
@@ -411,16 +412,8 @@ func isCreated(err error) bool {
 	return false
 }
 
-func isCode(err error, code string) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == code
-}
+func isCode(err error, code string) bool { return pgerr.Is(err, code) }
 
 // classify marks errors that a retry cannot fix: missing privileges and
 // unsupported features need an operator.
-func classify(err error) error {
-	if isCode(err, codeInsufficientPriv) || isCode(err, codeFeatureNotSupport) {
-		return relay.Permanent(err)
-	}
-	return err
-}
+func classify(err error) error { return pgerr.Classify(err) }

@@ -2,15 +2,10 @@ package pgsource
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/relay-dev/relay/relay"
 )
 
 func TestParseTable(t *testing.T) {
@@ -96,38 +91,6 @@ func TestParseTableRoundTrip(t *testing.T) {
 		if tb.String() != s {
 			t.Errorf("ParseTable(%q).String() = %q", s, tb.String())
 		}
-	}
-}
-
-func TestClassify(t *testing.T) {
-	pgErr := func(code string) error {
-		return fmt.Errorf("create slot: %w", &pgconn.PgError{Code: code, Message: "m"})
-	}
-	tests := []struct {
-		name          string
-		err           error
-		wantPermanent bool
-	}{
-		{name: "insufficient privilege", err: pgErr(codeInsufficientPriv), wantPermanent: true},
-		{name: "feature not supported", err: pgErr(codeFeatureNotSupport), wantPermanent: true},
-		{name: "duplicate object", err: pgErr(codeDuplicateObject)},
-		{name: "object in use", err: pgErr(codeObjectInUse)},
-		{name: "connection failure", err: pgErr("08006")},
-		{name: "not a PostgreSQL error", err: errors.New("connection reset")},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := classify(tt.err)
-			if relay.IsPermanent(got) != tt.wantPermanent {
-				t.Errorf("IsPermanent(classify(%v)) = %v, want %v", tt.err, !tt.wantPermanent, tt.wantPermanent)
-			}
-			if !errors.Is(got, tt.err) {
-				t.Errorf("classify(%v) = %v, which does not wrap the error", tt.err, got)
-			}
-		})
-	}
-	if !isCode(pgErr(codeObjectInUse), codeObjectInUse) || isCode(pgErr(codeObjectInUse), codeUndefinedObject) || isCode(nil, codeObjectInUse) {
-		t.Error("isCode does not match SQLSTATE codes through wrapping")
 	}
 }
 

@@ -3,9 +3,7 @@
 package pgsource_test
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/relay-dev/relay/relay"
 	"github.com/relay-dev/relay/relay/pgsource"
@@ -13,8 +11,9 @@ import (
 
 // TestEachTableIsReadWithItsOwnColumns: two tables of different layouts in
 // one slot, the second with a mapping of its own (Config.TableColumns),
-// are both read right, in the backfill and in the stream, and the cleaner
-// deletes each table's rows by its own id column.
+// are both read right, in the backfill and in the stream (pgops
+// TestCleanerDeletesEachTableByItsOwnIDColumn: and the cleaner deletes
+// each table's rows by its own id column).
 func TestEachTableIsReadWithItsOwnColumns(t *testing.T) {
 	f := newFixture(t, `
 		CREATE SCHEMA sales;
@@ -68,32 +67,4 @@ func TestEachTableIsReadWithItsOwnColumns(t *testing.T) {
 	if ev := got["billing.outbox InvoicePaid"]; ev != nil && ev.ID != "b-2" {
 		t.Errorf("billing's id is %q, want b-2 from its own id column event_id", ev.ID)
 	}
-
-	cleaner := pgsource.NewCleaner(f.url, pgsource.StandardColumns, f.tableColumns, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		cleaner.Run(ctx)
-	}()
-	for _, ev := range evs {
-		cleaner.Published(ev)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var n int
-		if err := f.db.QueryRow(t.Context(), "SELECT (SELECT count(*) FROM sales.outbox) + (SELECT count(*) FROM billing.outbox)").Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d rows left after the cleaner had every event", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cancel()
-	<-done
 }

@@ -1,4 +1,4 @@
-package pgsource
+package pgops
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/internal/pgerr"
+	"github.com/relay-dev/relay/relay/pgsource"
 )
 
 // Cleaner deletes outbox rows once the broker has confirmed them
@@ -22,8 +24,8 @@ import (
 // The publication publishes inserts only, so the deletes are not events.
 type Cleaner struct {
 	connString   string
-	columns      Columns
-	tableColumns map[Table]Columns
+	columns      pgsource.Columns
+	tableColumns map[pgsource.Table]pgsource.Columns
 	log          *slog.Logger
 
 	mu      sync.Mutex
@@ -35,8 +37,8 @@ type Cleaner struct {
 const cleanBatch = 500
 
 // NewCleaner returns a Cleaner for the tables' id column in columns, or
-// in tableColumns for the tables it names, as in Config.
-func NewCleaner(connString string, columns Columns, tableColumns map[Table]Columns, log *slog.Logger) *Cleaner {
+// in tableColumns for the tables it names, as in pgsource.Config.
+func NewCleaner(connString string, columns pgsource.Columns, tableColumns map[pgsource.Table]pgsource.Columns, log *slog.Logger) *Cleaner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -46,7 +48,7 @@ func NewCleaner(connString string, columns Columns, tableColumns map[Table]Colum
 
 // Published records a confirmed event; it never blocks.
 func (c *Cleaner) Published(ev *relay.Event) {
-	if ev.DeadLetter != "" || ev.Table == MessageTable || ev.ID == "" {
+	if ev.DeadLetter != "" || ev.Table == pgsource.MessageTable || ev.ID == "" {
 		return // kept for whoever reads the dead letters; or nothing stored
 	}
 	c.mu.Lock()
@@ -112,7 +114,7 @@ func (c *Cleaner) requeue(table string, ids []string) {
 }
 
 func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]string, table string, ids []string) error {
-	t, err := ParseTable(table)
+	t, err := pgsource.ParseTable(table)
 	if err != nil {
 		return err
 	}
@@ -123,18 +125,18 @@ func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]s
 	typ, ok := types[table]
 	if !ok {
 		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
-			WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`, t.ident(), id).Scan(&typ)
+			WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`, t.Ident(), id).Scan(&typ)
 		if err != nil {
 			return fmt.Errorf("type of %s.%s: %w", table, id, err)
 		}
 		types[table] = typ
 	}
 	// Compared in the column's own type, so the primary key index serves.
-	query := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", t.ident(), pgx.Identifier{id}.Sanitize(), typ)
+	query := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", t.Ident(), pgx.Identifier{id}.Sanitize(), typ)
 	for len(ids) > 0 {
 		n := min(len(ids), cleanBatch)
 		if _, err := conn.Exec(ctx, query, ids[:n]); err != nil {
-			return classify(fmt.Errorf("delete published rows from %s: %w", table, err))
+			return pgerr.Classify(fmt.Errorf("delete published rows from %s: %w", table, err))
 		}
 		ids = ids[n:]
 	}
@@ -147,11 +149,11 @@ type RetainConfig struct {
 	// Slot is the relay's replication slot, whose confirmed position
 	// decides which rows are confirmed.
 	Slot   string
-	Tables []Table
-	// Columns and TableColumns map the tables' columns, as in Config;
-	// each table's CreatedAt column must be named.
-	Columns      Columns
-	TableColumns map[Table]Columns
+	Tables []pgsource.Table
+	// Columns and TableColumns map the tables' columns, as in
+	// pgsource.Config; each table's CreatedAt column must be named.
+	Columns      pgsource.Columns
+	TableColumns map[pgsource.Table]pgsource.Columns
 	// Retention is how long a row stays after its created_at.
 	Retention time.Duration
 	// Every is the time between sweeps; default a hundredth of the
@@ -207,7 +209,7 @@ func (r *Retainer) Run(ctx context.Context) error {
 			conn.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	checked := map[Table]bool{}
+	checked := map[pgsource.Table]bool{}
 	tick := time.NewTicker(r.cfg.Every)
 	defer tick.Stop()
 	for {
@@ -241,10 +243,10 @@ func (r *Retainer) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Retainer) sweep(ctx context.Context, conn *pgx.Conn, checked map[Table]bool) error {
+func (r *Retainer) sweep(ctx context.Context, conn *pgx.Conn, checked map[pgsource.Table]bool) error {
 	var pending bool
 	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM relay.backfill WHERE slot_name = $1 AND NOT done)`, r.cfg.Slot).Scan(&pending)
-	if err != nil && !isCode(err, codeUndefinedTable) && !isCode(err, codeUndefinedSchema) {
+	if err != nil && !pgerr.Is(err, pgerr.UndefinedTable) && !pgerr.Is(err, pgerr.UndefinedSchema) {
 		return fmt.Errorf("read the backfill state: %w", err)
 	}
 	if pending {
@@ -258,7 +260,7 @@ func (r *Retainer) sweep(ctx context.Context, conn *pgx.Conn, checked map[Table]
 		if !checked[t] {
 			var exists bool
 			err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped)`,
-				t.ident(), col).Scan(&exists)
+				t.Ident(), col).Scan(&exists)
 			if err != nil {
 				return fmt.Errorf("look up %s.%s: %w", t, col, err)
 			}
@@ -272,11 +274,11 @@ func (r *Retainer) sweep(ctx context.Context, conn *pgx.Conn, checked map[Table]
 		// to rows it selects on its own.
 		old := fmt.Sprintf(`%s < now() - $1::bigint * interval '1 microsecond'
 			AND age(xmin) > (SELECT age(catalog_xmin) FROM pg_replication_slots WHERE slot_name = $2)`, pgx.Identifier{col}.Sanitize())
-		query := fmt.Sprintf(`DELETE FROM %[1]s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %[1]s WHERE %[2]s LIMIT %[3]d)) AND %[2]s`, t.ident(), old, retainBatch)
+		query := fmt.Sprintf(`DELETE FROM %[1]s WHERE ctid = ANY(ARRAY(SELECT ctid FROM %[1]s WHERE %[2]s LIMIT %[3]d)) AND %[2]s`, t.Ident(), old, retainBatch)
 		var deleted int64
 		for {
 			tag, err := conn.Exec(ctx, query, r.cfg.Retention.Microseconds(), r.cfg.Slot)
-			if isCode(err, codeInsufficientPriv) {
+			if pgerr.Is(err, pgerr.InsufficientPrivilege) {
 				return relay.Permanent(fmt.Errorf("delete rows of %s past the retention (RELAY_CLEANUP=retain needs DELETE on the table: GRANT DELETE ON %[1]s TO the relay's role): %w", t, err))
 			}
 			if err != nil {

@@ -1,4 +1,4 @@
-package pgsource
+package pgops
 
 import (
 	"context"
@@ -12,26 +12,28 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgsource"
 )
 
 // CheckConfig is what the preflight checks the database against.
 type CheckConfig struct {
-	Config
+	pgsource.Config
 	// Templates are the routing templates, keyed by the variable that sets
 	// each: a placeholder naming a column the tables lack fails every row.
 	// TableTemplates replaces them for the tables it names.
 	Templates      map[string]*relay.Template
-	TableTemplates map[Table]map[string]*relay.Template
+	TableTemplates map[pgsource.Table]map[string]*relay.Template
 	// Variable names the variable that sets the global setting variable
 	// (RELAY_COLUMN_ID, ...) for table t, for the fixes the findings
 	// suggest; nil: the global variable itself.
-	Variable func(t Table, variable string) string
+	Variable func(t pgsource.Table, variable string) string
 }
 
 // templatesOf returns the routing templates of table t.
-func (c *CheckConfig) templatesOf(t Table) map[string]*relay.Template {
+func (c *CheckConfig) templatesOf(t pgsource.Table) map[string]*relay.Template {
 	if m, ok := c.TableTemplates[t]; ok {
 		return m
 	}
@@ -39,7 +41,7 @@ func (c *CheckConfig) templatesOf(t Table) map[string]*relay.Template {
 }
 
 // variableOf names the variable that sets variable for table t.
-func (c *CheckConfig) variableOf(t Table) func(string) string {
+func (c *CheckConfig) variableOf(t pgsource.Table) func(string) string {
 	return func(v string) string {
 		if c.Variable == nil {
 			return v
@@ -99,7 +101,7 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 		add(replicationConnFinding(ctx, cfg.ConnString))
 	}
 
-	tables := make(map[Table]*tableFacts, len(cfg.Tables))
+	tables := make(map[pgsource.Table]*tableFacts, len(cfg.Tables))
 	for _, t := range cfg.Tables {
 		tf, err := readTable(ctx, conn, t)
 		if err != nil {
@@ -107,7 +109,7 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 			continue
 		}
 		tables[t] = tf
-		add(tableFindings(t, tf, srv.user, cfg.columnsOf(t), cfg.templatesOf(t), cfg.variableOf(t))...)
+		add(tableFindings(t, tf, srv.user, cfg.ColumnsOf(t), cfg.templatesOf(t), cfg.variableOf(t))...)
 	}
 
 	for _, t := range cfg.Tables {
@@ -123,7 +125,7 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 	if err != nil {
 		add(fail("publication "+cfg.Publication, fmt.Sprintf("cannot read pg_publication: %v", err), ""))
 	} else {
-		add(publicationFindings(cfg.Publication, cfg.Tables, tables, pub, srv, cfg.columnsOf)...)
+		add(publicationFindings(cfg.Publication, cfg.Tables, tables, pub, srv, cfg.ColumnsOf)...)
 	}
 	if slotErr != nil {
 		add(fail("slot "+cfg.Slot, fmt.Sprintf("cannot read pg_replication_slots: %v", slotErr), ""))
@@ -132,7 +134,7 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 	// A slot the relay creates comes with the initial backfill, which
 	// needs relay.backfill; an existing one has had it.
 	var state *stateFacts
-	if !slot.exists && cfg.Snapshot == SnapshotInitial {
+	if !slot.exists && cfg.Snapshot == pgsource.SnapshotInitial {
 		st, err := readState(ctx, conn, cfg.Slot)
 		if err != nil {
 			return append(out, fail("slot "+cfg.Slot, fmt.Sprintf("cannot read relay.backfill, the initial backfill's state: %v", err), ""))
@@ -251,17 +253,18 @@ type tableFacts struct {
 	// partitions are a partitioned table's partitions, sub-partitions
 	// included, and leaves how many of them hold rows (are not
 	// partitioned themselves).
-	partitions []Table
+	partitions []pgsource.Table
 	leaves     int
 }
 
 type tableColumn struct {
-	column
+	name     string
+	typ      uint32 // type OID
 	typeName string
 	notNull  bool
 }
 
-func readTable(ctx context.Context, conn *pgx.Conn, t Table) (*tableFacts, error) {
+func readTable(ctx context.Context, conn *pgx.Conn, t pgsource.Table) (*tableFacts, error) {
 	tf := &tableFacts{}
 	var oid uint32
 	var kind string
@@ -300,7 +303,7 @@ func readTable(ctx context.Context, conn *pgx.Conn, t Table) (*tableFacts, error
 	if err != nil {
 		return nil, err
 	}
-	var part Table
+	var part pgsource.Table
 	var leaf bool
 	_, err = pgx.ForEachRow(rows, []any{&part.Schema, &part.Name, &leaf}, func() error {
 		tf.partitions = append(tf.partitions, part)
@@ -319,7 +322,7 @@ type mappedColumn struct {
 	required              bool
 }
 
-func mapping(m Columns) []mappedColumn {
+func mapping(m pgsource.Columns) []mappedColumn {
 	return []mappedColumn{
 		{"id", "RELAY_COLUMN_ID", m.ID, true},
 		{"aggregate type", "RELAY_COLUMN_AGGREGATE_TYPE", m.AggregateType, true},
@@ -339,7 +342,7 @@ var eventFields = []string{"id", "aggregate_type", "aggregate_id", "event_type",
 // role may read it, and its columns match the mapping and the templates.
 // variable names the variable setting a global setting for this table
 // (nil: the global one).
-func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates map[string]*relay.Template, variable func(string) string) []relay.Finding {
+func tableFindings(t pgsource.Table, tf *tableFacts, user string, m pgsource.Columns, templates map[string]*relay.Template, variable func(string) string) []relay.Finding {
 	if variable == nil {
 		variable = func(v string) string { return v }
 	}
@@ -356,13 +359,14 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 	if !tf.selectPriv || !tf.schemaUsage {
 		out = append(out, fail(check, fmt.Sprintf("role %s may not read it", user),
 			fmt.Sprintf("GRANT USAGE ON SCHEMA %s TO %[3]s; GRANT SELECT ON %[2]s TO %[3]s;",
-				pgx.Identifier{t.Schema}.Sanitize(), t.ident(), pgx.Identifier{user}.Sanitize())))
+				pgx.Identifier{t.Schema}.Sanitize(), t.Ident(), pgx.Identifier{user}.Sanitize())))
 	}
 
-	cols := make([]column, len(tf.cols))
+	names := make([]string, len(tf.cols))
+	types := make([]uint32, len(tf.cols))
 	byName := make(map[string]tableColumn, len(tf.cols))
 	for i, c := range tf.cols {
-		cols[i] = c.column
+		names[i], types[i] = c.name, c.typ
 		byName[c.name] = c
 	}
 	var missing, fixes, nullable, shown []string
@@ -392,9 +396,9 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 			out = append(out, typeFindings...)
 		}
 	}
-	// newRelation is what the stream applies to the table: trust it over
+	// The mapping is what the stream applies to the table: trust it over
 	// the analysis above, which only adds the variable to set.
-	if _, err := newRelation(t.Schema, t.Name, cols, m); err != nil || len(missing) > 0 {
+	if err := pgsource.CheckMapping(t, names, types, m); err != nil || len(missing) > 0 {
 		if len(missing) == 0 && typeFailed {
 			return out // already said
 		}
@@ -411,7 +415,7 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 	if len(nullable) > 0 {
 		stmts := make([]string, len(nullable))
 		for i, n := range nullable {
-			stmts[i] = fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;", t.ident(), pgx.Identifier{n}.Sanitize())
+			stmts[i] = fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL;", t.Ident(), pgx.Identifier{n}.Sanitize())
 		}
 		out = append(out, warn(check, fmt.Sprintf("column %s allows NULL; a row with NULL there cannot become a message and stops the relay", strings.Join(nullable, ", ")),
 			strings.Join(stmts, " ")))
@@ -438,19 +442,19 @@ func tableFindings(t Table, tf *tableFacts, user string, m Columns, templates ma
 
 // columnTypeFindings checks that a mapped column's type is one the decoder
 // turns into the message as documented.
-func columnTypeFindings(check string, t Table, mc mappedColumn, c tableColumn) []relay.Finding {
+func columnTypeFindings(check string, t pgsource.Table, mc mappedColumn, c tableColumn) []relay.Finding {
 	retype := func(typ string) string {
-		return fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE %s USING %[2]s::%[3]s;", t.ident(), pgx.Identifier{c.name}.Sanitize(), typ)
+		return fmt.Sprintf("ALTER TABLE %s ALTER COLUMN %s TYPE %s USING %[2]s::%[3]s;", t.Ident(), pgx.Identifier{c.name}.Sanitize(), typ)
 	}
 	switch mc.field {
 	case "payload":
-		if !payloadTypeOK(c.typ) {
+		if !pgsource.PayloadTypeOK(c.typ) {
 			return []relay.Finding{fail(check, fmt.Sprintf("payload column %s is %s; it must be jsonb, json, text, varchar or bytea", c.name, c.typeName), retype("jsonb"))}
 		}
 	case "headers":
 		switch c.typ {
-		case oidJSONB, oidJSON:
-		case oidText, oidVarchar, oidBpchar:
+		case pgtype.JSONBOID, pgtype.JSONOID:
+		case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID:
 			return []relay.Finding{warn(check, fmt.Sprintf("headers column %s is %s: a value that is not a JSON object stops the relay at its row", c.name, c.typeName), retype("jsonb"))}
 		default:
 			return []relay.Finding{fail(check, fmt.Sprintf("headers column %s is %s; it must hold JSON objects", c.name, c.typeName),
@@ -458,8 +462,8 @@ func columnTypeFindings(check string, t Table, mc mappedColumn, c tableColumn) [
 		}
 	case "created at":
 		switch c.typ {
-		case oidTimestamptz, oidTimestamp:
-		case oidText, oidVarchar, oidBpchar:
+		case pgtype.TimestamptzOID, pgtype.TimestampOID:
+		case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID:
 			return []relay.Finding{warn(check, fmt.Sprintf("created_at column %s is %s: a value that is not an ISO timestamp stops the relay at its row", c.name, c.typeName), retype("timestamptz"))}
 		default:
 			return []relay.Finding{fail(check, fmt.Sprintf("created_at column %s is %s; it must be timestamptz or timestamp", c.name, c.typeName),
@@ -479,12 +483,12 @@ type pubFacts struct {
 	// as its leaf partitions unless viaRoot. listed are the tables the
 	// publication names itself and schemas its FOR TABLES IN SCHEMA.
 	tables  []pubTable
-	listed  []Table
+	listed  []pgsource.Table
 	schemas []string
 }
 
 type pubTable struct {
-	Table
+	pgsource.Table
 	columns   []string // nil: every column
 	rowFilter string
 }
@@ -534,8 +538,8 @@ func readPublication(ctx context.Context, conn *pgx.Conn, name string) (pubFacts
 	if err != nil {
 		return p, err
 	}
-	p.listed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Table, error) {
-		var t Table
+	p.listed, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (pgsource.Table, error) {
+		var t pgsource.Table
 		err := r.Scan(&t.Schema, &t.Name)
 		return t, err
 	})
@@ -553,16 +557,16 @@ func readPublication(ctx context.Context, conn *pgx.Conn, name string) (pubFacts
 }
 
 // publicationFindings compares the publication with what the relay needs
-// (setup.go's ensurePublication): inserts of exactly the outbox tables,
+// (pgsource's ensurePublication): inserts of exactly the outbox tables,
 // every mapped column, or the right to create or complete it.
-func publicationFindings(name string, want []Table, tables map[Table]*tableFacts, p pubFacts, srv server, columnsOf func(Table) Columns) []relay.Finding {
+func publicationFindings(name string, want []pgsource.Table, tables map[pgsource.Table]*tableFacts, p pubFacts, srv server, columnsOf func(pgsource.Table) pgsource.Columns) []relay.Finding {
 	check := "publication " + name
 	ident := pgx.Identifier{name}.Sanitize()
 	idents := make([]string, len(want))
 	ownsAll := true
-	var partitioned []Table
+	var partitioned []pgsource.Table
 	for i, t := range want {
-		idents[i] = t.ident()
+		idents[i] = t.Ident()
 		tf := tables[t]
 		if tf == nil || !tf.owner {
 			ownsAll = false
@@ -598,8 +602,8 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 		out = append(out, fail(check, "does not publish inserts", fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert');", ident)))
 	}
 	// The table of RELAY_TABLES that a listed table is, or is a
-	// partition of: its rows are that table's (partition.go).
-	rootOf := func(pt Table) (Table, bool) {
+	// partition of: its rows are that table's (pgsource's partition.go).
+	rootOf := func(pt pgsource.Table) (pgsource.Table, bool) {
 		if slices.Contains(want, pt) {
 			return pt, true
 		}
@@ -608,14 +612,14 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 				return t, true
 			}
 		}
-		return Table{}, false
+		return pgsource.Table{}, false
 	}
-	var have []Table
+	var have []pgsource.Table
 	for _, pt := range p.tables {
 		root, found := rootOf(pt.Table)
 		if !found {
 			out = append(out, fail(check, fmt.Sprintf("also publishes %s, which is not in RELAY_TABLES; its rows would stop the relay", pt.Table),
-				fmt.Sprintf("add it to RELAY_TABLES or ALTER PUBLICATION %s DROP TABLE %s;", ident, pt.ident())))
+				fmt.Sprintf("add it to RELAY_TABLES or ALTER PUBLICATION %s DROP TABLE %s;", ident, pt.Ident())))
 			continue
 		}
 		if !slices.Contains(have, root) {
@@ -630,7 +634,7 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 			}
 			if len(lacking) > 0 {
 				out = append(out, fail(check, fmt.Sprintf("publishes only columns %s of %s, not %s", strings.Join(pt.columns, ", "), pt.Table, strings.Join(lacking, ", ")),
-					fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s; (every column; list the other tables too)", ident, root.ident())))
+					fmt.Sprintf("ALTER PUBLICATION %s SET TABLE %s; (every column; list the other tables too)", ident, root.Ident())))
 			}
 		}
 		if pt.rowFilter != "" {
@@ -650,7 +654,7 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 		}
 		// A table that does not exist has a finding of its own.
 		if !published && tf != nil && tf.exists {
-			absent = append(absent, t.ident())
+			absent = append(absent, t.Ident())
 		}
 	}
 	if len(partitioned) > 1 && !p.viaRoot {
@@ -668,7 +672,7 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 	if len(out) == 0 {
 		names := make([]string, len(have))
 		for i, t := range have {
-			names[i] = t.ident()
+			names[i] = t.Ident()
 		}
 		detail := "publishes inserts of " + strings.Join(names, ", ")
 		if len(names) == 0 {
@@ -686,7 +690,7 @@ func publicationFindings(name string, want []Table, tables map[Table]*tableFacts
 		if len(extra) > 0 {
 			detail += " (and " + strings.Join(extra, ", ") + ", which the relay ignores)"
 		}
-		if slices.ContainsFunc(have, func(t Table) bool { return slices.Contains(partitioned, t) }) {
+		if slices.ContainsFunc(have, func(t pgsource.Table) bool { return slices.Contains(partitioned, t) }) {
 			if p.viaRoot {
 				detail += "; a partitioned table's rows under its own name (publish_via_partition_root)"
 			} else {
@@ -744,7 +748,8 @@ func readSlot(ctx context.Context, conn *pgx.Conn, name string) (slotFacts, erro
 type stateFacts struct {
 	user string
 	// exists: relay.backfill exists; usable: the role may read and write
-	// it; creatable: the role may create it as ensureStateTable does.
+	// it; creatable: the role may create it as pgsource's
+	// ensureStateTable does.
 	exists, usable, creatable bool
 	// recorded: it has rows of the slot, so the relay used the slot before.
 	recorded bool
@@ -771,7 +776,7 @@ func readState(ctx context.Context, conn *pgx.Conn, slot string) (stateFacts, er
 	return f, err
 }
 
-// slotFinding compares the slot with what the relay accepts (setup.go's
+// slotFinding compares the slot with what the relay accepts (pgsource's
 // ensureSlot). state is relay.backfill's when the relay will create the
 // slot with the initial backfill, nil otherwise.
 func slotFinding(name, database string, s slotFacts, recreate bool, state *stateFacts) relay.Finding {

@@ -1,4 +1,4 @@
-package pgsource
+package pgops
 
 import (
 	"context"
@@ -32,7 +32,7 @@ type LeaderConfig struct {
 	// Poll is how often a standby tries the lock. Default 1s.
 	Poll time.Duration
 	// Position, when set, is the position the relay last confirmed to
-	// PostgreSQL (Source.Confirmed), which the leader keeps in
+	// PostgreSQL (pgsource.Source.Confirmed), which the leader keeps in
 	// relay.slot_position (position.go).
 	Position func() relay.LSN
 	Metrics  *metrics.Metrics

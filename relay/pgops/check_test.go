@@ -1,10 +1,13 @@
-package pgsource
+package pgops
 
 import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgsource"
 )
 
 // wantFinding is a finding's status and substrings of its detail and fix.
@@ -78,19 +81,19 @@ func TestRoleFinding(t *testing.T) {
 }
 
 func col(name string, typ uint32, typeName string, notNull bool) tableColumn {
-	return tableColumn{column: column{name: name, typ: typ}, typeName: typeName, notNull: notNull}
+	return tableColumn{name: name, typ: typ, typeName: typeName, notNull: notNull}
 }
 
 // outboxColumns is schema/outbox.sql as the catalog describes it.
 func outboxColumns() []tableColumn {
 	return []tableColumn{
-		col("id", oidUUID, "uuid", true),
-		col("aggregate_type", oidText, "text", true),
-		col("aggregate_id", oidText, "text", true),
-		col("event_type", oidText, "text", true),
-		col("payload", oidJSONB, "jsonb", true),
-		col("headers", oidJSONB, "jsonb", true),
-		col("created_at", oidTimestamptz, "timestamp with time zone", true),
+		col("id", pgtype.UUIDOID, "uuid", true),
+		col("aggregate_type", pgtype.TextOID, "text", true),
+		col("aggregate_id", pgtype.TextOID, "text", true),
+		col("event_type", pgtype.TextOID, "text", true),
+		col("payload", pgtype.JSONBOID, "jsonb", true),
+		col("headers", pgtype.JSONBOID, "jsonb", true),
+		col("created_at", pgtype.TimestamptzOID, "timestamp with time zone", true),
 	}
 }
 
@@ -105,7 +108,7 @@ func tpl(t *testing.T, s string) *relay.Template {
 
 func TestTableFindings(t *testing.T) {
 	t.Parallel()
-	outbox := Table{"public", "outbox"}
+	outbox := pgsource.Table{Schema: "public", Name: "outbox"}
 	withCol := func(i int, c tableColumn) []tableColumn {
 		cols := outboxColumns()
 		cols[i] = c
@@ -114,46 +117,46 @@ func TestTableFindings(t *testing.T) {
 	tests := []struct {
 		name      string
 		tf        tableFacts
-		cols      Columns
+		cols      pgsource.Columns
 		templates map[string]*relay.Template
 		want      []wantFinding
 	}{
-		{name: "missing", tf: tableFacts{}, cols: StandardColumns,
+		{name: "missing", tf: tableFacts{}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckFail, "does not exist", "RELAY_TABLES"}}},
-		{name: "a view", tf: tableFacts{exists: true, kind: 'v', selectPriv: true, schemaUsage: true}, cols: StandardColumns,
+		{name: "a view", tf: tableFacts{exists: true, kind: 'v', selectPriv: true, schemaUsage: true}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckFail, "not a table", ""}}},
-		{name: "standard", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: StandardColumns,
+		{name: "standard", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: pgsource.StandardColumns,
 			templates: map[string]*relay.Template{"RELAY_AMQP_ROUTING_KEY": tpl(t, "{aggregate_type}.{event_type}")},
 			want:      []wantFinding{{relay.CheckOK, "payload=payload (jsonb)", ""}}},
-		{name: "partitioned", tf: tableFacts{exists: true, kind: 'p', selectPriv: true, schemaUsage: true, cols: outboxColumns(), partitions: []Table{{"public", "outbox_2026"}, {"public", "outbox_2026_a"}, {"public", "outbox_2026_b"}}, leaves: 2}, cols: StandardColumns,
+		{name: "partitioned", tf: tableFacts{exists: true, kind: 'p', selectPriv: true, schemaUsage: true, cols: outboxColumns(), partitions: []pgsource.Table{{Schema: "public", Name: "outbox_2026"}, {Schema: "public", Name: "outbox_2026_a"}, {Schema: "public", Name: "outbox_2026_b"}}, leaves: 2}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckOK, "partitioned, 2 partitions holding rows, one outbox; columns id=id", ""}}},
-		{name: "no select", tf: tableFacts{exists: true, kind: 'r', schemaUsage: true, cols: outboxColumns()}, cols: StandardColumns,
+		{name: "no select", tf: tableFacts{exists: true, kind: 'r', schemaUsage: true, cols: outboxColumns()}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckOK, "columns", ""}, {relay.CheckFail, "may not read it", `GRANT SELECT ON "public"."outbox" TO "relay";`}}},
-		{name: "debezium preset on a standard table", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: DebeziumColumns,
+		{name: "debezium preset on a standard table", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: pgsource.DebeziumColumns,
 			want: []wantFinding{{relay.CheckFail, "has no column aggregatetype, aggregateid, type", "RELAY_COLUMN_AGGREGATE_TYPE"}}},
 		{name: "override naming a missing column", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()},
-			cols: func() Columns { c := StandardColumns; c.EventType = "kind"; return c }(),
+			cols: func() pgsource.Columns { c := pgsource.StandardColumns; c.EventType = "kind"; return c }(),
 			want: []wantFinding{{relay.CheckFail, "has no column kind", "set RELAY_COLUMN_EVENT_TYPE to its column"}}},
-		{name: "payload of a wrong type", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: withCol(4, col("payload", 23, "integer", true))}, cols: StandardColumns,
+		{name: "payload of a wrong type", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: withCol(4, col("payload", 23, "integer", true))}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckFail, "payload column payload is integer; it must be jsonb, json, text, varchar or bytea", `ALTER TABLE "public"."outbox" ALTER COLUMN "payload" TYPE jsonb USING "payload"::jsonb;`}}},
 		{name: "text headers and created_at, nullable aggregate id", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true,
 			cols: func() []tableColumn {
-				c := withCol(5, col("headers", oidText, "text", false))
-				c[6] = col("created_at", oidText, "text", false)
-				c[2] = col("aggregate_id", oidText, "text", false)
+				c := withCol(5, col("headers", pgtype.TextOID, "text", false))
+				c[6] = col("created_at", pgtype.TextOID, "text", false)
+				c[2] = col("aggregate_id", pgtype.TextOID, "text", false)
 				return c
-			}()}, cols: StandardColumns,
+			}()}, cols: pgsource.StandardColumns,
 			want: []wantFinding{
 				{relay.CheckOK, "columns", ""},
 				{relay.CheckWarn, "headers column headers is text", ""},
 				{relay.CheckWarn, "created_at column created_at is text", ""},
 				{relay.CheckWarn, "column aggregate_id allows NULL", `ALTER TABLE "public"."outbox" ALTER COLUMN "aggregate_id" SET NOT NULL;`},
 			}},
-		{name: "headers of a wrong type", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: withCol(5, col("headers", 23, "integer", true))}, cols: StandardColumns,
+		{name: "headers of a wrong type", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: withCol(5, col("headers", 23, "integer", true))}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckOK, "columns", ""}, {relay.CheckFail, "headers column headers is integer", "unset RELAY_COLUMN_HEADERS"}}},
-		{name: "optional column absent", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()[:6]}, cols: StandardColumns,
+		{name: "optional column absent", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()[:6]}, cols: pgsource.StandardColumns,
 			want: []wantFinding{{relay.CheckOK, "columns", ""}, {relay.CheckWarn, `no created at column "created_at"`, "RELAY_COLUMN_CREATED_AT"}}},
-		{name: "template naming a missing column", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: StandardColumns,
+		{name: "template naming a missing column", tf: tableFacts{exists: true, kind: 'r', selectPriv: true, schemaUsage: true, cols: outboxColumns()}, cols: pgsource.StandardColumns,
 			templates: map[string]*relay.Template{
 				"RELAY_KAFKA_TOPIC":      tpl(t, "events.{tenant}"),
 				"RELAY_AMQP_ROUTING_KEY": tpl(t, "{table}.{created_at}"),
@@ -170,20 +173,20 @@ func TestTableFindings(t *testing.T) {
 
 func TestPublicationFindings(t *testing.T) {
 	t.Parallel()
-	outbox := Table{"public", "outbox"}
-	other := Table{"public", "orders"}
-	owned := map[Table]*tableFacts{outbox: {exists: true, owner: true, cols: outboxColumns()}}
-	notOwned := map[Table]*tableFacts{outbox: {exists: true, cols: outboxColumns()}}
+	outbox := pgsource.Table{Schema: "public", Name: "outbox"}
+	other := pgsource.Table{Schema: "public", Name: "orders"}
+	owned := map[pgsource.Table]*tableFacts{outbox: {exists: true, owner: true, cols: outboxColumns()}}
+	notOwned := map[pgsource.Table]*tableFacts{outbox: {exists: true, cols: outboxColumns()}}
 	super := server{user: "postgres", superuser: true}
 	owner := server{user: "app", createInDB: true}
 	relayRole := server{user: "relay", replication: true}
 	good := pubFacts{exists: true, insert: true, tables: []pubTable{{Table: outbox}}}
-	leaf1, leaf2 := Table{"public", "outbox_1"}, Table{"public", "outbox_2"}
-	partitioned := map[Table]*tableFacts{outbox: {exists: true, kind: 'p', cols: outboxColumns(), partitions: []Table{leaf1, leaf2}, leaves: 2}}
+	leaf1, leaf2 := pgsource.Table{Schema: "public", Name: "outbox_1"}, pgsource.Table{Schema: "public", Name: "outbox_2"}
+	partitioned := map[pgsource.Table]*tableFacts{outbox: {exists: true, kind: 'p', cols: outboxColumns(), partitions: []pgsource.Table{leaf1, leaf2}, leaves: 2}}
 	tests := []struct {
 		name   string
 		p      pubFacts
-		tables map[Table]*tableFacts
+		tables map[pgsource.Table]*tableFacts
 		srv    server
 		want   []wantFinding
 	}{
@@ -205,7 +208,7 @@ func TestPublicationFindings(t *testing.T) {
 			want: []wantFinding{{relay.CheckFail, "also publishes public.orders", `DROP TABLE "public"."orders"`}}},
 		{name: "lacks the table, cannot add it", p: pubFacts{exists: true, insert: true}, tables: notOwned, srv: relayRole,
 			want: []wantFinding{{relay.CheckFail, "cannot add it", `ALTER PUBLICATION "outbox_relay" ADD TABLE "public"."outbox";`}}},
-		{name: "lacks a table that does not exist", p: pubFacts{exists: true, insert: true}, tables: map[Table]*tableFacts{outbox: {}}, srv: relayRole,
+		{name: "lacks a table that does not exist", p: pubFacts{exists: true, insert: true}, tables: map[pgsource.Table]*tableFacts{outbox: {}}, srv: relayRole,
 			want: []wantFinding{{relay.CheckOK, "publishes inserts", ""}}},
 		{name: "lacks the table, owner adds it", p: pubFacts{exists: true, insert: true, owner: true}, tables: owned, srv: owner,
 			want: []wantFinding{{relay.CheckOK, "the relay will add it", ""}}},
@@ -217,23 +220,23 @@ func TestPublicationFindings(t *testing.T) {
 			want: []wantFinding{{relay.CheckFail, "cannot create it", `FOR TABLE "public"."outbox" WITH (publish = 'insert', publish_via_partition_root = true);`}}},
 		{name: "partitioned, absent, superuser", tables: partitioned, srv: super,
 			want: []wantFinding{{relay.CheckOK, "the relay will create it FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert', publish_via_partition_root = true)", ""}}},
-		{name: "partitioned, rows under the table", p: pubFacts{exists: true, insert: true, viaRoot: true, tables: []pubTable{{Table: outbox}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+		{name: "partitioned, rows under the table", p: pubFacts{exists: true, insert: true, viaRoot: true, tables: []pubTable{{Table: outbox}}, listed: []pgsource.Table{outbox}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"; a partitioned table's rows under its own name`, ""}}},
-		{name: "partitioned, rows under the leaves", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+		{name: "partitioned, rows under the leaves", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []pgsource.Table{outbox}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"; a partitioned table's rows under its leaf partitions`, ""}}},
 		{name: "partitioned, its schema published", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, schemas: []string{"public"}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckOK, `publishes inserts of "public"."outbox"`, ""}}},
-		{name: "partitioned, only today's partitions listed", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []Table{leaf1, leaf2}}, tables: partitioned, srv: relayRole,
+		{name: "partitioned, only today's partitions listed", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: leaf2}}, listed: []pgsource.Table{leaf1, leaf2}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckFail, `lacks "public"."outbox"`, `ADD TABLE "public"."outbox";`}}},
-		{name: "partitioned, a leaf without the payload column", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1, columns: []string{"id", "aggregate_type", "aggregate_id", "event_type", "headers", "created_at"}}, {Table: leaf2}}, listed: []Table{outbox}}, tables: partitioned, srv: relayRole,
+		{name: "partitioned, a leaf without the payload column", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1, columns: []string{"id", "aggregate_type", "aggregate_id", "event_type", "headers", "created_at"}}, {Table: leaf2}}, listed: []pgsource.Table{outbox}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckFail, "of public.outbox_1, not payload", `SET TABLE "public"."outbox";`}}},
-		{name: "partitioned, another partitioned table's leaf", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: other}}, listed: []Table{outbox, other}}, tables: partitioned, srv: relayRole,
+		{name: "partitioned, another partitioned table's leaf", p: pubFacts{exists: true, insert: true, tables: []pubTable{{Table: leaf1}, {Table: other}}, listed: []pgsource.Table{outbox, other}}, tables: partitioned, srv: relayRole,
 			want: []wantFinding{{relay.CheckFail, "also publishes public.orders", ""}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			matchAll(t, publicationFindings("outbox_relay", []Table{outbox}, tt.tables, tt.p, tt.srv, func(Table) Columns { return StandardColumns }), tt.want)
+			matchAll(t, publicationFindings("outbox_relay", []pgsource.Table{outbox}, tt.tables, tt.p, tt.srv, func(pgsource.Table) pgsource.Columns { return pgsource.StandardColumns }), tt.want)
 		})
 	}
 }

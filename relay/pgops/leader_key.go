@@ -1,4 +1,4 @@
-package pgsource
+package pgops
 
 import "hash/fnv"
 

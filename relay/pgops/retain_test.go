@@ -1,6 +1,6 @@
 //go:build linux
 
-package pgsource_test
+package pgops_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/relay/pgops"
 	"github.com/relay-dev/relay/relay/pgsource"
 )
 
@@ -56,7 +57,7 @@ func TestRetentionDeletesOnlyConfirmedRowsPastIt(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			done := make(chan error, 1)
-			ret := pgsource.NewRetainer(pgsource.RetainConfig{ConnString: f.url, Slot: f.slot, Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}},
+			ret := pgops.NewRetainer(pgops.RetainConfig{ConnString: f.url, Slot: f.slot, Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}},
 				Columns: pgsource.StandardColumns, Retention: time.Hour, Every: 50 * time.Millisecond})
 			go func() { done <- ret.Run(ctx) }()
 			deadline := time.Now().Add(30 * time.Second)
@@ -101,7 +102,7 @@ func counts(t *testing.T, f *fixture) map[string]int {
 // the retention counts from stops the retainer with an error naming it.
 func TestRetentionWithoutTheTimestampColumnStops(t *testing.T) {
 	f := newFixture(t, `CREATE TABLE outbox (id uuid PRIMARY KEY, aggregate_type text, aggregate_id text, event_type text, payload jsonb)`)
-	ret := pgsource.NewRetainer(pgsource.RetainConfig{ConnString: f.url, Slot: f.slot, Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}},
+	ret := pgops.NewRetainer(pgops.RetainConfig{ConnString: f.url, Slot: f.slot, Tables: []pgsource.Table{{Schema: "public", Name: "outbox"}},
 		Columns: pgsource.StandardColumns, Retention: time.Hour})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
