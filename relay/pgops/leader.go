@@ -89,8 +89,8 @@ func (l *Leader) Acquire(ctx context.Context, waiting func(reason string)) error
 				wait := backoff.Next()
 				waiting("cannot connect to PostgreSQL for the leader lock")
 				l.log.Warn("cannot connect for the leader lock; retrying", "error", err, "retry_in", wait.String())
-				if err := sleep(ctx, wait); err != nil {
-					return err
+				if !relay.Sleep(ctx, wait) {
+					return ctx.Err()
 				}
 				continue
 			}
@@ -127,8 +127,8 @@ func (l *Leader) Acquire(ctx context.Context, waiting func(reason string)) error
 			l.log.Info("standing by: another relay holds the leader lock", "slot", l.cfg.Slot, "holder", holder)
 			logged = true
 		}
-		if err := sleep(ctx, l.cfg.Poll); err != nil {
-			return err
+		if !relay.Sleep(ctx, l.cfg.Poll) {
+			return ctx.Err()
 		}
 	}
 }
@@ -275,15 +275,4 @@ func (l *Leader) connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", relay.RedactURL(l.cfg.ConnString), err)
 	}
 	return conn, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
