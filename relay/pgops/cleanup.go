@@ -165,20 +165,14 @@ type RetainConfig struct {
 // Retainer deletes confirmed outbox rows once their created_at is older
 // than the retention (RELAY_CLEANUP=retain), so that `relay replay` can
 // publish them again until then. It sweeps on a connection of its own,
-// off the replication path, deleting through a partitioned table's parent
-// as through any table.
+// deleting through a partitioned table's parent as through any table.
 //
-// Which rows are confirmed is read from the slot, not from the relay's
-// memory, so that rows confirmed before a restart are deleted too: the
-// slot's catalog_xmin is the oldest transaction that was still running at
-// a WAL position the relay has confirmed, so every transaction with an
-// older id ended before that position, and its rows were confirmed by the
-// broker (or were never published: committed before the slot existed with
-// RELAY_SNAPSHOT=never). A row is deleted when its inserting transaction
-// (xmin) precedes catalog_xmin and its created_at is past the retention. A
-// row the stream is stopped at, and every row committed after it, stays.
-// Nothing is deleted while an initial backfill is unfinished, as its rows
-// predate the slot.
+// Confirmed is read from the slot, not from memory, so rows confirmed
+// before a restart go too: a row whose inserting transaction (xmin)
+// precedes the slot's catalog_xmin ended before a position the relay
+// confirmed (docs/operations.md, Replay and retention). A row the stream
+// is stopped at, and every row after it, stays; nothing is deleted while
+// an initial backfill is unfinished, as its rows predate the slot.
 type Retainer struct {
 	cfg RetainConfig
 	log *slog.Logger

@@ -12,23 +12,14 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// Initial backfill. Rows already in an outbox table when the slot is
-// created are not in its stream. With Snapshot "initial" the source creates
-// the slot with an exported snapshot, reads the tables in that snapshot (the
-// state exactly at the slot's consistent point) and publishes those rows
-// before it streams: every row is then in exactly one of the two.
-//
-// Progress is kept in relay.backfill (schema/relay_state.sql), one row per
-// slot and table, written before the slot is created and after every
-// confirmed batch. A relay killed mid-backfill finds the row unfinished and
-// reads on from the last confirmed key; the snapshot is gone by then, so
-// rows committed since may be read as well as streamed: duplicates, with
-// the same dedup key, never a gap.
-//
-// Backfilled events are positioned at the slot's consistent point, indexed
-// by their rank in the backfill: every streamed transaction commits after
-// that point, so positions stay in stream order (exactly-once Kafka skips
-// by position).
+// Initial backfill (Snapshot "initial"): the slot is created with an
+// exported snapshot and the tables are read in it before streaming, so
+// every row is in exactly one of the two. Progress goes to relay.backfill
+// after every confirmed batch; a resumed backfill has lost the snapshot
+// and may also read rows the stream carries: duplicates, never a gap.
+// Backfilled events are positioned at the slot's consistent point, which
+// every streamed commit follows, so positions stay in stream order
+// (exactly-once Kafka skips by position).
 
 const backfillBatch = 2000
 
@@ -215,23 +206,19 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 	if err != nil {
 		return relay.Permanent(err)
 	}
-	// Keyset pagination in insertion order: created_at, then the row's
-	// physical position, which follows insertion for an insert-only table
-	// and, unlike a uuid id, orders the rows of one transaction. The
-	// ctid is read as one more column, after the table's. Partitions
-	// number their positions each on its own, so in a partitioned table
-	// the partition (tableoid) comes before the position: rows of one
-	// created_at are read partition by partition.
+	// Keyset pagination in insertion order: created_at, then the physical
+	// position (read as one more column), which unlike a uuid id orders a
+	// transaction's rows. Partitions number positions each on its own, so
+	// tableoid comes before ctid.
 	partitioned, err := isPartitioned(ctx, tx, st.table)
 	if err != nil {
 		return err
 	}
 	selects := make([]string, len(cols), len(cols)+2)
 	// Aliased: ORDER BY resolves a bare name to an output column first,
-	// and would sort ctid's text form. Not cast to text: the result is
-	// read in text format, which is each type's output function, as
-	// pgoutput sends it; a cast can differ (boolean::text is "true", not
-	// "t"; char(n)::text drops the padding; inet::text adds the netmask).
+	// and would sort ctid's text form. Not cast to text: the text format
+	// is what pgoutput sends, and a cast can differ (boolean::text is
+	// "true", not "t").
 	for i, c := range cols {
 		selects[i] = fmt.Sprintf("%s AS c%d", pgx.Identifier{c.name}.Sanitize(), i)
 	}
@@ -255,7 +242,6 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 		s.log.Warn("the recorded backfill position does not fit the table; backfilling it from the start", "table", st.table.String())
 		st.lastKey = nil
 	}
-	// The key columns read after the table's.
 	extra := len(selects) - len(cols)
 	order := strings.Join(keyCols, ", ")
 	base := "SELECT " + strings.Join(selects, ", ") + " FROM " + st.table.ident()

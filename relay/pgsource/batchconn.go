@@ -13,27 +13,17 @@ import (
 )
 
 // batchConn is the replication connection's TCP socket, read in batches
-// while a backlog streams in.
+// while a backlog streams in. The walsender sends each pgoutput message on
+// its own, and waking the reader once per message costs more CPU than the
+// rest of the client. While data arrives faster than bulkEnter per
+// bulkWindow, SO_RCVLOWAT makes the kernel wake the reader only once
+// bulkLowat bytes wait, for at most bulkWait; when nothing arrives within
+// bulkWait the backlog is over and every message wakes the reader again.
 //
-// The walsender sends every pgoutput message in a send of its own, as soon
-// as it is decoded, so a reader that keeps up is woken and reads once per
-// message; on loopback the walsender also pays for each wake-up inside its
-// send. Measured with a backlog of 1000-row transactions on two cores, the
-// client spent more CPU on those wake-ups and reads than on everything
-// else. While data arrives faster than bulkEnter per bulkWindow, batchConn
-// sets SO_RCVLOWAT, so that the kernel wakes the reader only once
-// bulkLowat bytes are waiting, and waits for them at most bulkWait, then
-// takes what there is (measured: a tenth of the reads, the client's CPU
-// per row down by two thirds, 15–25% more rows per second from the same
-// walsender). When nothing at all arrived within bulkWait the backlog is
-// over and every message wakes the reader again, so a live stream is read
-// as before; no message waits longer than bulkWait.
-//
-// Only the waiting changes: the bytes and their order are the socket's,
-// and so are the caller's deadlines. A deadline set from another goroutine
-// (pgconn's context watcher sets one in the past to interrupt a read) ends
-// a batched wait as it would a plain read: mu orders it with the batched
-// wait's own deadline.
+// Only the waiting changes: the bytes, their order and the caller's
+// deadlines are the socket's. mu orders a deadline set from another
+// goroutine (pgconn's context watcher interrupts a read with one in the
+// past) with the batched wait's own.
 type batchConn struct {
 	*net.TCPConn
 	raw syscall.RawConn

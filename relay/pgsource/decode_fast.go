@@ -10,13 +10,11 @@ import (
 )
 
 // Fast paths for the text PostgreSQL actually sends for the headers and
-// created_at columns. The general decoders (encoding/json into a map,
-// time.Parse over four layouts) cost several microseconds and a dozen
-// allocations per row, more than all the rest of decoding a row. Each fast
-// path accepts only a narrow shape and reports ok false for anything else,
-// and the caller then runs the general decoder, so every result and every
-// error is the general decoder's; FuzzFastHeaders and FuzzFastTimestamp
-// check that the two agree wherever the fast path answers.
+// created_at columns, whose general decoders (encoding/json into a map,
+// time.Parse over four layouts) cost more than the rest of decoding a row.
+// A fast path accepts only a narrow shape and reports ok false for anything
+// else, so every result and error is the general decoder's;
+// FuzzFastHeaders and FuzzFastTimestamp check that the two agree.
 
 // fastHeaders reads a JSON object whose values are all strings without
 // escapes, such as jsonb's {"k": "v", "k2": "v2"}. Keys and values alias

@@ -13,25 +13,13 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// Partitioned outbox tables.
-//
-// A partitioned table in RELAY_TABLES is one outbox: its rows are events of
-// that table (mapping, routing, metrics, cleanup) whichever partition holds
-// them. pgoutput sends a row under the relation it is published as: the
-// root with publish_via_partition_root, else the leaf partition, and it
-// sends a Relation message for the leaf in both cases (PostgreSQL 13-15),
-// so the stream meets leaf partitions either way. The source maps each
-// relation it meets onto its outbox table: from the partition trees read
-// at the start of each session, and for a relation they lack (a partition
-// attached since) from the catalog at its Relation message.
-//
-// The catalog describes the present, the stream the past: a partition
-// detached or dropped before the relay read its rows is no longer in any
-// tree. Its rows were published because it was then a partition of an
-// outbox table, so with one partitioned outbox table the relay knows
-// which; with several, only publish_via_partition_root (which the relay's
-// own publication sets) names it, and a row under such a relation stops
-// the stream.
+// Partitioned outbox tables: a partitioned table in RELAY_TABLES is one
+// outbox, whichever partition holds a row. pgoutput can name a leaf
+// partition even with publish_via_partition_root, so the source maps each
+// relation it meets onto its outbox table, from the partition trees read at
+// each session's start or from the catalog at its Relation message. A
+// partition detached or dropped before its rows were read is in neither:
+// see docs/design.md for how such a row is placed.
 
 // partitions places the relations the stream names onto the outbox tables.
 // Only the replication session's goroutine uses it.
@@ -61,7 +49,7 @@ type relationFacts struct {
 }
 
 // errUnplaced is the error of a row under a relation placed on no outbox
-// table; Relation messages alone are harmless (see partitions).
+// table; Relation messages alone are harmless.
 type errUnplaced struct {
 	rel         Table
 	oid         uint32
@@ -140,7 +128,7 @@ func (p *partitions) rootOf(t Table) (Table, bool) {
 
 // place returns the outbox table that relation oid, named named in a
 // Relation message, belongs to. ok is false for a relation it cannot place
-// but whose Relation message may come without rows (see partitions); an
+// but whose Relation message may come without rows; an
 // error stops the stream.
 func (p *partitions) place(ctx context.Context, oid uint32, named Table, publication string) (root Table, ok bool, err error) {
 	if root, ok := p.roots[oid]; ok {
@@ -184,12 +172,10 @@ func (p *partitions) place(ctx context.Context, oid uint32, named Table, publica
 // an unreachable server is reported rather than waited for.
 const checkTimeout = 10 * time.Second
 
-// lookupRelation reads what the catalog says now about relation oid. It
-// runs on a connection of its own, opened for the lookup: a lookup happens
-// once per partition and session, for partitions attached since the
-// session started, which is rare, and a connection held for it would sit
-// idle in between. The replication connection waits meanwhile, a few
-// milliseconds, bounded by checkTimeout.
+// lookupRelation reads what the catalog says now about relation oid, on a
+// connection opened for the lookup: lookups are rare (a partition attached
+// since the session started), so a held connection would sit idle. The
+// replication connection waits meanwhile, bounded by checkTimeout.
 func (s *Source) lookupRelation(ctx context.Context, oid uint32) (relationFacts, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()

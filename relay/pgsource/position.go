@@ -9,20 +9,13 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// The durable position record.
-//
-// PostgreSQL keeps a logical slot's confirmed position in memory and writes
-// it to disk only when the slot is saved for another reason (its restart
-// point or catalog xmin moved); after a crash-restart it resumes from the
-// last saved position, which can be every row since the slot was created.
-// So the relay keeps its own record of the position the brokers confirmed,
-// relay.slot_position, written on the leader's connection every few
-// hundred milliseconds (package pgops), and a session skips the
-// transactions the record covers.
-// Skipping by it never loses a row: the record is written only with a
-// position already reported to PostgreSQL, which covers nothing the
-// brokers had not confirmed. What a crash still republishes is the
-// record's lag.
+// The durable position record. PostgreSQL writes a logical slot's
+// confirmed position to disk only when the slot is saved for another
+// reason, so a crash-restart can resume far behind it. The relay records
+// the confirmed position in relay.slot_position (written by package
+// pgops) and a session skips the transactions it covers; the record only
+// holds positions already reported to PostgreSQL, so skipping never loses
+// a row (docs/delivery-guarantees.md).
 
 // recordedPosition reads the slot's record; 0 when there is none or the
 // table does not exist, which only makes a crash cost more.

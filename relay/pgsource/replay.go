@@ -17,31 +17,15 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// Replay on demand (`relay replay`). A Replay reads rows still in the
-// outbox tables on a normal connection, never the replication slot, so it
-// runs beside the live relay. It is a relay.Source: the relay core publishes
-// what it reads, with the live relay's confirms, ordering and dead-letter
-// handling.
-//
-// Each table is read in one REPEATABLE READ snapshot through a cursor, in
-// batches, ordered by (created_at, cmin, tableoid, ctid). The commit order
-// is not in the table: created_at is when the inserting transaction began
-// (now()) or the row was inserted (clock_timestamp()); among the rows of
-// one created_at, cmin numbers the inserting statements of a transaction,
-// and the physical position orders a statement's rows (free space a DELETE
-// left can put a later statement's rows at an earlier position, which is
-// why cmin comes first). That is each aggregate's commit order when its
-// transactions' created_at follow their commits: when they do not overlap,
-// or created_at is the insert time and a lock on the aggregate serialises
-// them.
-//
-// Progress is recorded in relay.replay after the broker confirmed a batch
-// and everything before it, so an interrupted replay resumes where its
-// confirmed prefix ends, in a new snapshot. The key is exact only while the
-// table is not rewritten (VACUUM FULL, CLUSTER and the like move rows):
-// the recorded key carries the relation's file node, and when that changed
-// the replay goes back to the first row of the last created_at it recorded,
-// so a rewrite costs duplicates, never a gap.
+// Replay on demand (`relay replay`): rows still in the outbox tables, read
+// on a normal connection, never the slot, so it runs beside the live relay
+// as a relay.Source of its own. Each table is read in one REPEATABLE READ
+// snapshot ordered by (created_at, cmin, tableoid, ctid), as the table does
+// not keep the commit order; cmin comes before the position because a
+// later statement's rows can fill space a DELETE left. Recorded progress
+// carries the relation's file node: after a rewrite (VACUUM FULL, CLUSTER)
+// a resume goes back to the last recorded created_at, so a rewrite costs
+// duplicates, never a gap. What this guarantees: docs/operations.md.
 
 // ErrReplayRequest is wrapped by the errors of a replay request that is
 // wrong in itself (a time range without a created_at column, a value the
@@ -501,11 +485,9 @@ func (r *Replay) query(ctx context.Context, s *replaySession, t *replayTable, wh
 	if r.sel.AggregateID != "" {
 		where = append(where, col(d.rel.aggID)+" = "+arg(r.sel.AggregateID, d.types[d.rel.aggID]))
 	}
-	// Where the last run's confirmed prefix ends. The key is exact while
-	// the relation holding its row has the file node it had then.
-	// The key is [created_at, cmin,] tableoid, ctid, file node; one of
-	// another shape (a created_at column added or dropped since) starts
-	// over.
+	// Resume after the last confirmed key, exact only while its relation
+	// keeps the file node it had; a key of another shape (a created_at
+	// column added or dropped since) starts over.
 	if k := t.key; len(k) == 3 && ca == "" || len(k) == 5 && ca != "" {
 		n := len(k)
 		oid, tid, node := k[n-3], k[n-2], k[n-1]

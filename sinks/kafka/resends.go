@@ -16,18 +16,11 @@ import (
 )
 
 // resends counts the records the producer writes to a broker a second time.
-//
-// kgo retries a batch after a retriable error (a request that timed out or
-// lost its connection, a leader that moved, too few in-sync replicas) on its
-// own and has no hook that fires on a retry: its hooks report batches that
-// succeeded and requests that failed, not which records a failed or
-// partly-refused request carried. What it writes does tell: the idempotent
-// producer numbers each partition's records (producer id, epoch, sequence),
-// and a retry sends a batch again under the same numbers. So the sink dials
-// its own connections and reads the batch headers of each produce request
-// it writes; a batch whose sequence is below what was already written to its
-// partition is a resend. Records sent again under a new producer id or epoch
-// (after the broker lost the producer's state) look new and are not counted.
+// kgo retries batches on its own and has no hook that fires on a retry, so
+// the sink dials its own connections and reads the batch headers of each
+// produce request: a batch whose idempotent sequence is below what was
+// already written to its partition is a resend (docs/design.md). Records
+// sent again under a new producer id or epoch look new and are not counted.
 type resends struct {
 	count func(int) // metrics.Metrics.Retried
 

@@ -16,21 +16,11 @@ var sizeLimitRE = regexp.MustCompile(`larger than (?:configured )?max size \(?(\
 // event outcomes. It is the only reader of all three and runs until the
 // channel is closed.
 //
-// Why a return is always seen before the ack of the same message: RabbitMQ
-// sends basic.return before basic.ack for an unroutable mandatory message,
-// and amqp091-go (v1.16.0) handles frames strictly in order on one goroutine,
-// Connection.reader → demux → dispatchN → Channel.recv (connection.go). When
-// the return's content is complete, Channel.dispatch (channel.go, case
-// *basicReturn) hands it to the NotifyReturn channels with notifyAll, a
-// blocking send, before the reader even decodes the following ack frame;
-// only then does case *basicAck pass the ack through confirms.One/Multiple to
-// the NotifyPublish channels. So the return is in our buffered returns
-// channel (or already received) before the confirm can be received. A select
-// over both channels may still pick the confirm first, so on every confirm
-// the returns channel is drained without blocking before the confirm is
-// acted on; that drain necessarily finds the return. Both buffers hold a
-// full window, so the reader never waits on us: notifyAll gives up on a
-// listener after 5 s, and a dropped return would become a false success.
+// amqp091-go hands a message's basic.return to returns before its ack
+// reaches confirms, but a select may still pick the confirm first, so every
+// confirm drains returns before it is acted on. Both buffers hold a full
+// window: the library drops a return after blocking 5 s on it, and a
+// dropped return would be a false success (docs/design.md).
 func (s *Sink) watch(gen uint64, confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error) {
 	defer s.wg.Done()
 	for {

@@ -9,18 +9,16 @@ import (
 // beyond it, as it would on a full socket buffer.
 const maxGathered = 1 << 20
 
-// gatheringConn is the broker connection with its writes gathered. The
-// client library writes and flushes every publish on its own: one write
-// system call per message for the relay and one small TCP segment for the
-// broker to read. Here Write only appends, and one goroutine writes out
-// whatever has gathered while its previous write was in flight: a lone
-// message goes out at once, a burst in a few large writes.
+// gatheringConn is the broker connection with its writes gathered: the
+// client library writes and flushes every publish on its own, a system
+// call and a small TCP segment per message. Write only appends, and one
+// goroutine writes out whatever gathered while its previous write was in
+// flight: a lone message goes out at once, a burst in a few large writes.
 //
-// A successful Write meant "the kernel has it", never "the broker has it",
-// and now means "it is queued for the kernel": either way only the
-// broker's confirm counts. Data lost with a failed connection is
-// unconfirmed and is republished by recovery; the write error is returned
-// by the next Write, which makes the library close the connection.
+// Only the broker's confirm ever meant "the broker has it". Data lost with
+// a failed connection is unconfirmed and recovery republishes it; the
+// write error is returned by the next Write, which makes the library close
+// the connection.
 type gatheringConn struct {
 	net.Conn
 

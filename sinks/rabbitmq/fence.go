@@ -12,20 +12,13 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// The fence keeps a previous publisher of the same stream from writing into
-// a replay. A relay that dies (SIGKILL, a lost network) leaves publishes in
-// the broker's socket buffer and channel process, which RabbitMQ still
-// routes after the relay is gone. A new relay resumes at the slot and
-// replays; without a fence the dead relay's last messages can land in the
-// middle of that replay, so that a consumer sees an event it has not seen
-// before while older ones are still being replayed.
-//
-// The fence is an exclusive consumer on a queue named after the stream,
-// registered on the publishing channel itself. RabbitMQ removes a consumer
-// when its channel process has ended, and a channel process routes what it
-// has read before it ends. So once a new channel holds the fence, nothing
-// of an earlier channel of the stream can follow. An exclusive queue would
-// not do: it goes with the connection, whose channels may still be routing.
+// The fence keeps a dead publisher of the same stream from writing into the
+// replay of its successor: RabbitMQ still routes what a dead relay left in
+// its socket and channel process. The fence is an exclusive consumer, on the
+// publishing channel itself, of a queue named after the stream: RabbitMQ
+// removes it only once that channel's process has ended, after routing what
+// it read. An exclusive queue would go with the connection, too early
+// (docs/design.md).
 const (
 	// fenceRetry is how often a channel tries a fence that is held, after
 	// a first quick retry: after a recovery on the same connection the
