@@ -6,10 +6,8 @@
 // Retainer); and the read-only inspections behind `relay check` (Check)
 // and `relay status` (ReadStatus).
 //
-// It is apart from pgsource because none of it reads the stream: each part
-// works on a normal connection of its own, next to the replication
-// connection, and cmd/relay decides which of them run. pgsource thus holds
-// only what decides which rows are read and which positions confirmed;
-// pgops uses its vocabulary (Table, Columns, the mapping rules), and
-// pgsource never imports pgops.
+// None of it reads the stream: each part works on a normal connection of
+// its own, and cmd/relay decides which run. pgops uses pgsource's
+// vocabulary (Table, Columns, the mapping rules); pgsource never imports
+// pgops.
 package pgops

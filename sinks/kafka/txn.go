@@ -93,8 +93,9 @@ type txn struct {
 	cl        *kgo.Client // under mu
 
 	failMu sync.Mutex
-	failed error // a record of the open transaction failed; under failMu,
-	// as promises run while Flush holds mu
+	// failed is set when a record of the open transaction failed; under
+	// failMu, as promises run while Flush holds mu.
+	failed error
 	// unsettled counts records whose promise has not run. Flush does not
 	// wait for all of them: kgo fails a record it never buffered (outside
 	// a transaction, client closed) in a promise of its own, and a commit
@@ -408,13 +409,10 @@ func (t *txn) close(ctx context.Context) {
 // must run after this producer's id was initialised, which aborts what an
 // earlier instance left open.
 //
-// It reads every partition to its high watermark as a read_uncommitted
-// consumer that keeps control records and applies each transaction's
-// checkpoints at its commit marker itself. A read_committed consumer cannot
-// tell when it is done: it is sent nothing for aborted records, so when the
-// last records before the end were aborted it waits for offsets that never
-// come. Here every offset up to the end is either a record or a marker;
-// compaction never removes the last one.
+// It reads every partition to its high watermark read_uncommitted, with
+// control records, and applies each transaction's checkpoints at its commit
+// marker: a read_committed consumer is sent nothing for aborted records, so
+// it cannot tell when it has reached the end (docs/design.md).
 func readCheckpoint(ctx context.Context, opts []kgo.Opt, admin *kgo.Client, topic, id string) (pos position, owner string, found bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, checkpointReadTimeout)
 	defer cancel()

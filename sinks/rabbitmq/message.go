@@ -14,12 +14,8 @@ import (
 )
 
 // cloudEventsPrefix names the CloudEvents attributes among the headers in
-// binary mode. The AMQP binding allows "cloudEvents:" and, since 1.0.3,
-// "cloudEvents_" (preferred there for JMS selectors). RabbitMQ and
-// amqp091-go carry either in a header table, whose keys are any shortstr;
-// the colon is what every CloudEvents AMQP reader understands (the Go, Java
-// and .NET SDKs, RabbitMQ's AMQP 1.0 plugin passing headers through as
-// application-properties), while only some read the underscore.
+// binary mode. The AMQP binding also allows "cloudEvents_", but only some
+// readers understand it; every one reads the colon (docs/design.md).
 const cloudEventsPrefix = "cloudEvents:"
 
 // Headers-column keys that become AMQP properties instead of headers, so

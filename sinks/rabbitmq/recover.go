@@ -93,11 +93,8 @@ func (s *Sink) recover(ctx context.Context) error {
 			return err
 		}
 	}
-	// Buffers of a full window: at most window publishes are unconfirmed on
-	// a channel and each yields at most one return and one confirm, so the
-	// library's reader never waits for the watcher. That matters because it
-	// gives up on a listener after 5 s (notifyAll in amqp091's channel.go),
-	// and a dropped return would turn an unroutable message into a success.
+	// Buffers of a full window, so that the library's reader never waits
+	// for the watcher (see watch).
 	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, s.window))
 	returns := ch.NotifyReturn(make(chan amqp.Return, s.window))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
