@@ -22,8 +22,9 @@ import (
 	"github.com/relay-dev/relay/sinks/kafka"
 )
 
-// config is every setting of the relay. It is the only place with env tags;
-// `relay --help` and docs/configuration.md's table are generated from / checked against it.
+// config is every setting of the relay. It is the only place with env
+// tags; `relay --help` is generated from it and docs/configuration.md's
+// table is checked against it.
 type config struct {
 	DatabaseURL     string   `env:"RELAY_DATABASE_URL" required:"true" help:"PostgreSQL URL of the outbox database; the replication connection is derived from it; TLS through sslmode, sslrootcert, sslcert, sslkey (required, or RELAY_DATABASE_URL_FILE)"`
 	DatabaseURLFile string   `env:"RELAY_DATABASE_URL_FILE" help:"file holding RELAY_DATABASE_URL, e.g. a mounted secret; a trailing newline is ignored"`

@@ -10,7 +10,7 @@ import (
 )
 
 // HeartbeatPrefix is the prefix of the relay's heartbeat messages (see
-// Leader), which pgoutput sends too once messages are requested.
+// pgops.Leader), which pgoutput sends too once messages are requested.
 const HeartbeatPrefix = "relay-heartbeat"
 
 // MessageTable is the Table of events from logical decoding messages, as

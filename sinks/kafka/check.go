@@ -23,11 +23,11 @@ import (
 const checkTimeout = 15 * time.Second
 
 // Check reports, without creating or producing anything, whether the relay
-// can produce with cfg: a broker answers a metadata request, the topic
-// (the tables' own topics, the dead-letter topic) exists or will be created (by the relay with CreateTopics, or by the
-// cluster), and for exactly-once whether the checkpoint topic exists and a
-// transaction coordinator answers. Never does anything that would fence a
-// running relay.
+// can produce with cfg: a broker answers a metadata request, the topics
+// (the tables' own, the dead-letter topic) exist or will be created (by the
+// relay with CreateTopics, or by the cluster), and for exactly-once the
+// checkpoint topic exists and a transaction coordinator answers. It never
+// does anything that would fence a running relay.
 func Check(ctx context.Context, cfg Config) []relay.Finding {
 	const check = "kafka"
 	brokers := strings.Join(cfg.Brokers, ",")
