@@ -64,22 +64,17 @@ var ErrStopped = errors.New("the relay stopped the session")
 // core has taken it from the channel, so this, not Wait, tells a source
 // that a mark it sent is safe.
 func (p *Progress) WaitMark(ctx context.Context, mark LSN) error {
-	for p.LSN() < mark {
-		select {
-		case <-p.Changed():
-		case <-p.Stopped():
-			return ErrStopped
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return nil
+	return p.wait(ctx, func() bool { return p.LSN() >= mark })
 }
 
 // Wait returns once the first rows rows sent are confirmed, ctx ended
 // (its error) or the core stopped the session (ErrStopped).
 func (p *Progress) Wait(ctx context.Context, rows uint64) error {
-	for p.Rows() < rows {
+	return p.wait(ctx, func() bool { return p.Rows() >= rows })
+}
+
+func (p *Progress) wait(ctx context.Context, reached func() bool) error {
+	for !reached() {
 		select {
 		case <-p.Changed():
 		case <-p.Stopped():
