@@ -197,11 +197,12 @@ func newEnvOn(t *testing.T, server *services.Postgres) *env {
 // with the duplicate_object that role.sql tolerates.
 var roleMu sync.Mutex
 
-// applyRole applies schema/role.sql to the env's database, as a DBA would,
-// with the env's publication, and returns a URL as the role it creates. The
-// relay runs as that role in every test, so the suite shows that what
-// role.sql grants is enough. The test servers trust loopback connections,
-// so the password is not checked.
+// applyRole applies schema/role.sql to the env's database with psql, as a
+// DBA would (it includes relay_state.sql with \ir), with the env's
+// publication, and returns a URL as the role it creates. The relay runs as
+// that role in every test, so the suite shows that what role.sql grants is
+// enough. The test servers trust loopback connections, so the password is
+// not checked.
 func (e *env) applyRole(server *services.Postgres) string {
 	e.t.Helper()
 	sql, err := os.ReadFile("../schema/role.sql")
@@ -211,7 +212,9 @@ func (e *env) applyRole(server *services.Postgres) string {
 	func() {
 		roleMu.Lock()
 		defer roleMu.Unlock()
-		e.exec(strings.ReplaceAll(string(sql), "outbox_relay", "pub_"+e.name))
+		if _, err := server.Psql(e.t.Context(), e.name, "../schema", strings.ReplaceAll(string(sql), "outbox_relay", "pub_"+e.name)); err != nil {
+			e.t.Fatalf("apply schema/role.sql: %v", err)
+		}
 	}()
 	var super, replication bool
 	if err := e.db.QueryRow(e.t.Context(), "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'relay'").Scan(&super, &replication); err != nil {
