@@ -300,6 +300,35 @@ func TestRabbit(t *testing.T) {
 	if string(msg.Body) != "survives SIGKILL" {
 		t.Fatalf("body = %q", msg.Body)
 	}
+
+	// A declaration synced with SyncTopology survives a SIGKILL right
+	// after.
+	const synced = "relaytest.synced"
+	if _, err := ch.QueueDeclare(synced, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if err := r.SyncTopology(ctx); err != nil {
+		t.Fatalf("SyncTopology: %v", err)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatalf("Restart after SyncTopology and Kill: %v", err)
+	}
+	conn, err = amqp.Dial(r.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err = conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclarePassive(synced, true, false, false, false, nil); err != nil {
+		t.Fatalf("durable queue declared, synced and killed at once is lost: %v", err)
+	}
 	conn.Close()
 
 	pids = append(treePids(r.beam), treePids(r.epmd)...)
