@@ -89,12 +89,12 @@ func (e *env) waitLockHolder() int32 {
 	return pid
 }
 
-// waitMessages waits until q received at least n messages.
-func waitMessages(t *testing.T, q *consumer, n int) {
+// waitMessages waits until c received at least n deliveries.
+func waitMessages(t *testing.T, c sinkConsumer, n int) {
 	t.Helper()
 	eventually(t, time.Minute, func() error {
-		if got := len(q.messages()); got < n {
-			return fmt.Errorf("%d messages, waiting for %d", got, n)
+		if got := len(c.ids()); got < n {
+			return fmt.Errorf("%d deliveries, waiting for %d", got, n)
 		}
 		return nil
 	})
@@ -537,6 +537,7 @@ func badRowBlocks(t *testing.T, c badRowCase) {
 	if log := p.log.String(); !strings.Contains(log, id) {
 		t.Errorf("the log does not name row %s:\n%s", id, log)
 	}
+	q.barrier()
 	if m, ok := q.find(id); ok {
 		t.Errorf("the bad row %s was published to %s with routing key %q", id, e.exchange, m.RoutingKey)
 	}
@@ -622,6 +623,7 @@ func badRowDeadLettered(t *testing.T, c badRowCase) {
 		t.Errorf("relay_blocked = %v while dead-lettering", v)
 	}
 	if c.good == "" {
+		q.barrier()
 		if msgs := q.messages(); len(msgs) != 0 {
 			t.Errorf("%d messages reached %s though no row can be routed", len(msgs), e.exchange)
 		}

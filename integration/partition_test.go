@@ -170,13 +170,7 @@ func TestPartitionedOutboxWhilePartitionsComeAndGo(t *testing.T) {
 			var all []string
 			commit := func(n int) {
 				t.Helper()
-				for done := 0; done < n; done += 20 {
-					ids, err := numbered.commit(t.Context(), e.db, 20)
-					if err != nil {
-						t.Fatal(err)
-					}
-					all = append(all, ids...)
-				}
+				all = append(all, numbered.commitAll(t, e.db, n, 20)...)
 			}
 			commit(1500)
 			po.setDay(1)

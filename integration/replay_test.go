@@ -211,15 +211,7 @@ func testReplayWhileStreaming(t *testing.T, e *env, deliveries func() []replayDe
 	numbered := newEventRows(7)
 	commit := func(n int) []string {
 		t.Helper()
-		var ids []string
-		for len(ids) < n {
-			got, err := numbered.commit(t.Context(), e.db, min(20, n-len(ids)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, got...)
-		}
-		return ids
+		return numbered.commitAll(t, e.db, n, 20)
 	}
 	before := commit(400)
 	since := e.dbTime()

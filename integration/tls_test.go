@@ -248,6 +248,7 @@ func TestUntrustedServerCertificatePublishesNothing(t *testing.T) {
 			return nil
 		})
 		p.kill()
+		c.barrier()
 		if n := len(c.messages()); n != 0 {
 			t.Fatalf("%s: %d messages published with an untrusted server certificate", tc.name, n)
 		}
