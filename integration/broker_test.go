@@ -138,6 +138,7 @@ func crashWithRowsInFlight(t *testing.T, e *env, w *writer, freeze, kill func() 
 // relay at start, exit 1, with a message that names the queue and the
 // permission to grant; nothing is published meanwhile.
 func TestFenceWithoutPermissionStopsTheRelay(t *testing.T) {
+	t.Parallel()
 	node := startOwnRabbit(t, services.RabbitOptions{})
 	e := newEnv(t)
 	e.amqpURL = node.URL()

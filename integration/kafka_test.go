@@ -299,6 +299,7 @@ func murmur2(data []byte) int32 {
 // TestMurmur2MatchesJava pins the hash checkKafkaRecords relies on to the
 // values of Kafka's own UtilsTest.
 func TestMurmur2MatchesJava(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]int32{
 		"21":                         -973932308,
 		"foobar":                     -790332482,
@@ -314,6 +315,7 @@ func TestMurmur2MatchesJava(t *testing.T) {
 }
 
 func TestKafkaManyRowsArriveWithTheirProperties(t *testing.T) {
+	t.Parallel()
 	e := newKafkaEnv(t)
 	c := e.consumeKafka()
 	e.startRelay()
@@ -401,6 +403,7 @@ func formatKafkaHeaders(hs []kgo.RecordHeader) string {
 // and the slot stays before it. Restarted with RELAY_DEAD_LETTER, the relay
 // sends the row there, without its payload, and the stream goes on.
 func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{Configs: map[string]string{"message.max.bytes": "10000"}})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -492,6 +495,7 @@ func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
 // topic whose own max.message.bytes is 10000. The relay must name that
 // row, not a neighbour that shared its batch, and not move the slot.
 func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -596,6 +600,7 @@ func createTopic(t *testing.T, brokers, topic string, partitions int32, configs 
 // TestKafkaSASL runs the relay against a broker that requires SASL, with
 // each mechanism the relay supports.
 func TestKafkaSASL(t *testing.T) {
+	t.Parallel()
 	const user, password = "relay", "pa:ss w0rd"
 	for _, tc := range []struct {
 		mechanism string
@@ -630,6 +635,7 @@ func TestKafkaSASL(t *testing.T) {
 // TestKafkaAutoCreatedTopic leaves RELAY_KAFKA_CREATE_TOPICS at its
 // default, false: a cluster that auto-creates topics gets the records.
 func TestKafkaAutoCreatedTopic(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{AutoCreateTopics: true, Partitions: 2})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -644,6 +650,7 @@ func TestKafkaAutoCreatedTopic(t *testing.T) {
 }
 
 func TestHelpListsKafkaVariables(t *testing.T) {
+	t.Parallel()
 	p := startRelayWith(t, nil, "--help")
 	if code := p.wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)

@@ -243,6 +243,7 @@ func TestPartitionedOutboxWhilePartitionsComeAndGo(t *testing.T) {
 // the meantime keeps its rows (they are no longer the outbox's) and
 // disturbs nothing.
 func TestCleanupOnAPartitionedOutbox(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.extraVars = map[string]string{"RELAY_CLEANUP": "after-publish"}
 	po := e.partitionOutbox(partitionModes[2])
