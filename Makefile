@@ -49,10 +49,11 @@ vet:
 	GOOS=darwin $(GO) build -o /dev/null ./cmd/relay
 	GOOS=windows $(GO) build -o /dev/null ./cmd/relay
 
-## test: unit and integration tests against throwaway PostgreSQL and RabbitMQ
+## test: unit and integration tests against throwaway PostgreSQL and RabbitMQ,
+## once, every package under the race detector (the integration tests run
+## the relay binary built without it, and their own goroutines with it)
 test: deps vet
-	$(GO) test -race -count=1 ./relay/...
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 
 unit:
 	$(GO) test -count=1 ./relay/... ./cmd/...
