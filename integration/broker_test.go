@@ -4,7 +4,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -88,12 +87,7 @@ func TestBrokerKilledMidStreamLosesNothing(t *testing.T) {
 				b.check(t)
 			}
 			end := e.currentLSN()
-			eventually(t, 30*time.Second, func() error {
-				if got := e.slotLSN(); got < end {
-					return fmt.Errorf("slot at %X, WAL end %X after every event was confirmed", got, end)
-				}
-				return nil
-			})
+			e.waitSlotAt(end, 30*time.Second)
 			t.Logf("%d events, %d deliveries after a broker crash", len(ids), len(msgs))
 		})
 	}

@@ -821,6 +821,18 @@ func (e *env) nextStatus() {
 	})
 }
 
+// waitSlotAt waits until the slot has confirmed at least lsn, such as the
+// WAL end once every event was delivered.
+func (e *env) waitSlotAt(lsn uint64, timeout time.Duration) {
+	e.t.Helper()
+	eventually(e.t, timeout, func() error {
+		if got := e.slotLSN(); got < lsn {
+			return fmt.Errorf("slot at %X, waiting for %X", got, lsn)
+		}
+		return nil
+	})
+}
+
 // slotStaysAt asserts that the slot stays at held over the relay's next n
 // standby status updates. Each update carries every confirm the relay has
 // had, so a relay that confirmed anything would move the slot; a relay

@@ -482,12 +482,7 @@ func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
 	checkOrder(t, asMessages(withIDs(recs, after)))
 	checkKafkaRecords(t, recs, 3)
 	end := e.currentLSN()
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, WAL end %X", got, end)
-		}
-		return nil
-	})
+	e.waitSlotAt(end, 30*time.Second)
 }
 
 // TestKafkaOversizedRowAmongOthersIsTheOneNamed commits an oversized row

@@ -617,12 +617,7 @@ func badRowDeadLettered(t *testing.T, c badRowCase) {
 	}
 	p.waitMetric(t, "relay_dead_lettered_total", "1", equals(1), 10*time.Second)
 	// The slot passes it.
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, the rows ended at %X", got, end)
-		}
-		return nil
-	})
+	e.waitSlotAt(end, 30*time.Second)
 	p.waitReady(t, http.StatusOK, "streaming", 10*time.Second)
 	if v, _ := p.metric("relay_blocked"); v != 0 {
 		t.Errorf("relay_blocked = %v while dead-lettering", v)
