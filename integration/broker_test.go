@@ -3,7 +3,7 @@
 package integration
 
 import (
-	"fmt"
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -11,57 +11,99 @@ import (
 	"github.com/relay-dev/relay/integration/services"
 )
 
-// TestRabbitMQKilledMidStreamLosesNothing freezes the broker while rows
+// TestBrokerKilledMidStreamLosesNothing freezes the broker while rows
 // flow, so that the relay certainly has publishes in flight that no one
 // will confirm, SIGKILLs it, checks that the slot holds still while it is
-// down, restarts it and expects every event, in order per aggregate. It
-// needs a broker it may kill, so it always runs its own node, even when
-// RELAY_TEST_AMQP_URL is set.
-func TestRabbitMQKilledMidStreamLosesNothing(t *testing.T) {
-	node := startOwnRabbit(t, services.RabbitOptions{})
-	e := newEnv(t)
-	e.amqpURL = node.URL()
-	q := e.bindQueue("#")
-	bound := time.Now()
-	e.startRelay()
-	w := e.startWriter(50, 13)
-	eventually(t, time.Minute, func() error {
-		if got := len(q.messages()); got < 3000 {
-			return fmt.Errorf("%d messages, waiting for 3000", got)
-		}
-		return nil
-	})
-	// Declarations reach the node's disk up to 2 s late; a crash before
-	// that would lose the queue itself, which is not what is under test.
-	time.Sleep(time.Until(bound.Add(3 * time.Second)))
-	crashWithRowsInFlight(t, e, w, node.Freeze, node.Kill)
+// down, restarts it and expects every event, in order per aggregate (per
+// key on Kafka). It needs a broker it may kill, so it always runs its own
+// node, even when RELAY_TEST_AMQP_URL or RELAY_TEST_KAFKA_BROKERS is set.
+// Subtests rabbitmq (formerly TestRabbitMQKilledMidStreamLosesNothing)
+// and kafka (formerly TestKafkaBrokerKilledMidStreamLosesNothing, which
+// also leaves RELAY_KAFKA_TOPIC unset, so the default template is used).
+func TestBrokerKilledMidStreamLosesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		own  func(t *testing.T, e *env) ownBroker
+	}{
+		{"rabbitmq", func(t *testing.T, e *env) ownBroker {
+			node := startOwnRabbit(t, services.RabbitOptions{})
+			e.amqpURL = node.URL()
+			return ownBroker{
+				freeze: node.Freeze, kill: node.Kill, restart: node.Restart,
+				c: e.bindQueue("#"),
+				// A crash before declarations reach the node's disk
+				// would lose the queue itself, which is not what is
+				// under test.
+				persist: node.SyncTopology,
+			}
+		}},
+		{"kafka", func(t *testing.T, e *env) ownBroker {
+			node := startOwnKafka(t, services.KafkaOptions{})
+			e.useKafka(node.Brokers(), "")
+			c := e.consumeKafka()
+			return ownBroker{
+				freeze: node.Freeze, kill: node.Kill, restart: node.Restart,
+				c: c,
+				check: func(t *testing.T) {
+					for _, r := range c.records() {
+						if r.Topic != "outbox.event.order" {
+							t.Fatalf("record %s on topic %q, want the default template's outbox.event.order", r.id(), r.Topic)
+						}
+					}
+				},
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			b := tc.own(t, e)
+			e.startRelay()
+			w := e.startWriter(50, 13)
+			waitMessages(t, b.c, 3000)
+			if b.persist != nil {
+				if err := b.persist(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			crashWithRowsInFlight(t, e, w, b.freeze, b.kill)
 
-	// Once the relay has reported what the broker confirmed before it
-	// froze, nothing more can be confirmed, so the slot must not move
-	// although rows keep committing.
-	e.nextStatus()
-	held := e.slotLSN()
-	w.waitRows(500)
-	ids := w.finish()
-	time.Sleep(3 * time.Second) // six status intervals
-	if got := e.slotLSN(); got != held {
-		t.Fatalf("slot moved from %X to %X while the broker was down", held, got)
-	}
+			// Once the relay has reported what the broker confirmed
+			// before it froze, nothing more can be confirmed, so the slot
+			// must not move although rows keep committing.
+			e.nextStatus()
+			held := e.slotLSN()
+			w.waitRows(500)
+			ids := w.finish()
+			e.slotStaysAt(held, 6)
 
-	if err := node.Restart(t.Context()); err != nil {
-		t.Fatalf("restart rabbitmq: %v", err)
+			if err := b.restart(t.Context()); err != nil {
+				t.Fatalf("restart %s: %v", tc.name, err)
+			}
+			msgs := b.c.waitDistinctMessages(len(ids), 3*time.Minute)
+			checkAll(t, ids, msgs)
+			checkOrder(t, msgs)
+			b.c.checkBroker(t)
+			if b.check != nil {
+				b.check(t)
+			}
+			end := e.currentLSN()
+			e.waitSlotAt(end, 30*time.Second)
+			t.Logf("%d events, %d deliveries after a broker crash", len(ids), len(msgs))
+		})
 	}
-	msgs := q.waitDistinct(len(ids), 3*time.Minute)
-	checkAll(t, ids, msgs)
-	checkOrder(t, msgs)
-	end := e.currentLSN()
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, WAL end %X after every event was confirmed", got, end)
-		}
-		return nil
-	})
-	t.Logf("%d events, %d deliveries after a broker crash", len(ids), len(msgs))
+}
+
+// ownBroker is a broker node of the test's own, which it may freeze, kill
+// and restart, and a consumer of what the relay publishes to it.
+type ownBroker struct {
+	freeze, kill func() error
+	restart      func(context.Context) error
+	c            sinkConsumer
+	// persist, when set, makes what the node was told so far survive a
+	// SIGKILL.
+	persist func(context.Context) error
+	// check, when set, asserts what this test adds for this broker.
+	check func(t *testing.T)
 }
 
 // crashWithRowsInFlight freezes the broker, so that it confirms nothing
@@ -90,6 +132,7 @@ func crashWithRowsInFlight(t *testing.T, e *env, w *writer, freeze, kill func() 
 // relay at start, exit 1, with a message that names the queue and the
 // permission to grant; nothing is published meanwhile.
 func TestFenceWithoutPermissionStopsTheRelay(t *testing.T) {
+	t.Parallel()
 	node := startOwnRabbit(t, services.RabbitOptions{})
 	e := newEnv(t)
 	e.amqpURL = node.URL()
@@ -117,6 +160,7 @@ func TestFenceWithoutPermissionStopsTheRelay(t *testing.T) {
 	if strings.Contains(log, "limited-pw") {
 		t.Errorf("the log holds the password:\n%s", log)
 	}
+	q.barrier()
 	if n := len(q.messages()); n != 0 {
 		t.Errorf("%d messages published without a fence", n)
 	}

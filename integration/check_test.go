@@ -99,6 +99,7 @@ func deadAddr(t *testing.T) string {
 }
 
 func TestCheckPassesOnAHealthySetup(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.bindQueue("#")
 
@@ -149,6 +150,7 @@ func TestCheckPassesOnAHealthySetup(t *testing.T) {
 }
 
 func TestCheckFailsWhenTheBackfillCannotRecordItsProgress(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// schema/role.sql creates relay.backfill for the role, which may not
 	// create it itself (no CREATE on the database).
@@ -164,6 +166,7 @@ func TestCheckFailsWhenTheBackfillCannotRecordItsProgress(t *testing.T) {
 }
 
 func TestCheckPassesWithKafka(t *testing.T) {
+	t.Parallel()
 	e, txnID, checkpoints := newExactlyOnceEnv(t)
 	out := e.check(0)
 	hasLine(t, out, "ok    kafka: connected to "+kafkaBrokers)
@@ -180,6 +183,7 @@ func TestCheckPassesWithKafka(t *testing.T) {
 }
 
 func TestCheckFailsWithoutLogicalWAL(t *testing.T) {
+	t.Parallel()
 	server, err := services.StartPostgres(t.Context(), services.PostgresOptions{Fast: true, ExtraConf: map[string]string{"wal_level": "replica"}})
 	if err != nil {
 		t.Fatal(err)
@@ -193,6 +197,7 @@ func TestCheckFailsWithoutLogicalWAL(t *testing.T) {
 }
 
 func TestCheckFailsOnAMissingTable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := e.check(1, "RELAY_TABLES", "public.outbox,public.missing")
 	hasLine(t, out, "FAIL  table public.missing: does not exist", "fix: create it", "RELAY_TABLES")
@@ -200,6 +205,7 @@ func TestCheckFailsOnAMissingTable(t *testing.T) {
 }
 
 func TestCheckFailsOnColumnsTheMappingNames(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := e.check(1, "RELAY_COLUMN_EVENT_TYPE", "kind")
 	hasLine(t, out, "FAIL  table public.outbox: table public.outbox has no column kind", "RELAY_COLUMN_EVENT_TYPE")
@@ -218,6 +224,7 @@ func TestCheckFailsOnColumnsTheMappingNames(t *testing.T) {
 }
 
 func TestCheckFailsForARoleWithoutReplication(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	role := "norepl_" + e.name
 	e.exec("CREATE ROLE " + role + " LOGIN")
@@ -240,6 +247,7 @@ func TestCheckFailsForARoleWithoutReplication(t *testing.T) {
 }
 
 func TestCheckReportsABadSlot(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.exec("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", e.slot)
 	out := e.check(1)
@@ -247,6 +255,7 @@ func TestCheckReportsABadSlot(t *testing.T) {
 }
 
 func TestCheckReportsALostSlot(t *testing.T) {
+	t.Parallel()
 	server, err := services.StartPostgres(t.Context(), services.PostgresOptions{Fast: true, ExtraConf: map[string]string{"max_slot_wal_keep_size": "1MB"}})
 	if err != nil {
 		t.Fatal(err)
@@ -281,6 +290,7 @@ func TestCheckReportsALostSlot(t *testing.T) {
 }
 
 func TestCheckFailsWhenTheBrokerIsUnreachable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	out := e.check(1, "RELAY_AMQP_URL", "amqp://guest:amqp-secret@"+deadAddr(t)+"/")
 	hasLine(t, out, "FAIL  rabbitmq: cannot connect to amqp://guest:xxxxx@", "fix: check RELAY_AMQP_URL")
@@ -297,6 +307,7 @@ func TestCheckFailsWhenTheBrokerIsUnreachable(t *testing.T) {
 }
 
 func TestCheckAndStatusReportAnUnreachableDatabaseWithoutItsPassword(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dbURL := "postgres://relay:db-secret@" + deadAddr(t) + "/app?sslmode=disable"
 	out := e.check(1, "RELAY_DATABASE_URL", dbURL)
@@ -312,6 +323,7 @@ func TestCheckAndStatusReportAnUnreachableDatabaseWithoutItsPassword(t *testing.
 }
 
 func TestStatusShowsTheSlotAfterTheRelayRan(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c := e.bindQueue("#")
 	p := e.startRelay()

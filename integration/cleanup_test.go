@@ -22,24 +22,13 @@ func TestCleanupDeletesOnlyConfirmedRows(t *testing.T) {
 	e.extraVars = map[string]string{"RELAY_CLEANUP": "after-publish"}
 	e.exec(`GRANT DELETE ON outbox TO relay`)
 	q := e.bindQueue("#")
-	// Declarations reach the node's disk up to 2 s late; a crash before
-	// that would lose the queue itself, which is not what is under test.
-	time.Sleep(3 * time.Second)
 	p := e.startRelay()
 
 	// One numbering for every row, so that checkOrder judges them all.
 	numbered := newEventRows(7)
 	commit := func(n int) []string {
 		t.Helper()
-		var ids []string
-		for len(ids) < n {
-			got, err := numbered.commit(t.Context(), e.db, min(20, n-len(ids)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, got...)
-		}
-		return ids
+		return numbered.commitAll(t, e.db, n, 20)
 	}
 	confirmed := commit(6000)
 	q.waitDistinct(len(confirmed), time.Minute)
@@ -50,6 +39,11 @@ func TestCleanupDeletesOnlyConfirmedRows(t *testing.T) {
 		return nil
 	})
 
+	// A crash before the declarations reach the node's disk would lose the
+	// queue itself, which is not what is under test.
+	if err := node.SyncTopology(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	// Frozen, the broker confirms nothing more: rows committed from now on
 	// reach the relay, which cannot have them confirmed, and must stay in
 	// the table.

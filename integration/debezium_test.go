@@ -32,6 +32,7 @@ func debeziumFixture(t *testing.T, name string) []byte {
 // Debezium's key, so a migrating consumer keeps each aggregate's order.
 // One row is read by the initial backfill, the others from the stream.
 func TestKafkaRecordsMatchDebeziumPerConverter(t *testing.T) {
+	t.Parallel()
 	const partitions = 3 // of the topics the harness has the relay create
 	for _, tt := range []struct {
 		converter string

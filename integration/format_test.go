@@ -15,6 +15,7 @@ const testTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
 // CloudEvent in the AMQP binding, with its trace context and request/reply
 // properties.
 func TestCloudEventsCommandWithTraceContextReachesItsQueue(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.exec("ALTER TABLE outbox ADD COLUMN destination text")
 	e.extraVars = map[string]string{"RELAY_FORMAT": "cloudevents", "RELAY_CLOUDEVENTS_SOURCE": "/orders"}
@@ -61,6 +62,7 @@ func TestCloudEventsCommandWithTraceContextReachesItsQueue(t *testing.T) {
 // TestKafkaStructuredCloudEventToTheNamedTopic does the same for Kafka in
 // the structured mode, with the destination in the headers column.
 func TestKafkaStructuredCloudEventToTheNamedTopic(t *testing.T) {
+	t.Parallel()
 	e := newKafkaEnv(t)
 	e.extraVars = map[string]string{"RELAY_FORMAT": "cloudevents-structured", "RELAY_CLOUDEVENTS_SOURCE": "urn:acme:orders"}
 	topic := "commands." + e.name

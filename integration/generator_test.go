@@ -193,6 +193,7 @@ type genDelivery struct {
 // destination, the stream stops at the first row that was dead-lettered,
 // having delivered every row before it, and /readyz names it.
 func TestEveryPathBuildsTheSameMessage(t *testing.T) {
+	t.Parallel()
 	for _, broker := range []string{"rabbitmq", "kafka"} {
 		t.Run(broker, func(t *testing.T) {
 			var dead map[string]bool

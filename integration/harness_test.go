@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -197,11 +198,12 @@ func newEnvOn(t *testing.T, server *services.Postgres) *env {
 // with the duplicate_object that role.sql tolerates.
 var roleMu sync.Mutex
 
-// applyRole applies schema/role.sql to the env's database, as a DBA would,
-// with the env's publication, and returns a URL as the role it creates. The
-// relay runs as that role in every test, so the suite shows that what
-// role.sql grants is enough. The test servers trust loopback connections,
-// so the password is not checked.
+// applyRole applies schema/role.sql to the env's database with psql, as a
+// DBA would (it includes relay_state.sql with \ir), with the env's
+// publication, and returns a URL as the role it creates. The relay runs as
+// that role in every test, so the suite shows that what role.sql grants is
+// enough. The test servers trust loopback connections, so the password is
+// not checked.
 func (e *env) applyRole(server *services.Postgres) string {
 	e.t.Helper()
 	sql, err := os.ReadFile("../schema/role.sql")
@@ -211,7 +213,9 @@ func (e *env) applyRole(server *services.Postgres) string {
 	func() {
 		roleMu.Lock()
 		defer roleMu.Unlock()
-		e.exec(strings.ReplaceAll(string(sql), "outbox_relay", "pub_"+e.name))
+		if _, err := server.Psql(e.t.Context(), e.name, "../schema", strings.ReplaceAll(string(sql), "outbox_relay", "pub_"+e.name)); err != nil {
+			e.t.Fatalf("apply schema/role.sql: %v", err)
+		}
 	}()
 	var super, replication bool
 	if err := e.db.QueryRow(e.t.Context(), "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = 'relay'").Scan(&super, &replication); err != nil {
@@ -238,9 +242,13 @@ func newKafkaEnv(t *testing.T) *env {
 	return e
 }
 
+// kafkaPartitions is RELAY_KAFKA_PARTITIONS: the relay creates its topics
+// with three partitions.
+const kafkaPartitions = 3
+
 // useKafka makes the relay publish to Kafka at brokers with topic
-// template topic ("" for the relay's default), creating topics of three
-// partitions.
+// template topic ("" for the relay's default), creating topics of
+// kafkaPartitions partitions.
 func (e *env) useKafka(brokers, topic string) {
 	e.sink, e.kafkaBrokers, e.kafkaTopic = "kafka", brokers, topic
 }
@@ -278,7 +286,7 @@ func (e *env) vars() []string {
 		v["RELAY_SINK"] = "kafka"
 		v["RELAY_KAFKA_BROKERS"] = e.kafkaBrokers
 		v["RELAY_KAFKA_CREATE_TOPICS"] = "true"
-		v["RELAY_KAFKA_PARTITIONS"] = "3"
+		v["RELAY_KAFKA_PARTITIONS"] = strconv.Itoa(kafkaPartitions)
 		if e.kafkaTopic != "" {
 			v["RELAY_KAFKA_TOPIC"] = e.kafkaTopic
 		}
@@ -500,6 +508,9 @@ type consumer struct {
 	queue string
 	mu    sync.Mutex
 	msgs  []message
+	// marks are the ids of the barrier marks that arrived, which msgs
+	// leaves out.
+	marks map[string]bool
 	conn  *amqp.Connection
 	stop  chan struct{}
 	done  chan struct{}
@@ -514,6 +525,17 @@ func (e *env) bindQueue(binding string) *consumer {
 }
 
 func bindQueueAt(t *testing.T, url, exchange, queue, binding string) *consumer {
+	t.Helper()
+	declareQueue(t, url, exchange, queue, binding)
+	c := &consumer{t: t, url: url, queue: queue, marks: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go c.run()
+	t.Cleanup(c.close)
+	return c
+}
+
+// declareQueue declares a durable queue bound to exchange with binding,
+// and the exchange as the relay declares it, without consuming.
+func declareQueue(t *testing.T, url, exchange, queue, binding string) {
 	t.Helper()
 	conn, err := amqp.Dial(url)
 	if err != nil {
@@ -533,10 +555,6 @@ func bindQueueAt(t *testing.T, url, exchange, queue, binding string) *consumer {
 	if err := ch.QueueBind(queue, binding, exchange, false, nil); err != nil {
 		t.Fatalf("bind queue: %v", err)
 	}
-	c := &consumer{t: t, url: url, queue: queue, stop: make(chan struct{}), done: make(chan struct{})}
-	go c.run()
-	t.Cleanup(c.close)
-	return c
 }
 
 // run consumes, reconnecting after broker restarts until closed.
@@ -578,7 +596,11 @@ func (c *consumer) consumeOnce() {
 				return
 			}
 			c.mu.Lock()
-			c.msgs = append(c.msgs, message{RoutingKey: d.RoutingKey, Delivery: d})
+			if d.Type == barrierType {
+				c.marks[d.MessageId] = true
+			} else {
+				c.msgs = append(c.msgs, message{RoutingKey: d.RoutingKey, Delivery: d})
+			}
 			c.mu.Unlock()
 			// Acked after recording: a message is counted at least once.
 			d.Ack(false)
@@ -593,6 +615,48 @@ func (c *consumer) close() {
 		close(c.stop)
 	}
 	<-c.done
+}
+
+// barrierType is the AMQP type of the marks barrier sends.
+const barrierType = "relay-test-barrier"
+
+var barriers atomic.Int64
+
+// barrier publishes a mark straight to the queue, behind whatever it holds,
+// and waits until the mark arrives: a queue delivers in order, so whatever
+// had reached it before has arrived by then. A check that something did
+// not arrive calls it first, so that it cannot pass only because the
+// consumer was slow.
+func (c *consumer) barrier() {
+	c.t.Helper()
+	conn, err := amqp.Dial(c.url)
+	if err != nil {
+		c.t.Fatalf("dial rabbitmq: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		c.t.Fatal(err)
+	}
+	id := fmt.Sprintf("barrier-%d", barriers.Add(1))
+	dc, err := ch.PublishWithDeferredConfirmWithContext(c.t.Context(), "", c.queue, true, false, amqp.Publishing{Type: barrierType, MessageId: id})
+	if err != nil {
+		c.t.Fatalf("publish a barrier mark to %s: %v", c.queue, err)
+	}
+	if ok, err := dc.WaitContext(c.t.Context()); !ok || err != nil {
+		c.t.Fatalf("barrier mark to %s not confirmed: %v", c.queue, err)
+	}
+	eventually(c.t, time.Minute, func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !c.marks[id] {
+			return fmt.Errorf("barrier mark %s has not come through queue %s", id, c.queue)
+		}
+		return nil
+	})
 }
 
 // messages returns a copy of what was received so far.
@@ -612,6 +676,57 @@ func (c *consumer) highestRelayLSN() uint64 {
 		}
 	}
 	return last
+}
+
+// sinkConsumer is a consumer of what the relay publishes, whichever the
+// broker: a RabbitMQ queue (*consumer) or Kafka topics (*kafkaConsumer).
+// Tests that must hold for both brokers run over it, one subtest each.
+type sinkConsumer interface {
+	// ids returns the id of every delivery so far, in arrival order.
+	ids() []string
+	// waitDistinctMessages waits until n distinct ids arrived and returns
+	// every delivery so far as messages (the id as MessageId, the payload
+	// as Body).
+	waitDistinctMessages(n int, timeout time.Duration) []message
+	// highestRelayLSN is the highest commit LSN (x-relay-lsn) received.
+	highestRelayLSN() uint64
+	// checkBroker asserts what this broker's deliveries must satisfy on
+	// top of checkAll and checkOrder.
+	checkBroker(t *testing.T)
+}
+
+func (c *consumer) ids() []string {
+	msgs := c.messages()
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.MessageId
+	}
+	return ids
+}
+
+func (c *consumer) waitDistinctMessages(n int, timeout time.Duration) []message {
+	c.t.Helper()
+	return c.waitDistinct(n, timeout)
+}
+
+// checkBroker: a queue adds nothing to judge.
+func (c *consumer) checkBroker(*testing.T) {}
+
+// sharedBrokers are the brokers a test that holds for both runs against,
+// on the suite's shared nodes: newEnv returns the test's env publishing
+// there and a consumer of all it publishes.
+var sharedBrokers = []struct {
+	name   string
+	newEnv func(t *testing.T) (*env, sinkConsumer)
+}{
+	{"rabbitmq", func(t *testing.T) (*env, sinkConsumer) {
+		e := newEnv(t)
+		return e, e.bindQueue("#")
+	}},
+	{"kafka", func(t *testing.T) (*env, sinkConsumer) {
+		e := newKafkaEnv(t)
+		return e, e.consumeKafka()
+	}},
 }
 
 // waitDistinct waits until n distinct message ids arrived.
@@ -706,6 +821,33 @@ func (e *env) nextStatus() {
 	})
 }
 
+// waitSlotAt waits until the slot has confirmed at least lsn, such as the
+// WAL end once every event was delivered.
+func (e *env) waitSlotAt(lsn uint64, timeout time.Duration) {
+	e.t.Helper()
+	eventually(e.t, timeout, func() error {
+		if got := e.slotLSN(); got < lsn {
+			return fmt.Errorf("slot at %X, waiting for %X", got, lsn)
+		}
+		return nil
+	})
+}
+
+// slotStaysAt asserts that the slot stays at held over the relay's next n
+// standby status updates. Each update carries every confirm the relay has
+// had, so a relay that confirmed anything would move the slot; a relay
+// that sends none fails the wait, rather than passing as a fixed sleep
+// would.
+func (e *env) slotStaysAt(held uint64, n int) {
+	e.t.Helper()
+	for i := range n {
+		e.nextStatus()
+		if got := e.slotLSN(); got != held {
+			e.t.Fatalf("slot moved from %X to %X by status update %d of %d", held, got, i+1, n)
+		}
+	}
+}
+
 // currentLSN returns pg_current_wal_lsn() as a number.
 func (e *env) currentLSN() uint64 {
 	e.t.Helper()
@@ -722,16 +864,7 @@ func (e *env) currentLSN() uint64 {
 // It returns the ids in commit order.
 func (e *env) insertEvents(n, perTx, aggregates int) []string {
 	e.t.Helper()
-	rows := newEventRows(aggregates)
-	ids := make([]string, 0, n)
-	for len(ids) < n {
-		got, err := rows.commit(e.t.Context(), e.db, min(perTx, n-len(ids)))
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		ids = append(ids, got...)
-	}
-	return ids
+	return newEventRows(aggregates).commitAll(e.t, e.db, n, perTx)
 }
 
 // eventRows numbers the outbox rows that insertEvents and writer commit:
@@ -771,6 +904,21 @@ func (r *eventRows) commit(ctx context.Context, db *pgxpool.Pool, n int) ([]stri
 	}
 	r.next, r.seq = next, seq
 	return ids, nil
+}
+
+// commitAll commits n rows in transactions of perTx rows (the last may
+// have fewer) and returns their ids in commit order.
+func (r *eventRows) commitAll(t *testing.T, db *pgxpool.Pool, n, perTx int) []string {
+	t.Helper()
+	ids := make([]string, 0, n)
+	for len(ids) < n {
+		got, err := r.commit(t.Context(), db, min(perTx, n-len(ids)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, got...)
+	}
+	return ids
 }
 
 // writer commits outbox rows in the background until stopped, perTx rows

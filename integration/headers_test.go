@@ -51,6 +51,7 @@ func TestBadRowHeaderNameTooLong(t *testing.T) {
 // a consumer or plugin expects (an integer a long, any other number a
 // double, ...), so that CC routes a copy; on Kafka, as their JSON text.
 func TestTypedHeadersKeepTheirTypes(t *testing.T) {
+	t.Parallel()
 	const headers = `{"x-delay": 5000, "big": 12345678901234567890, "ratio": 1.5, "flag": true, "nothing": null,
 		"CC": ["audit.copy"], "list": [1, "two", false], "obj": {"a": 1, "b": [true]}, "text": "5"}`
 	t.Run("rabbitmq", func(t *testing.T) {
@@ -119,6 +120,7 @@ func TestTypedHeadersKeepTheirTypes(t *testing.T) {
 // headers appear once, with the relay's values, on both brokers, and each
 // dropped key is logged once and counted.
 func TestHeadersColumnCannotForgeTheRelaysHeaders(t *testing.T) {
+	t.Parallel()
 	t.Run("kafka", func(t *testing.T) {
 		e := newKafkaEnv(t)
 		e.extraVars = map[string]string{"RELAY_FORMAT": "cloudevents", "RELAY_CLOUDEVENTS_SOURCE": "/orders"}
@@ -186,6 +188,7 @@ func TestHeadersColumnCannotForgeTheRelaysHeaders(t *testing.T) {
 // asks the broker to create the topic, which a real cluster refuses and
 // kfake accepts.
 func TestKafkaTopicTheBrokerWouldRefuseIsABadRow(t *testing.T) {
+	t.Parallel()
 	const bad = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 		VALUES ('Order Item', 'o-1', 'created', '{}') RETURNING id`
 	t.Run("without dead letter the stream stops before it", func(t *testing.T) {
@@ -229,6 +232,7 @@ func TestKafkaTopicTheBrokerWouldRefuseIsABadRow(t *testing.T) {
 // row whose headers RabbitMQ refuses reaches it, without those headers and
 // with x-relay-error naming them, and the stream goes on.
 func TestDeadLetterOfAHeaderRowIsPublishable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	dlx := "dead_" + e.name
 	e.extraVars = map[string]string{"RELAY_DEAD_LETTER": dlx}

@@ -306,28 +306,11 @@ func buildInboxConsumer(t *testing.T) string {
 	return bin
 }
 
-// declareInboxQueue declares a durable queue bound to exchange with
-// binding, and the exchange as the relay declares it, without consuming.
+// declareInboxQueue is declareQueue for the inbox consumers, deleting the
+// queue when the test ends.
 func declareInboxQueue(t *testing.T, url, exchange, queue, binding string) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial rabbitmq: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
-		t.Fatalf("declare exchange: %v", err)
-	}
-	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		t.Fatalf("declare queue: %v", err)
-	}
-	if err := ch.QueueBind(queue, binding, exchange, false, nil); err != nil {
-		t.Fatalf("bind queue: %v", err)
-	}
+	declareQueue(t, url, exchange, queue, binding)
 	t.Cleanup(func() {
 		if conn, err := amqp.Dial(url); err == nil {
 			if ch, err := conn.Channel(); err == nil {

@@ -16,6 +16,7 @@ import (
 // one every client reads without plugins), and librdkafka (kcat) reads
 // every codec as franz-go does.
 func TestKafkaCompressionSettingReachesTheBatches(t *testing.T) {
+	t.Parallel()
 	kcatBin(t)
 	for _, tt := range []struct {
 		value string

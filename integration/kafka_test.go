@@ -178,6 +178,27 @@ func (c *kafkaConsumer) waitDistinct(n int, timeout time.Duration) []kafkaRecord
 	}
 }
 
+func (c *kafkaConsumer) ids() []string {
+	recs := c.records()
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.id()
+	}
+	return ids
+}
+
+func (c *kafkaConsumer) waitDistinctMessages(n int, timeout time.Duration) []message {
+	c.t.Helper()
+	return asMessages(c.waitDistinct(n, timeout))
+}
+
+// checkBroker asserts checkKafkaRecords of everything received, on topics
+// of the partitions the harness has the relay create.
+func (c *kafkaConsumer) checkBroker(t *testing.T) {
+	t.Helper()
+	checkKafkaRecords(t, c.records(), kafkaPartitions)
+}
+
 // asMessages gives records the shape checkAll and checkOrder judge: the
 // id header as message id, the value as body.
 func asMessages(recs []kafkaRecord) []message {
@@ -278,6 +299,7 @@ func murmur2(data []byte) int32 {
 // TestMurmur2MatchesJava pins the hash checkKafkaRecords relies on to the
 // values of Kafka's own UtilsTest.
 func TestMurmur2MatchesJava(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]int32{
 		"21":                         -973932308,
 		"foobar":                     -790332482,
@@ -293,6 +315,7 @@ func TestMurmur2MatchesJava(t *testing.T) {
 }
 
 func TestKafkaManyRowsArriveWithTheirProperties(t *testing.T) {
+	t.Parallel()
 	e := newKafkaEnv(t)
 	c := e.consumeKafka()
 	e.startRelay()
@@ -374,101 +397,13 @@ func formatKafkaHeaders(hs []kgo.RecordHeader) string {
 	return strings.Join(parts, " ")
 }
 
-// TestKafkaSIGKILLMidStreamLosesNothing SIGKILLs the relay twice while
-// rows keep committing, each time at a moment when the topics hold records
-// that the slot had not confirmed, so that the restarted relay certainly
-// produces them again, and expects every row, each repeated record the
-// same, and order per key.
-func TestKafkaSIGKILLMidStreamLosesNothing(t *testing.T) {
-	e := newKafkaEnv(t)
-	c := e.consumeKafka()
-	p := e.startRelay()
-	// Rows commit until after the last restart, however fast the relay
-	// drains them.
-	w := e.startWriter(50, 11)
-	k := &replayKiller{e: e, delivered: c.highestRelayLSN}
-	for round, at := range []int{2000, 9000} {
-		eventually(t, time.Minute, func() error {
-			if got := len(c.records()); got < at {
-				return fmt.Errorf("round %d: %d records, waiting for %d", round, got, at)
-			}
-			return nil
-		})
-		p = k.kill(p)
-	}
-	w.waitRows(2000)
-	ids := w.finish()
-	recs := c.waitDistinct(len(ids), 2*time.Minute)
-	checkAll(t, ids, asMessages(recs))
-	checkOrder(t, asMessages(recs))
-	checkKafkaRecords(t, recs, 3)
-	if len(recs) == len(ids) {
-		t.Errorf("no row was produced twice, although %d kills left records the slot had not confirmed", k.replays)
-	}
-	t.Logf("%d events, %d records (%d produced again after %d kills, %d with a replay due)", len(ids), len(recs), len(recs)-len(ids), k.kills, k.replays)
-}
-
-// TestKafkaBrokerKilledMidStreamLosesNothing SIGKILLs the broker while rows
-// flow, checks that the slot holds still while it is down, restarts it and
-// expects every event, in order per key. It needs a broker it may kill, so
-// it always runs its own kfake, even when RELAY_TEST_KAFKA_BROKERS is set;
-// and it leaves RELAY_KAFKA_TOPIC unset, so the default template is used.
-func TestKafkaBrokerKilledMidStreamLosesNothing(t *testing.T) {
-	node := startOwnKafka(t, services.KafkaOptions{})
-	e := newEnv(t)
-	e.useKafka(node.Brokers(), "")
-	c := e.consumeKafka()
-	e.startRelay()
-
-	w := e.startWriter(50, 13)
-	eventually(t, time.Minute, func() error {
-		if got := len(c.records()); got < 3000 {
-			return fmt.Errorf("%d records, waiting for 3000", got)
-		}
-		return nil
-	})
-	crashWithRowsInFlight(t, e, w, node.Freeze, node.Kill)
-
-	// Once the relay has reported what the broker acknowledged before it
-	// froze, nothing more can be acknowledged, so the slot must not move
-	// although rows keep committing.
-	e.nextStatus()
-	held := e.slotLSN()
-	w.waitRows(500)
-	ids := w.finish()
-	time.Sleep(3 * time.Second) // six status intervals
-	if got := e.slotLSN(); got != held {
-		t.Fatalf("slot moved from %X to %X while the broker was down", held, got)
-	}
-
-	if err := node.Restart(t.Context()); err != nil {
-		t.Fatalf("restart kafka: %v", err)
-	}
-	recs := c.waitDistinct(len(ids), 2*time.Minute)
-	checkAll(t, ids, asMessages(recs))
-	checkOrder(t, asMessages(recs))
-	checkKafkaRecords(t, recs, 3)
-	for _, r := range recs {
-		if r.Topic != "outbox.event.order" {
-			t.Fatalf("record %s on topic %q, want the default template's outbox.event.order", r.id(), r.Topic)
-		}
-	}
-	end := e.currentLSN()
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, WAL end %X after every event was acknowledged", got, end)
-		}
-		return nil
-	})
-	t.Logf("%d events, %d records after a broker crash", len(ids), len(recs))
-}
-
 // TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters: a row over the
 // broker's limit, with no dead-letter topic, stops the stream before it
 // without losing it or exiting: /readyz, the metrics and the log name it,
 // and the slot stays before it. Restarted with RELAY_DEAD_LETTER, the relay
 // sends the row there, without its payload, and the stream goes on.
 func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{Configs: map[string]string{"message.max.bytes": "10000"}})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -547,12 +482,7 @@ func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
 	checkOrder(t, asMessages(withIDs(recs, after)))
 	checkKafkaRecords(t, recs, 3)
 	end := e.currentLSN()
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, WAL end %X", got, end)
-		}
-		return nil
-	})
+	e.waitSlotAt(end, 30*time.Second)
 }
 
 // TestKafkaOversizedRowAmongOthersIsTheOneNamed commits an oversized row
@@ -560,6 +490,7 @@ func TestKafkaRecordOverTheBrokerLimitBlocksThenDeadLetters(t *testing.T) {
 // topic whose own max.message.bytes is 10000. The relay must name that
 // row, not a neighbour that shared its batch, and not move the slot.
 func TestKafkaOversizedRowAmongOthersIsTheOneNamed(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -664,6 +595,7 @@ func createTopic(t *testing.T, brokers, topic string, partitions int32, configs 
 // TestKafkaSASL runs the relay against a broker that requires SASL, with
 // each mechanism the relay supports.
 func TestKafkaSASL(t *testing.T) {
+	t.Parallel()
 	const user, password = "relay", "pa:ss w0rd"
 	for _, tc := range []struct {
 		mechanism string
@@ -698,6 +630,7 @@ func TestKafkaSASL(t *testing.T) {
 // TestKafkaAutoCreatedTopic leaves RELAY_KAFKA_CREATE_TOPICS at its
 // default, false: a cluster that auto-creates topics gets the records.
 func TestKafkaAutoCreatedTopic(t *testing.T) {
+	t.Parallel()
 	node := startOwnKafka(t, services.KafkaOptions{AutoCreateTopics: true, Partitions: 2})
 	e := newEnv(t)
 	e.useKafka(node.Brokers(), "")
@@ -712,6 +645,7 @@ func TestKafkaAutoCreatedTopic(t *testing.T) {
 }
 
 func TestHelpListsKafkaVariables(t *testing.T) {
+	t.Parallel()
 	p := startRelayWith(t, nil, "--help")
 	if code := p.wait(10 * time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)

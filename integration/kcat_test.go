@@ -385,6 +385,7 @@ func checkKcatSeesEachOnce(t *testing.T, brokers, pattern string, ids []string, 
 // writer emits: raw bytes outside ASCII (invalid UTF-8 included), \u00XX
 // for control characters, null apart from "", repeated headers in order.
 func TestKcatEnvelopeKeepsBytes(t *testing.T) {
+	t.Parallel()
 	out := []byte("{\"topic\":\"t\",\"partition\":2,\"offset\":7,\"tstype\":\"create\",\"ts\":1234567,\"broker\":0," +
 		"\"headers\":[\"a\",\"1,b=2\",\"a\",\"x\\u0000y\xff\\\"\\\\/\",\"n\",null,\"e\",\"\",\"\xc3\xbc\",\"\\ud83d\\ude80\"]," +
 		"\"key\":\"\",\"payload\":\"\\u0000\\u001F\\b\\t\\n\\f\\r \x7f\x80\xfe\xff\xc3(\"}\n" +
@@ -433,6 +434,7 @@ func TestKcatEnvelopeKeepsBytes(t *testing.T) {
 // tombstone), Unicode in keys, payloads and headers, an empty key, typed
 // and escaped header values; and the binary ones are the bytes inserted.
 func TestKafkaLibrdkafkaReadsWhatFranzGoReads(t *testing.T) {
+	t.Parallel()
 	kcatBin(t)
 	e := newKafkaEnv(t)
 	e.exec(`CREATE TABLE blobs (id text PRIMARY KEY, aggregate_type text NOT NULL, aggregate_id text NOT NULL,

@@ -170,13 +170,7 @@ func TestPartitionedOutboxWhilePartitionsComeAndGo(t *testing.T) {
 			var all []string
 			commit := func(n int) {
 				t.Helper()
-				for done := 0; done < n; done += 20 {
-					ids, err := numbered.commit(t.Context(), e.db, 20)
-					if err != nil {
-						t.Fatal(err)
-					}
-					all = append(all, ids...)
-				}
+				all = append(all, numbered.commitAll(t, e.db, n, 20)...)
 			}
 			commit(1500)
 			po.setDay(1)
@@ -249,6 +243,7 @@ func TestPartitionedOutboxWhilePartitionsComeAndGo(t *testing.T) {
 // the meantime keeps its rows (they are no longer the outbox's) and
 // disturbs nothing.
 func TestCleanupOnAPartitionedOutbox(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.extraVars = map[string]string{"RELAY_CLEANUP": "after-publish"}
 	po := e.partitionOutbox(partitionModes[2])

@@ -13,6 +13,7 @@ import (
 // 10 MB, as jsonb and as bytea, and Unicode in every text column, arrive
 // byte for byte.
 func TestLargePayloadsAndUnicodeArriveIntact(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.exec(`CREATE TABLE blobs (id text PRIMARY KEY, aggregate_type text NOT NULL, aggregate_id text NOT NULL,
 		event_type text NOT NULL, payload bytea, headers jsonb, created_at timestamptz NOT NULL DEFAULT now())`)

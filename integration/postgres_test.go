@@ -59,12 +59,7 @@ func TestPostgresKilledMidStreamLosesNothing(t *testing.T) {
 	checkAll(t, ids, msgs)
 	checkOrder(t, msgs)
 	end := e.currentLSN()
-	eventually(t, 30*time.Second, func() error {
-		if got := e.slotLSN(); got < end {
-			return fmt.Errorf("slot at %X, WAL end %X after every event was confirmed", got, end)
-		}
-		return nil
-	})
+	e.waitSlotAt(end, 30*time.Second)
 	t.Logf("%d events, %d deliveries across a PostgreSQL crash", len(ids), len(msgs))
 }
 

@@ -23,36 +23,9 @@ const redeliveryWindow = 4096
 // rate of the same run.
 func TestOneKillRedeliversAtMostTheWindowAnd100ms(t *testing.T) {
 	const backlog = 60000
-	for _, broker := range []string{"rabbitmq", "kafka"} {
-		t.Run(broker, func(t *testing.T) {
-			var e *env
-			var delivered func() []string
-			var lastLSN func() uint64
-			if broker == "kafka" {
-				e = newKafkaEnv(t)
-				c := e.consumeKafka()
-				delivered = func() []string {
-					recs := c.records()
-					ids := make([]string, len(recs))
-					for i, r := range recs {
-						ids[i] = r.id()
-					}
-					return ids
-				}
-				lastLSN = c.highestRelayLSN
-			} else {
-				e = newEnv(t)
-				q := e.bindQueue("#")
-				delivered = func() []string {
-					msgs := q.messages()
-					ids := make([]string, len(msgs))
-					for i, m := range msgs {
-						ids[i] = m.MessageId
-					}
-					return ids
-				}
-				lastLSN = q.highestRelayLSN
-			}
+	for _, b := range sharedBrokers {
+		t.Run(b.name, func(t *testing.T) {
+			e, c := b.newEnv(t)
 			// The slot exists and the rows wait in the WAL: the restarted
 			// relay drains them from the stream, as fast as it can. A
 			// relay that has confirmed all it published when it is killed
@@ -61,7 +34,7 @@ func TestOneKillRedeliversAtMostTheWindowAnd100ms(t *testing.T) {
 			p := e.startRelay()
 			count := func(batch map[string]bool) (deliveries, distinct int) {
 				seen := map[string]bool{}
-				for _, id := range delivered() {
+				for _, id := range c.ids() {
 					if batch[id] {
 						deliveries++
 						seen[id] = true
@@ -87,7 +60,7 @@ func TestOneKillRedeliversAtMostTheWindowAnd100ms(t *testing.T) {
 				})
 				atKill, _ := count(batch)
 				rate := float64(atKill) / time.Since(start).Seconds()
-				due := e.killWithReplayDue(p, lastLSN)
+				due := e.killWithReplayDue(p, c.highestRelayLSN)
 				p = e.startRelay()
 				eventually(t, 2*time.Minute, func() error {
 					if _, n := count(batch); n < backlog {
@@ -106,7 +79,7 @@ func TestOneKillRedeliversAtMostTheWindowAnd100ms(t *testing.T) {
 				again := deliveries - backlog
 				bound := redeliveryWindow + int(0.1*rate)
 				t.Logf("%s: drained at %.0f rows/s, killed after %d deliveries; %d delivered again (bound: window %d + 100 ms %d = %d)",
-					broker, rate, atKill, again, redeliveryWindow, bound-redeliveryWindow, bound)
+					b.name, rate, atKill, again, redeliveryWindow, bound-redeliveryWindow, bound)
 				if again > bound {
 					t.Errorf("one kill redelivered %d rows, more than the in-flight window plus 100 ms of stream (%d)", again, bound)
 				}

@@ -211,15 +211,7 @@ func testReplayWhileStreaming(t *testing.T, e *env, deliveries func() []replayDe
 	numbered := newEventRows(7)
 	commit := func(n int) []string {
 		t.Helper()
-		var ids []string
-		for len(ids) < n {
-			got, err := numbered.commit(t.Context(), e.db, min(20, n-len(ids)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, got...)
-		}
-		return ids
+		return numbered.commitAll(t, e.db, n, 20)
 	}
 	before := commit(400)
 	since := e.dbTime()
@@ -305,12 +297,14 @@ func testReplayWhileStreaming(t *testing.T, e *env, deliveries func() []replayDe
 }
 
 func TestReplayOfATimeRangeToRabbitMQWhileStreaming(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	q := e.bindQueue("#")
 	testReplayWhileStreaming(t, e, rabbitReplayDeliveries(q))
 }
 
 func TestReplayOfATimeRangeToKafkaWhileStreaming(t *testing.T) {
+	t.Parallel()
 	e := newKafkaEnv(t)
 	c := e.consumeKafka()
 	testReplayWhileStreaming(t, e, kafkaReplayDeliveries(c))
@@ -446,6 +440,7 @@ func TestRetentionDeletesOnlyConfirmedRowsOlderThanIt(t *testing.T) {
 // TestReplayAndRetentionRefuseWrongRequests: wrong requests exit 2 with the
 // flag or variable named; a replay that matches no row says so and exits 0.
 func TestReplayAndRetentionRefuseWrongRequests(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.insertEvents(30, 10, 3)
 	for _, tt := range []struct {
@@ -495,6 +490,7 @@ func TestReplayAndRetentionRefuseWrongRequests(t *testing.T) {
 // before it published and recorded; resumed with --dead-letter, the row
 // goes to RELAY_DEAD_LETTER marked as replayed, and the rest follow.
 func TestReplayStopsAtABadRowThenDeadLettersItOnResume(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	q := e.bindQueue("#")
 	dlx := "dlx_" + e.name

@@ -23,6 +23,7 @@ import (
 // message would carry the URL, and checks that no password shows up in its
 // output. The passwords are distinctive, so a match cannot be a coincidence.
 func TestNoSecretInDebugOutput(t *testing.T) {
+	t.Parallel()
 	const (
 		dbPw   = "dbPw-Zq81vXk"
 		amqpPw = "amqpPw-Kp47mWd"

@@ -106,6 +106,7 @@ func idsOf(rows []tableRow, table string) []string {
 // row's destination still wins over its table's template, and a
 // table-less message keeps the global settings.
 func TestSeveralTablesWithTheirOwnMappingAndRouting(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.createSalesAndBilling()
 	billingExchange := "billing_" + e.name
@@ -232,6 +233,7 @@ func withoutIDs(msgs []message, ids ...string) []message {
 // TestKafkaSeveralTablesWithTheirOwnTopics: the same two tables to Kafka,
 // each with its own topic template, keyed by its own aggregate column.
 func TestKafkaSeveralTablesWithTheirOwnTopics(t *testing.T) {
+	t.Parallel()
 	e := newKafkaEnv(t)
 	e.createSalesAndBilling()
 	e.extraVars = map[string]string{

@@ -170,6 +170,7 @@ func (s *tlsServers) newTLSEnv(t *testing.T) *env {
 }
 
 func TestRelayPublishesOverVerifiedTLSWithClientCertificates(t *testing.T) {
+	t.Parallel()
 	s := startTLSServers(t)
 	e := s.newTLSEnv(t)
 	c := e.bindQueue("#")
@@ -222,6 +223,7 @@ func TestRelayPublishesOverVerifiedTLSWithClientCertificates(t *testing.T) {
 // at the handshake, with the reason in the log, and nothing is published or
 // confirmed; with the right CA the same rows then arrive.
 func TestUntrustedServerCertificatePublishesNothing(t *testing.T) {
+	t.Parallel()
 	s := startTLSServers(t)
 	e := s.newTLSEnv(t)
 	c := e.bindQueue("#")
@@ -248,6 +250,7 @@ func TestUntrustedServerCertificatePublishesNothing(t *testing.T) {
 			return nil
 		})
 		p.kill()
+		c.barrier()
 		if n := len(c.messages()); n != 0 {
 			t.Fatalf("%s: %d messages published with an untrusted server certificate", tc.name, n)
 		}

@@ -1,6 +1,6 @@
--- A least-privilege role for the relay. Run it in the outbox database, after
--- outbox.sql, as a superuser (or as the outbox table's owner holding
--- CREATEROLE and REPLICATION). Change the password, or authenticate the role
+-- A least-privilege role for the relay. Run it with psql in the outbox
+-- database, after outbox.sql, as a superuser (or as the outbox table's owner
+-- holding CREATEROLE and REPLICATION). Change the password, or authenticate the role
 -- with a client certificate (pg_hba.conf "hostssl ... cert" for both the
 -- database and "replication"; docs/configuration.md, Security).
 --
@@ -29,35 +29,12 @@ GRANT USAGE ON SCHEMA public TO relay;
 GRANT SELECT ON public.outbox TO relay;
 CREATE PUBLICATION outbox_relay FOR TABLE public.outbox WITH (publish = 'insert');
 
--- The relay's own small tables (schema/relay_state.sql has the same DDL):
--- the initial backfill's progress (RELAY_SNAPSHOT=initial), the confirmed
--- position and the progress of `relay replay`; it reads and writes them.
-CREATE SCHEMA IF NOT EXISTS relay;
-CREATE TABLE IF NOT EXISTS relay.backfill (
-    slot_name   text    NOT NULL,
-    table_name  text    NOT NULL,
-    start_lsn   pg_lsn,
-    rows_done   bigint  NOT NULL DEFAULT 0,
-    last_key    text[],
-    done        boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (slot_name, table_name)
-);
-CREATE TABLE IF NOT EXISTS relay.slot_position (
-    slot_name     text        PRIMARY KEY,
-    confirmed_lsn pg_lsn      NOT NULL,
-    updated_at    timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS relay.replay (
-    replay_id   text        NOT NULL,
-    table_name  text        NOT NULL,
-    selection   jsonb       NOT NULL,
-    rows_done   bigint      NOT NULL DEFAULT 0,
-    last_key    text[],
-    done        boolean     NOT NULL DEFAULT false,
-    started_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (replay_id, table_name)
-);
+-- The relay's own small tables: the initial backfill's progress
+-- (RELAY_SNAPSHOT=initial), the confirmed position and the progress of
+-- `relay replay`; it reads and writes them. \ir is psql's: apply this file
+-- with psql (psql -v ON_ERROR_STOP=1 -f schema/role.sql ...), which reads
+-- relay_state.sql from this file's directory.
+\ir relay_state.sql
 GRANT USAGE ON SCHEMA relay TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.backfill TO relay;
 GRANT SELECT, INSERT, UPDATE ON relay.slot_position TO relay;

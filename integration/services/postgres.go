@@ -384,6 +384,45 @@ func (p *Postgres) CreateDatabase(ctx context.Context, name string) error {
 	return nil
 }
 
+// Psql runs script with psql, the client installed with the server, as the
+// superuser on database db, stopping at the first error, from directory dir:
+// a relative \i or \ir in the script reads a file there. It returns what
+// psql printed.
+func (p *Postgres) Psql(ctx context.Context, db, dir, script string) (string, error) {
+	psql, err := p.findPsql()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", p.URL(db))
+	cmd.Dir = dir
+	cmd.Env = cleanEnv("PG")
+	cmd.Stdin = strings.NewReader(script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("services: psql on %s: %w: %s", db, err, out)
+	}
+	return string(out), nil
+}
+
+// findPsql prefers the psql installed with the server's initdb (next to it,
+// or next to what a symbolic link named initdb points to), then the one on
+// PATH.
+func (p *Postgres) findPsql() (string, error) {
+	dirs := []string{filepath.Dir(p.initdb)}
+	if real, err := filepath.EvalSymlinks(p.initdb); err == nil {
+		dirs = append(dirs, filepath.Dir(real))
+	}
+	for _, d := range dirs {
+		if psql := filepath.Join(d, "psql"); isExecutable(psql) {
+			return psql, nil
+		}
+	}
+	if psql, err := exec.LookPath("psql"); err == nil {
+		return psql, nil
+	}
+	return "", fmt.Errorf("services: psql not found next to %s or on PATH; install it with: %s", p.initdb, postgresInstallHint)
+}
+
 // Stop shuts the server down cleanly (SIGINT, PostgreSQL's "fast" mode:
 // abort sessions, checkpoint, exit) and waits for it. It falls back to
 // SIGKILL if shutdown hangs. Stopping a stopped server is a no-op.

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -328,14 +329,28 @@ func (r *Rabbit) URL() string {
 // topology changes (queue, exchange and binding declarations) are written to
 // Mnesia through Erlang's disk_log, which buffers writes in memory for up to
 // 2 s. A durable queue declared just before Kill can therefore vanish, taking
-// its confirmed messages with it. Tests that need the queue to survive should
-// declare it, then Restart (a graceful restart flushes everything) or let a
-// few seconds pass, before killing. Confirmed persistent messages in a queue
+// its confirmed messages with it. Tests that need the queue to survive
+// declare it, then SyncTopology (or Restart: a graceful restart flushes
+// everything), before killing. Confirmed persistent messages in a queue
 // whose declaration is already on disk do survive.
 func (r *Rabbit) Kill() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.killLocked()
+}
+
+// SyncTopology writes the topology changes made so far (queue, exchange and
+// binding declarations) to disk now, rather than within disk_log's 2 s, so
+// that they survive a Kill from then on.
+func (r *Rabbit) SyncTopology(ctx context.Context) error {
+	out, err := r.Ctl(ctx, "eval", "mnesia:sync_log().")
+	if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(out); got != "ok" {
+		return fmt.Errorf("services: rabbitmq: mnesia:sync_log() returned %q", got)
+	}
+	return nil
 }
 
 // Ctl runs rabbitmqctl against the node, e.g. to add a user with limited

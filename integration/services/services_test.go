@@ -202,15 +202,24 @@ func TestRabbit(t *testing.T) {
 		t.Fatal("private node must not use the system port 5672")
 	}
 
+	// open dials the node and opens a channel; the caller closes the
+	// connection, and the test closes it in the end too.
+	open := func() (*amqp.Connection, *amqp.Channel) {
+		t.Helper()
+		conn, err := amqp.Dial(r.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, ch
+	}
+
 	const queue = "relaytest.durable"
-	conn, err := amqp.Dial(r.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, ch := open()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -229,14 +238,7 @@ func TestRabbit(t *testing.T) {
 	}
 	t.Logf("graceful Restart took %v", time.Since(t0).Round(time.Millisecond))
 
-	conn, err = amqp.Dial(r.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err = conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, ch = open()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -277,15 +279,7 @@ func TestRabbit(t *testing.T) {
 	}
 	t.Logf("Restart after Kill took %v", time.Since(t0).Round(time.Millisecond))
 
-	conn, err = amqp.Dial(r.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err = conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, ch = open()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatalf("durable queue lost across Kill+Restart: %v", err)
@@ -299,6 +293,27 @@ func TestRabbit(t *testing.T) {
 	}
 	if string(msg.Body) != "survives SIGKILL" {
 		t.Fatalf("body = %q", msg.Body)
+	}
+
+	// A declaration synced with SyncTopology survives a SIGKILL right
+	// after.
+	const synced = "relaytest.synced"
+	if _, err := ch.QueueDeclare(synced, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if err := r.SyncTopology(ctx); err != nil {
+		t.Fatalf("SyncTopology: %v", err)
+	}
+	if err := r.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	if err := r.Restart(ctx); err != nil {
+		t.Fatalf("Restart after SyncTopology and Kill: %v", err)
+	}
+	conn, ch = open()
+	if _, err := ch.QueueDeclarePassive(synced, true, false, false, false, nil); err != nil {
+		t.Fatalf("durable queue declared, synced and killed at once is lost: %v", err)
 	}
 	conn.Close()
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/schema"
 )
 
 // Initial backfill (Snapshot "initial"): the slot is created with an
@@ -23,33 +24,9 @@ import (
 
 const backfillBatch = 2000
 
-// stateDDL is schema/relay_state.sql, which a test keeps equal.
-const stateDDL = `CREATE SCHEMA IF NOT EXISTS relay;
-CREATE TABLE IF NOT EXISTS relay.backfill (
-    slot_name   text    NOT NULL,
-    table_name  text    NOT NULL,
-    start_lsn   pg_lsn,
-    rows_done   bigint  NOT NULL DEFAULT 0,
-    last_key    text[],
-    done        boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (slot_name, table_name)
-);
-CREATE TABLE IF NOT EXISTS relay.slot_position (
-    slot_name     text        PRIMARY KEY,
-    confirmed_lsn pg_lsn      NOT NULL,
-    updated_at    timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS relay.replay (
-    replay_id   text        NOT NULL,
-    table_name  text        NOT NULL,
-    selection   jsonb       NOT NULL,
-    rows_done   bigint      NOT NULL DEFAULT 0,
-    last_key    text[],
-    done        boolean     NOT NULL DEFAULT false,
-    started_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (replay_id, table_name)
-);`
+// stateDDL creates the relay's own tables: schema/relay_state.sql, their
+// one definition.
+var stateDDL = schema.RelayState
 
 // backfillState is a table's progress.
 type backfillState struct {

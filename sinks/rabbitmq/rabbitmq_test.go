@@ -526,11 +526,12 @@ func TestBrokerKillMidStreamLosesNothing(t *testing.T) {
 	}()
 	b := dialBroker(t)
 	queue := b.queue(exchange)
-	// RabbitMQ keeps fresh declarations in Mnesia's write cache for up to
-	// 2 s; a SIGKILL before that loses the exchange, queue and binding
-	// themselves (see services.Rabbit.Kill). This wait is about the broker,
-	// not about the sink.
-	time.Sleep(2500 * time.Millisecond)
+	// A SIGKILL before fresh declarations reach the node's disk would lose
+	// the exchange, queue and binding themselves (see services.Rabbit.Kill),
+	// which is about the broker, not about the sink.
+	if err := rabbit.SyncTopology(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	evs := events("kill", n, keys)
 	rec := newRecorder()
