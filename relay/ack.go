@@ -33,6 +33,7 @@ type tracker struct {
 	space    chan struct{}
 	progress chan struct{}
 	failed   chan struct{}
+	stopped  atomic.Bool // failed is closed: read without the lock
 	err      error
 	sizes    []int // ring, parallel to acked
 	// done is what each added event's Done calls, bound once: binding
@@ -169,6 +170,7 @@ func (t *tracker) Fail(err error) {
 	defer t.mu.Unlock()
 	if t.err == nil {
 		t.err = err
+		t.stopped.Store(true)
 		close(t.failed)
 	}
 }

@@ -15,8 +15,8 @@ import (
 // The core without PostgreSQL or a broker: a fake source sends rows, one
 // transaction each, and a fake sink gives the broker's verdicts.
 
-// fakeSource sends copies of its events, each followed by the mark of its
-// transaction's end (CommitLSN+1), in every session; fail, when set, ends
+// fakeSource sends copies of its events, one transaction each, with the
+// mark of each transaction's end (CommitLSN+1), in every session; fail, when set, ends
 // a session with its error after sending. It reports every position the
 // core gives it on positions, and on shutdown waits up to a second for
 // its rows, as a real source does.
@@ -39,16 +39,23 @@ func (s *fakeSource) Stream(ctx context.Context, out chan<- Item, pos *Progress)
 		_ = pos.Wait(wctx, sent)
 		s.final.Store(uint64(pos.LSN()))
 	}()
+	// Each transaction's end goes with the next row, as pgsource sends
+	// it, and the last one alone.
+	var mark LSN
 	for _, tmpl := range s.events {
 		ev := *tmpl // a session reads its own events
-		for _, it := range []Item{{Event: &ev}, {Mark: ev.CommitLSN + 1}} {
-			select {
-			case out <- it:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		select {
+		case out <- Item{Mark: mark, Event: &ev}:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
+		mark = ev.CommitLSN + 1
 		sent++
+	}
+	select {
+	case out <- Item{Mark: mark}:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	if s.fail != nil {
 		if err := s.fail(session); err != nil {

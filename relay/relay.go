@@ -220,40 +220,59 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 	defer gauge.Stop()
 	failed := s.tr.Failed()
 	var waiting *Event // a row waiting for room in the window
-	for {
-		in, space := items, (<-chan struct{})(nil)
-		if waiting != nil {
-			in, space = nil, s.tr.space
+	for n := 0; ; n++ {
+		var (
+			it       Item
+			received bool
+		)
+		// The common case, a row ready and the session live, takes a
+		// plain receive; every 64th turn, and whenever there is nothing
+		// to receive, the full select serves the rest.
+		if waiting == nil && failed != nil && n%64 != 0 && !s.tr.stopped.Load() {
+			select {
+			case it, received = <-items:
+				if !received {
+					items = nil
+				}
+			default:
+			}
 		}
-		select {
-		case it, ok := <-in:
-			switch {
-			case !ok:
-				// Keep dead-lettering while the source waits for
-				// what is in flight, until the session ends.
-				items = nil
+		if !received {
+			in, space := items, (<-chan struct{})(nil)
+			if waiting != nil {
+				in, space = nil, s.tr.space
+			}
+			select {
+			case it, received = <-in:
+				if !received {
+					// Keep dead-lettering while the source waits
+					// for what is in flight, until the session ends.
+					items = nil
+				}
+			case <-space:
+			case dl := <-s.again:
+				if failed != nil && !s.publishOne(ctx, dl) {
+					failed, waiting = nil, nil
+				}
 				continue
-			case failed == nil:
+			case <-failed:
+				failed, waiting = nil, nil
+				continue
+			case <-gauge.C:
+				s.obs.InFlight(s.tr.InFlight())
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		if received {
+			if failed == nil {
 				continue // failed: drained so that nothing waits
-			case it.Event == nil:
+			}
+			if it.Mark != 0 {
 				s.tr.Mark(it.Mark)
-				continue
 			}
 			waiting = it.Event
-		case <-space:
-		case dl := <-s.again:
-			if failed != nil && !s.publishOne(ctx, dl) {
-				failed, waiting = nil, nil
-			}
-			continue
-		case <-failed:
-			failed, waiting = nil, nil
-			continue
-		case <-gauge.C:
-			s.obs.InFlight(s.tr.InFlight())
-			continue
-		case <-ctx.Done():
-			return
 		}
 		if waiting != nil && s.tr.Add(waiting) {
 			ev := waiting

@@ -25,15 +25,17 @@ type Source interface {
 	Stream(ctx context.Context, out chan<- Item, pos *Progress) error
 }
 
-// Item is one step of a session: a row, or a mark.
+// Item is one step of a session: a mark, a row, or both.
 type Item struct {
-	// Event is a row; nil in a mark.
-	Event *Event
-	// Mark, in an item without an Event, is a position that is safe to
-	// confirm to the database once every row sent before it is
-	// published: a transaction's end, or a position between transactions.
-	// Marks come in non-decreasing order.
+	// Mark, when not zero, is a position that is safe to confirm to the
+	// database once every row sent before this item is published: a
+	// transaction's end, or a position between transactions. It applies
+	// before the item's Event, so a source may carry a transaction's end
+	// on the next transaction's first row and send one item instead of
+	// two. Marks come in non-decreasing order.
 	Mark LSN
+	// Event is a row, or nil.
+	Event *Event
 }
 
 // Progress is the core's answer to a source: how far its session is

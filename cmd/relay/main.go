@@ -205,10 +205,8 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		log.Warn("stopped streaming: the leader lock was lost; standing by", "error", err)
 		// Give a waiting standby, which tries every second, the first
 		// chance at the lock.
-		select {
-		case <-ctx.Done():
+		if !relay.Sleep(ctx, 2*time.Second) {
 			return nil
-		case <-time.After(2 * time.Second):
 		}
 	}
 }

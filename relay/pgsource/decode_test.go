@@ -1124,7 +1124,8 @@ func TestDestinationColumn(t *testing.T) {
 }
 
 // TestBoundaryMatchesPglogrepl: Begin and Commit, parsed in place, give
-// what pglogrepl.Parse gives, and the commit sends its end LSN as a mark.
+// what pglogrepl.Parse gives, and the commit's end LSN becomes the mark
+// that goes with the next row or tick.
 func TestBoundaryMatchesPglogrepl(t *testing.T) {
 	be := binary.BigEndian
 	for _, us := range []int64{0, 786_000_000_123_456, -1_500_000} {
@@ -1151,8 +1152,14 @@ func TestBoundaryMatchesPglogrepl(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := m.(*pglogrepl.CommitMessage)
-		if mark := <-out; st.inTxn || mark.Event != nil || mark.Mark != relay.LSN(c.TransactionEndLSN) {
-			t.Fatalf("commit: in txn %v, sent %+v; pglogrepl end %s", st.inTxn, mark, c.TransactionEndLSN)
+		if st.inTxn || st.pending != relay.LSN(c.TransactionEndLSN) {
+			t.Fatalf("commit: in txn %v, pending mark %s; pglogrepl end %s", st.inTxn, st.pending, c.TransactionEndLSN)
+		}
+		if err := st.flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if mark := <-out; mark.Event != nil || mark.Mark != relay.LSN(c.TransactionEndLSN) || st.pending != 0 {
+			t.Fatalf("flushed %+v, pending %s; want the mark %s alone", mark, st.pending, c.TransactionEndLSN)
 		}
 		if err := st.boundary(t.Context(), commit, 0); err == nil {
 			t.Fatal("a second commit outside a transaction was accepted")

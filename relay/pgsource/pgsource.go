@@ -252,12 +252,15 @@ func (s *Source) connect(ctx context.Context) (*pgconn.PgConn, error) {
 
 // stream is one replication session; only its goroutine touches conn.
 type stream struct {
-	src      *Source
-	conn     *pgconn.PgConn
-	out      chan<- relay.Item
-	pos      *relay.Progress
-	rows     uint64    // rows sent
-	mark     relay.LSN // the last mark sent
+	src  *Source
+	conn *pgconn.PgConn
+	out  chan<- relay.Item
+	pos  *relay.Progress
+	rows uint64    // rows sent
+	mark relay.LSN // the last mark sent
+	// pending is a mark not sent yet: it goes with the next row, or
+	// alone at the next tick, so that a one-row transaction is one item.
+	pending  relay.LSN
 	rels     map[uint32]*relation
 	closeOut func()
 	// parts places the relations of Relation messages on outbox tables;
@@ -289,6 +292,9 @@ func (st *stream) run(ctx context.Context) error {
 	var nextTick time.Time
 	for {
 		if now := time.Now(); !now.Before(nextTick) {
+			if err := st.flush(ctx); err != nil {
+				return err
+			}
 			if err := st.periodic(ctx, now); err != nil {
 				return err
 			}
@@ -376,9 +382,7 @@ func (st *stream) copyData(ctx context.Context, data []byte) error {
 		// hold WAL back. Not inside a transaction, whose rest is still to come.
 		st.walEnd = max(st.walEnd, relay.LSN(ka.ServerWALEnd))
 		if !st.inTxn {
-			if err := st.send(ctx, relay.Item{Mark: relay.LSN(ka.ServerWALEnd)}); err != nil {
-				return err
-			}
+			st.markAt(relay.LSN(ka.ServerWALEnd))
 		}
 		if ka.ReplyRequested {
 			return st.status(time.Now(), true)
@@ -510,7 +514,8 @@ func (st *stream) boundary(ctx context.Context, data []byte, walStart pglogrepl.
 	// A restart resumes after the confirmed position and skips any
 	// transaction whose commit record starts before it, so the end of
 	// this transaction becomes safe only once all its rows are confirmed.
-	return st.send(ctx, relay.Item{Mark: relay.LSN(be.Uint64(data[10:]))})
+	st.markAt(relay.LSN(be.Uint64(data[10:])))
+	return nil
 }
 
 // pgTime converts PostgreSQL's microseconds since 2000-01-01 UTC.
@@ -541,7 +546,7 @@ func (st *stream) message(ctx context.Context, m *pglogrepl.LogicalDecodingMessa
 			return err
 		}
 		if !st.inTxn {
-			return st.send(ctx, relay.Item{Mark: relay.LSN(m.LSN)})
+			st.markAt(relay.LSN(m.LSN))
 		}
 		return nil
 	}
@@ -562,7 +567,27 @@ func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
 		// lost that position in a crash (position.go).
 		return nil
 	}
-	return st.send(ctx, relay.Item{Event: ev})
+	if err := st.send(ctx, relay.Item{Mark: st.pending, Event: ev}); err != nil {
+		return err
+	}
+	st.pending = 0
+	return nil
+}
+
+// markAt records that lsn becomes safe once the rows sent so far are
+// published; the mark goes to the core with the next row or tick.
+func (st *stream) markAt(lsn relay.LSN) { st.pending = max(st.pending, lsn) }
+
+// flush sends the pending mark on its own.
+func (st *stream) flush(ctx context.Context) error {
+	if st.pending == 0 {
+		return nil
+	}
+	if err := st.send(ctx, relay.Item{Mark: st.pending}); err != nil {
+		return err
+	}
+	st.pending = 0
+	return nil
 }
 
 // send hands a row or a mark to the core. While the core's window is full
@@ -570,14 +595,16 @@ func (st *stream) emit(ctx context.Context, ev *relay.Event) error {
 // not time the session out.
 func (st *stream) send(ctx context.Context, it relay.Item) error {
 	err := send(ctx, st.out, it, func() error { return st.periodic(ctx, time.Now()) })
-	switch {
-	case err != nil:
-	case it.Event != nil:
+	if err != nil {
+		return err
+	}
+	if it.Event != nil {
 		st.rows++
-	default:
+	}
+	if it.Mark != 0 {
 		st.mark = it.Mark
 	}
-	return err
+	return nil
 }
 
 // send hands it on out, calling every (when not nil) each tick it waits.
@@ -610,8 +637,12 @@ func send(ctx context.Context, out chan<- relay.Item, it relay.Item, every func(
 // flight to be confirmed while still reporting progress, and sends the
 // final status.
 func (st *stream) shutdown(ctx context.Context) error {
-	st.closeOut()
 	deadline := time.Now().Add(st.src.cfg.ShutdownTimeout)
+	// The last transaction's end still goes, within the shutdown time.
+	fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	_ = st.flush(fctx)
+	cancel()
+	st.closeOut()
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 wait:

@@ -274,11 +274,9 @@ func (r *Replay) connect(ctx context.Context) (*replaySession, error) {
 		if time.Now().After(deadline) {
 			break
 		}
-		select {
-		case <-ctx.Done():
+		if !relay.Sleep(ctx, 100*time.Millisecond) {
 			s.close(ctx)
 			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	var holder string

@@ -143,7 +143,7 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 	}
 	if !t.open {
 		if err := t.cl.BeginTransaction(); err != nil {
-			err = t.fencedLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
+			err = t.replaceLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
 			t.mu.Unlock()
 			return err
 		}
@@ -253,13 +253,12 @@ func (t *txn) abortLocked(ctx context.Context, cause error) error {
 	}
 	if err := t.cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
 		t.stale = true
-		if errors.Is(err, kerr.ProducerFenced) {
-			// A produce with a stale epoch fails with
-			// InvalidProducerEpoch whatever bumped it; the
-			// coordinator's answer to the abort is more telling.
-			return t.fencedLocked(ctx, fmt.Errorf("kafka: abort transaction after %v: %w", cause, err))
-		}
-		t.s.log.Warn("aborting the Kafka transaction failed", "error", err)
+		// A produce with a stale epoch fails with InvalidProducerEpoch
+		// whatever bumped it; the coordinator's answer to the abort is
+		// more telling. A producer whose abort failed otherwise (a
+		// broker restarted mid-transaction) can begin no transaction
+		// again: it is replaced too.
+		return t.replaceLocked(ctx, fmt.Errorf("kafka: abort transaction after %v: %w", cause, err))
 	}
 	return t.fencedLocked(ctx, cause)
 }
@@ -273,6 +272,17 @@ func (t *txn) abortLocked(ctx context.Context, cause error) error {
 // which the coordinator gives the next epoch, and goes on.
 func (t *txn) fencedLocked(ctx context.Context, err error) error {
 	if !errors.Is(err, kerr.ProducerFenced) {
+		return err
+	}
+	return t.replaceLocked(ctx, err)
+}
+
+// replaceLocked starts a new producer after err left this one unusable,
+// unless another relay took the transactional id over: then err is
+// permanent. If the new producer cannot start (the broker is still down),
+// the next transaction's begin fails and tries again.
+func (t *txn) replaceLocked(ctx context.Context, err error) error {
+	if relay.IsPermanent(err) {
 		return err
 	}
 	t.stale = true
@@ -294,7 +304,7 @@ func (t *txn) fencedLocked(ctx context.Context, err error) error {
 	}
 	t.cl.Close()
 	t.cl = cl
-	t.s.log.Warn("the transaction coordinator fenced this producer without another relay taking over (a transaction timed out, a broker restarted?); continuing with a new producer", "error", err)
+	t.s.log.Warn("this producer can no longer run transactions (fenced by the coordinator without another relay taking over, or its abort failed: a transaction timed out, a broker restarted?); continuing with a new producer", "error", err)
 	return err
 }
 

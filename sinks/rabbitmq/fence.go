@@ -76,12 +76,8 @@ func (s *Sink) takeFence(ctx context.Context, conn *amqp.Connection, ch *amqp.Ch
 			s.log.Info("waiting for the previous publisher's channel to close: RabbitMQ may still route its last messages", "fence", s.fence, "waited", time.Since(start).Round(time.Millisecond).String())
 			logged = time.Now()
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !relay.Sleep(ctx, wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
 		wait = fenceRetry
 		if ch, err = conn.Channel(); err != nil {
