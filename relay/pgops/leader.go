@@ -10,7 +10,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/relay-dev/relay/metrics"
 	"github.com/relay-dev/relay/relay"
 )
 
@@ -35,9 +34,31 @@ type LeaderConfig struct {
 	// PostgreSQL (pgsource.Source.Confirmed), which the leader keeps in
 	// relay.slot_position (position.go).
 	Position func() relay.LSN
-	Metrics  *metrics.Metrics
-	Logger   *slog.Logger
+	// Metrics is told about the lock, the slot's WAL and heartbeats;
+	// nil: nothing is.
+	Metrics Observer
+	Logger  *slog.Logger
 }
+
+// Observer is what the leader reports, for metrics.
+type Observer interface {
+	// Leader reports whether this relay holds the lock.
+	Leader(on bool)
+	// RetainedWAL is the WAL the slot holds back, in bytes.
+	RetainedWAL(bytes int64)
+	// SafeWAL is how much more WAL the slot may hold before PostgreSQL
+	// invalidates it; -1 when there is no limit.
+	SafeWAL(bytes int64)
+	// Heartbeat counts a heartbeat written.
+	Heartbeat()
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Leader(bool)       {}
+func (nopObserver) RetainedWAL(int64) {}
+func (nopObserver) SafeWAL(int64)     {}
+func (nopObserver) Heartbeat()        {}
 
 // Leader is the leader lock: a session-level advisory lock keyed by the
 // slot, held on a normal connection for as long as this relay streams.
@@ -60,6 +81,9 @@ type Leader struct {
 
 // NewLeader returns a Leader; Acquire connects.
 func NewLeader(cfg LeaderConfig) *Leader {
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopObserver{}
+	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = time.Second
 	}
