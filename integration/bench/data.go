@@ -150,9 +150,10 @@ func (d *database) walsenderCPU(ctx context.Context, slot string) (time.Duration
 
 // serverDecode is PostgreSQL's decoding alone, without a network client:
 // the backlog read from slot with pg_logical_slot_peek_binary_changes,
-// pgoutput as the relay asks for it. It returns the time and the
+// pgoutput as the relay asks for it, or with its binary option (values in
+// their binary send form, PostgreSQL 14+). It returns the time and the
 // backend's CPU.
-func (d *database) serverDecode(ctx context.Context, slot string, want int) (time.Duration, time.Duration, error) {
+func (d *database) serverDecode(ctx context.Context, slot string, want int, binary bool) (time.Duration, time.Duration, error) {
 	c, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -169,7 +170,7 @@ func (d *database) serverDecode(ctx context.Context, slot string, want int) (tim
 	start := time.Now()
 	var inserts int
 	err = c.QueryRow(ctx, `SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-		'proto_version', '1', 'publication_names', $2) WHERE substr(data, 1, 1) = 'I'`, slot, publication).Scan(&inserts)
+		'proto_version', '1', 'publication_names', $2, 'binary', $3) WHERE substr(data, 1, 1) = 'I'`, slot, publication, strconv.FormatBool(binary)).Scan(&inserts)
 	dur := time.Since(start)
 	if err != nil {
 		return 0, 0, err
