@@ -9,6 +9,8 @@ package metrics
 import (
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +27,12 @@ var _ relay.Observer = (*Metrics)(nil)
 type Metrics struct {
 	sink string
 
-	published       *prometheus.CounterVec
+	published *prometheus.CounterVec
+	// publishedBy caches published's counters by table and destination:
+	// WithLabelValues hashes three labels under a lock for every event.
+	// Written under publishedMu, copied on write; read without a lock.
+	publishedBy     atomic.Pointer[map[[2]string]prometheus.Counter]
+	publishedMu     sync.Mutex
 	publishErrors   *prometheus.CounterVec
 	retries         prometheus.Counter
 	inFlight        prometheus.Gauge
@@ -170,12 +177,38 @@ func (m *Metrics) Published(table, destination string, commit time.Time) {
 	if m == nil {
 		return
 	}
-	m.published.WithLabelValues(m.sink, table, destination).Inc()
+	m.publishedCounter(table, destination).Inc()
 	now := time.Now()
 	if !commit.IsZero() {
 		m.commitToAck.Observe(max(now.Sub(commit).Seconds(), 0))
 	}
 	m.lastPublish.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// publishedCounter returns the relay_events_published_total counter of
+// table and destination.
+func (m *Metrics) publishedCounter(table, destination string) prometheus.Counter {
+	key := [2]string{table, destination}
+	if by := m.publishedBy.Load(); by != nil {
+		if c, ok := (*by)[key]; ok {
+			return c
+		}
+	}
+	m.publishedMu.Lock()
+	defer m.publishedMu.Unlock()
+	next := map[[2]string]prometheus.Counter{}
+	if by := m.publishedBy.Load(); by != nil {
+		for k, c := range *by {
+			next[k] = c
+		}
+	}
+	c, ok := next[key]
+	if !ok {
+		c = m.published.WithLabelValues(m.sink, table, destination)
+		next[key] = c
+		m.publishedBy.Store(&next)
+	}
+	return c
 }
 
 // reasons are the only values of relay_publish_errors_total's reason
