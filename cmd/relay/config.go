@@ -73,7 +73,7 @@ type config struct {
 	ColumnDestination   string `table:"true" env:"RELAY_COLUMN_DESTINATION" help:"text column naming a row's own destination, which overrides the routing template; optional (default from the preset: destination in standard, none in debezium)"`
 
 	MaxInFlight      int           `env:"RELAY_MAX_IN_FLIGHT" envDefault:"4096" help:"events handed to the broker and not yet confirmed, at most"`
-	MaxInFlightBytes int           `env:"RELAY_MAX_IN_FLIGHT_BYTES" envDefault:"67108864" help:"approximate bytes of those events, at most"`
+	MaxInFlightBytes int           `env:"RELAY_MAX_IN_FLIGHT_BYTES" envDefault:"67108864" help:"approximate bytes of those events, at most (the relay reads up to 128 rows more ahead of them)"`
 	StatusInterval   time.Duration `env:"RELAY_STATUS_INTERVAL" envDefault:"10s" help:"longest time between two standby status updates to PostgreSQL"`
 	ShutdownTimeout  time.Duration `env:"RELAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"on SIGINT/SIGTERM, how long to wait for in-flight confirms"`
 
