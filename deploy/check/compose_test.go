@@ -71,9 +71,9 @@ func TestComposeCatchesMistakes(t *testing.T) {
 	base := readFiles(t, "deploy/compose/compose.yml", "deploy/compose/compose.kafka.yml")
 	main, kafka := base[0], base[1]
 	cases := []struct {
-		name     string
-		files    []File
-		want     string
+		name  string
+		files []File
+		want  string
 	}{
 		{"misspelt key (schema)", []File{broken(t, main, "    healthcheck:\n      test: [\"CMD\", \"pg_isready\"", "    healtcheck:\n      test: [\"CMD\", \"pg_isready\""), kafka}, "healtcheck"},
 		{"variable without default", []File{broken(t, main, "image: postgres:17", "image: postgres:${PG_VERSION}"), kafka}, "${PG_VERSION} has no default"},
