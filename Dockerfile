@@ -25,4 +25,9 @@ COPY --from=build /out/relay /usr/local/bin/relay
 # the image's /etc/passwd (it refuses a user given by name).
 USER 65532:65532
 EXPOSE 8080
+# No HEALTHCHECK: the image has no shell and no HTTP client to run one with,
+# and the relay has no subcommand that asks its own /healthz. Kubernetes
+# ignores HEALTHCHECK and probes /healthz and /readyz itself
+# (deploy/kubernetes/deployment.yaml); elsewhere, point the supervisor's or
+# load balancer's HTTP check at them.
 ENTRYPOINT ["/usr/local/bin/relay"]
