@@ -35,7 +35,9 @@ func (offlineImages) ResolveImageConfig(_ context.Context, ref string, _ sourcer
 // saying why there is none.
 func CheckDockerfile(f File, relay *Relay) []string {
 	var problems []string
-	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(f.Path+": "+format, args...)) }
+	add := func(format string, args ...any) {
+		problems = append(problems, fmt.Sprintf(f.Path+": "+format, args...))
+	}
 	src := llb.NewSourceMap(nil, f.Path, "Dockerfile", f.Content)
 	src.Definition = &llb.Definition{}
 	results, err := dockerfile2llb.DockerfileLint(context.Background(), f.Content, dockerfile2llb.ConvertOpt{
