@@ -128,3 +128,24 @@ func PromtoolRules(f File) []string {
 	}
 	return nil
 }
+
+// RuleExprs returns the expressions of a Prometheus rule file.
+func RuleExprs(f File) ([]string, error) {
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Expr string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(f.Content, &rules); err != nil {
+		return nil, fmt.Errorf("%s: %v", f.Path, err)
+	}
+	var out []string
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			out = append(out, r.Expr)
+		}
+	}
+	return out, nil
+}
