@@ -149,6 +149,9 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 	kafkaPatch := regexp.MustCompile(`(?m)^# patches:\n#   - path: (\S+)$`).FindSubmatch(kf.Content)
 
 	var objs []runtime.Object
+	// The Secret example is no resource; its keys are checked against
+	// the *_FILE variables of both renderings.
+	var secretExample []runtime.Object
 	names := make([]string, 0, len(byName))
 	for name := range byName {
 		names = append(names, name)
@@ -179,6 +182,9 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 		o, ps := decodeK8s(f.Path, f.Content)
 		problems = append(problems, ps...)
 		objs = append(objs, o...)
+		if name == "secret.example.yaml" {
+			secretExample = o
+		}
 	}
 
 	rendered, err := Kustomize(dir, files)
@@ -216,7 +222,7 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 					}
 				}
 			}
-			problems = append(problems, checkObjects(dir+" with "+string(kafkaPatch[1]), ro, relay)...)
+			problems = append(problems, checkObjects(dir+" with "+string(kafkaPatch[1]), append(ro, secretExample...), relay)...)
 		}
 	}
 	problems = append(problems, checkObjects(dir, objs, relay)...)

@@ -67,6 +67,7 @@ func TestKubernetesCatchesMistakes(t *testing.T) {
 		{"root", dep, "runAsNonRoot: true", "runAsNonRoot: false", "runAsNonRoot is not true"},
 		{"writable root filesystem", dep, "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "no read-only root filesystem"},
 		{"secret file not in the secret", dep, "value: /etc/relay/secrets/amqp-url", "value: /etc/relay/secrets/amqp_url", "has no key amqp_url"},
+		{"patch's secret file not in the secret", k8sDir + "/kafka-patch.yaml", "secrets/kafka-sasl-password", "secrets/kafka-password", "with kafka-patch.yaml: Deployment relay: RELAY_KAFKA_SASL_PASSWORD_FILE=/etc/relay/secrets/kafka-password, but secret relay-secrets has no key kafka-password"},
 		{"Service selecting nothing", svc, "  selector:\n    app.kubernetes.io/name: relay", "  selector:\n    app.kubernetes.io/name: relais", "Service relay does not select"},
 		{"resource missing from the kustomization", k8sDir + "/kustomization.yaml", "  - pdb.yaml\n", "", "pdb.yaml is neither a resource nor a patch"},
 	}
