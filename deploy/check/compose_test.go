@@ -1,9 +1,16 @@
 package check
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	Cleanup()
+	os.Exit(code)
+}
 
 var composeSets = [][]string{
 	{"deploy/compose/compose.yml"},

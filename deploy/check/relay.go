@@ -59,11 +59,20 @@ var (
 
 // LoadRelay builds the relay once (go build ./cmd/relay in the
 // repository, so the root module's own go.mod and go.sum decide what it
-// is) and reads its help. The build goes to a directory that outlives the
-// test binary's temporary ones; the caller need not remove it.
+// is) and reads its help. Cleanup removes the build.
 func LoadRelay() (*Relay, error) {
 	relayOnce.Do(func() { relayInfo, relayErr = loadRelay() })
 	return relayInfo, relayErr
+}
+
+// relayDir holds the relay LoadRelay built.
+var relayDir string
+
+// Cleanup removes what LoadRelay built.
+func Cleanup() {
+	if relayDir != "" {
+		os.RemoveAll(relayDir)
+	}
 }
 
 func loadRelay() (*Relay, error) {
@@ -71,6 +80,7 @@ func loadRelay() (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	relayDir = dir
 	bin := filepath.Join(dir, "relay")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/relay")
 	build.Dir = Root()
