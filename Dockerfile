@@ -2,7 +2,8 @@
 # The relay as a static binary on a minimal, non-root image. Build it with
 # `make docker`, which passes VERSION; cmd/relay/dockerfile_test.go keeps the
 # go build line below identical to the Makefile's BUILD, and the exposed port
-# equal to RELAY_HTTP_ADDR's default.
+# equal to RELAY_HTTP_ADDR's default; deploy/check runs BuildKit's parser and
+# linter on it (docker build --check).
 
 FROM golang:1.26 AS build
 WORKDIR /src
