@@ -2,7 +2,8 @@
 # The relay as a static binary on a minimal, non-root image. Build it with
 # `make docker`, which passes VERSION; cmd/relay/dockerfile_test.go keeps the
 # go build line below identical to the Makefile's BUILD, and the exposed port
-# equal to RELAY_HTTP_ADDR's default.
+# equal to RELAY_HTTP_ADDR's default; deploy/check runs BuildKit's parser and
+# linter on it (docker build --check).
 
 FROM golang:1.26 AS build
 WORKDIR /src
@@ -25,4 +26,9 @@ COPY --from=build /out/relay /usr/local/bin/relay
 # the image's /etc/passwd (it refuses a user given by name).
 USER 65532:65532
 EXPOSE 8080
+# No HEALTHCHECK: the image has no shell and no HTTP client to run one with,
+# and the relay has no subcommand that asks its own /healthz. Kubernetes
+# ignores HEALTHCHECK and probes /healthz and /readyz itself
+# (deploy/kubernetes/deployment.yaml); elsewhere, point the supervisor's or
+# load balancer's HTTP check at them.
 ENTRYPOINT ["/usr/local/bin/relay"]

@@ -11,7 +11,7 @@ RABBIT    := $(firstword $(wildcard /usr/lib/rabbitmq/bin/rabbitmq-server) $(she
 SINK      ?= rabbitmq
 IMAGE     ?= relay
 
-.PHONY: build docker test unit integration demo bench bench-profile deps vet clean
+.PHONY: build docker test unit integration deploy-check demo bench bench-profile deps vet clean
 
 build:
 	$(BUILD) -o bin/relay ./cmd/relay
@@ -24,9 +24,10 @@ docker:
 ## and, for the tests, TEST_TOOLS (Debian package, or package:command when
 ## the names differ): kcat, the command-line client of librdkafka, the Kafka
 ## tests' second reader; promtool, which unit-tests the alert rules
-## (cmd/relay/alerts_test.go)
+## (cmd/relay/alerts_test.go) and checks the Prometheus configuration;
+## systemd-analyze, which verifies the systemd unit (deploy/check)
 integration: TEST_TOOLS := kcat
-test: TEST_TOOLS := kcat prometheus:promtool
+test: TEST_TOOLS := kcat prometheus:promtool systemd:systemd-analyze
 deps:
 	@missing=""; \
 	[ -n "$(PG_BIN)" ] || missing="$$missing postgresql"; \
@@ -46,6 +47,7 @@ deps:
 ## paths sit behind build tags)
 vet:
 	$(GO) vet ./...
+	cd deploy/check && $(GO) vet ./...
 	GOOS=darwin $(GO) build -o /dev/null ./cmd/relay
 	GOOS=windows $(GO) build -o /dev/null ./cmd/relay
 
@@ -56,11 +58,21 @@ vet:
 ## tests. The two sets run side by side, one package of each at a time.
 RACE_PKGS = $(shell $(GO) list ./... | grep -v '/integration$$')
 test: deps vet
-	@echo "$(GO) test -count=1 -timeout 30m ./integration & $(GO) test -race -count=1 -p 1 -timeout 30m <every other package>"
+	@echo "$(GO) test -count=1 -timeout 30m ./integration & $(GO) test -race -count=1 -p 1 -timeout 30m <every other package>; then cd deploy/check && $(GO) test -count=1 ./..."
 	@$(GO) test -count=1 -timeout 30m ./integration & integration=$$!; \
 	$(GO) test -race -count=1 -p 1 -timeout 30m $(RACE_PKGS); race=$$?; \
 	wait $$integration; integration=$$?; \
-	[ $$race = 0 ] && [ $$integration = 0 ]
+	cd deploy/check && $(GO) test -count=1 ./...; deploy=$$?; \
+	[ $$race = 0 ] && [ $$integration = 0 ] && [ $$deploy = 0 ]
+
+## deploy-check: every file under deploy/ and the Dockerfile, checked by the
+## libraries and tools that read them for real (docs/deploying.md, What is
+## checked). A Go module of its own, deploy/check, so that the relay's
+## go.mod does not carry their dependencies; go test ./... at the top does
+## not reach into it, so it is named here. Without make deps, a missing
+## promtool or systemd-analyze fails its check, naming the package.
+deploy-check:
+	cd deploy/check && $(GO) test -count=1 ./...
 
 unit:
 	$(GO) test -count=1 ./relay/... ./cmd/...

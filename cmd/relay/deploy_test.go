@@ -195,6 +195,11 @@ func readDeployFiles(t *testing.T) map[string][]byte {
 	files := map[string][]byte{}
 	root := "../.."
 	err := filepath.WalkDir(filepath.Join(root, "deploy"), func(path string, d fs.DirEntry, err error) error {
+		// deploy/check is the Go module that checks these files, with
+		// deliberately broken copies in its tests; it deploys nothing.
+		if err == nil && d.IsDir() && filepath.ToSlash(path) == root+"/deploy/check" {
+			return filepath.SkipDir
+		}
 		if err != nil || d.IsDir() {
 			return err
 		}
