@@ -483,6 +483,16 @@ func TestRunPrunerPrunesUntilCanceled(t *testing.T) {
 	waitEmpty()
 	insertOld(7)
 	waitEmpty()
+	// The rows are gone once the DELETE commits, a moment before the
+	// pruner hears so and logs it.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		logged := strings.Contains(logs.String(), "deleted=7")
+		mu.Unlock()
+		if logged || time.Now().After(deadline) {
+			break
+		}
+	}
 	cancel()
 	select {
 	case err := <-done:

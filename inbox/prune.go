@@ -84,13 +84,15 @@ func (ib *Inbox) RunPruner(ctx context.Context, db Querier, cfg PrunerConfig) er
 	for {
 		start := time.Now()
 		n, err := ib.Prune(ctx, db, cfg.Retention, cfg.BatchSize)
+		// What was deleted is logged also when ctx ended meanwhile.
 		switch {
-		case ctx.Err() != nil:
-			return nil
-		case err != nil:
+		case err != nil && ctx.Err() == nil:
 			log.Warn("prune failed", "deleted", n, "err", err)
 		case n > 0:
 			log.Info("pruned", "deleted", n, "duration", time.Since(start))
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
