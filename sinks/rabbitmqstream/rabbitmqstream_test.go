@@ -1,0 +1,259 @@
+//go:build linux
+
+package rabbitmqstream_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/amqp"
+	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
+
+	"github.com/relay-dev/relay/integration/services"
+	"github.com/relay-dev/relay/relay"
+	"github.com/relay-dev/relay/sinks/rabbitmqstream"
+	"github.com/relay-dev/relay/sinks/sinktest"
+)
+
+var streamURL string
+
+func TestMain(m *testing.M) { os.Exit(runTests(m)) }
+
+func runTests(m *testing.M) int {
+	if u := os.Getenv("RELAY_TEST_STREAM_URL"); u != "" {
+		streamURL = u
+		return m.Run()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	r, err := services.StartRabbitWith(ctx, services.RabbitOptions{Stream: true})
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: start RabbitMQ with the stream plugin (or set RELAY_TEST_STREAM_URL): %v\n", err)
+		return 1
+	}
+	defer r.Close()
+	streamURL = r.StreamURL()
+	code := m.Run()
+	if code != 0 {
+		if b, err := os.ReadFile(r.LogPath()); err == nil {
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			fmt.Fprintf(os.Stderr, "tail of %s:\n%s\n", r.LogPath(), b)
+		}
+	}
+	return code
+}
+
+func suffix() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newSink(t *testing.T, streamName, producer string, window int) *rabbitmqstream.Sink {
+	t.Helper()
+	tmpl, err := relay.ParseTemplate(streamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{
+		URL:      streamURL,
+		Stream:   tmpl,
+		Producer: producer,
+		Window:   window,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Close(ctx)
+	})
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	sinktest.Run(t, sinktest.Target{
+		Open: func(t *testing.T) (relay.Sink, sinktest.Reader) {
+			name := "relaytest.s." + suffix()
+			// A window far below the suite's event counts, so Publish
+			// also blocks on confirms.
+			s := newSink(t, name, "relaytest-"+suffix(), 64)
+			return s, newReader(t, name)
+		},
+		// Over the stream frame size the sink asks for (1 MiB).
+		OversizedPayload: 1<<20 + 1,
+	})
+}
+
+// reader consumes a stream from its first offset with the stream protocol.
+type reader struct {
+	msgs chan *amqp.Message
+}
+
+func newReader(t *testing.T, name string) *reader {
+	t.Helper()
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(streamURL))
+	if err != nil {
+		t.Fatalf("reader environment: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Close() })
+	r := &reader{msgs: make(chan *amqp.Message, 1<<16)}
+	// The stream is created by the sink at its first event; the reader
+	// declares it too, so it can subscribe at once.
+	if err := env.DeclareStream(name, stream.NewStreamOptions()); err != nil {
+		t.Fatalf("declare %s: %v", name, err)
+	}
+	_, err = env.NewConsumer(name, func(_ stream.ConsumerContext, m *amqp.Message) { r.msgs <- m },
+		stream.NewConsumerOptions().SetOffset(stream.OffsetSpecification{}.First()).SetManualCommit())
+	if err != nil {
+		t.Fatalf("consume %s: %v", name, err)
+	}
+	return r
+}
+
+func (r *reader) Read(t *testing.T, n int, timeout time.Duration) []sinktest.Message {
+	t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	var out []sinktest.Message
+	for len(out) < n {
+		select {
+		case m := <-r.msgs:
+			out = append(out, toMessage(m))
+		case <-timer.C:
+			return out
+		}
+	}
+	return out
+}
+
+func toMessage(m *amqp.Message) sinktest.Message {
+	headers := map[string]string{}
+	for k, v := range m.ApplicationProperties {
+		headers[k] = fmt.Sprint(v)
+	}
+	id := ""
+	if m.Properties != nil {
+		id = fmt.Sprint(m.Properties.MessageID)
+	}
+	var body []byte
+	if len(m.Data) > 0 {
+		body = m.Data[0]
+	}
+	return sinktest.Message{ID: id, Key: headers["aggregate_id"], Body: body, Headers: headers}
+}
+
+// events makes n events of one aggregate, three to a transaction, from
+// commit LSN lsn on.
+func events(n int, lsn relay.LSN) []*relay.Event {
+	evs := make([]*relay.Event, n)
+	for i := range evs {
+		if i%3 == 0 {
+			lsn += 0x100
+		}
+		evs[i] = &relay.Event{
+			ID:            fmt.Sprintf("ev-%06d", i),
+			Table:         "public.outbox",
+			AggregateType: "order",
+			AggregateID:   "agg-1",
+			EventType:     "created",
+			Payload:       fmt.Appendf(nil, `{"seq":%d}`, i),
+			ContentType:   relay.ContentTypeJSON,
+			CommitLSN:     lsn,
+			Index:         i % 3,
+		}
+	}
+	return evs
+}
+
+// publish publishes evs and waits for every Done, failing t on an error.
+func publish(t *testing.T, s relay.Sink, evs []*relay.Event) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	wg.Add(len(evs))
+	for _, ev := range evs {
+		ev.OnDone(func(_ *relay.Event, err error) {
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			wg.Done()
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, ev := range evs {
+		if err := s.Publish(ctx, ev); err != nil {
+			t.Fatalf("Publish %s: %v", ev.ID, err)
+		}
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d events failed, first: %v", len(errs), errs[0])
+	}
+}
+
+// readIDs reads the stream from its start until it has seen want
+// messages, or no message came for quiet, and returns their ids.
+func readIDs(t *testing.T, name string, want int) []string {
+	t.Helper()
+	r := newReader(t, name)
+	var ids []string
+	for _, m := range r.Read(t, want, 30*time.Second) {
+		ids = append(ids, m.ID)
+	}
+	// Anything beyond want would be a duplicate: give it the time a
+	// confirmed message takes to be readable, well over.
+	for _, m := range r.Read(t, 1, 2*time.Second) {
+		ids = append(ids, m.ID)
+	}
+	return ids
+}
+
+// TestRestartedSinkDuplicatesNothing is a relay that crashed after the
+// broker stored part of a stream: its successor is handed every event
+// again (the slot was not confirmed), and the stream holds each once.
+func TestRestartedSinkDuplicatesNothing(t *testing.T) {
+	name := "relaytest.restart." + suffix()
+	producer := "relaytest-" + suffix()
+	all := events(300, 1<<32)
+
+	first := newSink(t, name, producer, 64)
+	publish(t, first, all[:200])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The successor sees the events again, from before what was stored.
+	again := events(300, 1<<32)
+	second := newSink(t, name, producer, 64)
+	publish(t, second, again[50:])
+	// And a session restart within the same sink replays some again.
+	publish(t, second, events(300, 1<<32)[250:])
+
+	ids := readIDs(t, name, 300)
+	if len(ids) != 300 {
+		t.Fatalf("stream holds %d messages, want 300", len(ids))
+	}
+	for i, id := range ids {
+		if want := all[i].ID; id != want {
+			t.Fatalf("message %d is %s, want %s", i, id, want)
+		}
+	}
+}
