@@ -52,7 +52,8 @@ const (
 // Config configures a Sink.
 type Config struct {
 	// URL is rabbitmq-stream://user:pass@host:5552/vhost, or
-	// rabbitmq-stream+tls:// for TLS. Required.
+	// rabbitmq-stream+tls:// for TLS, with the query parameters
+	// cacertfile, certfile and keyfile as for amqps://. Required.
 	URL string
 	// Stream renders each event's stream name. Default "outbox".
 	Stream *relay.Template
@@ -163,6 +164,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if u.Scheme != "rabbitmq-stream" && u.Scheme != "rabbitmq-stream+tls" {
 		return nil, fmt.Errorf("rabbitmq-stream: URL %s: scheme must be rabbitmq-stream or rabbitmq-stream+tls", redacted)
 	}
+	plain, tlsConf, err := tlsConfig(u)
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmq-stream: URL %s: %w", redacted, err)
+	}
 	if cfg.Producer == "" {
 		return nil, errors.New("rabbitmq-stream: producer name is required")
 	}
@@ -204,9 +209,12 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	s.guard = relay.NewHeaderGuard(s.ownProperty, cfg.Metrics, s.log)
 
 	opts := stream.NewEnvironmentOptions().
-		SetUri(cfg.URL).
+		SetUri(plain.String()).
 		SetRequestedMaxFrameSize(maxFrame).
 		SetMaxProducersPerClient(1) // a reconnect replaces one producer's connection only
+	if tlsConf != nil {
+		opts.SetTLSConfig(tlsConf)
+	}
 	backoff := relay.NewBackoff(minBackoff, maxBackoff)
 	for {
 		s.env, err = stream.NewEnvironment(opts)
@@ -214,10 +222,10 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 			break
 		}
 		wait := backoff.Next()
-		s.log.Warn("cannot connect to RabbitMQ streams; retrying", "url", redacted, "error", scrub(err, cfg.URL, redacted), "retry_in", wait.String())
+		s.log.Warn("cannot connect to RabbitMQ streams; retrying", "url", redacted, "error", scrub(err, plain.String(), redacted), "retry_in", wait.String())
 		if !relay.Sleep(ctx, wait) {
 			stop()
-			return nil, fmt.Errorf("rabbitmq-stream: connect to %s: %w (last error: %v)", redacted, ctx.Err(), scrub(err, cfg.URL, redacted))
+			return nil, fmt.Errorf("rabbitmq-stream: connect to %s: %w (last error: %v)", redacted, ctx.Err(), scrub(err, plain.String(), redacted))
 		}
 	}
 	s.log.Info("connected to RabbitMQ streams", "url", redacted, "producer", s.producer, "window", s.window)
