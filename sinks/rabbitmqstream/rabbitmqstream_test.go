@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -255,5 +256,28 @@ func TestRestartedSinkDuplicatesNothing(t *testing.T) {
 		if want := all[i].ID; id != want {
 			t.Fatalf("message %d is %s, want %s", i, id, want)
 		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	name := "relaytest.check." + suffix()
+	tmpl, _ := relay.ParseTemplate(name)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fs := rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: streamURL, Stream: tmpl, DeadLetter: name + ".dlq"})
+	if len(fs) != 3 {
+		t.Fatalf("findings %+v, want connection, stream, dead-letter stream", fs)
+	}
+	for _, f := range fs {
+		if f.Status != relay.CheckOK {
+			t.Errorf("%s: %s %s", f.Check, f.Status, f.Detail)
+		}
+	}
+	if !strings.Contains(fs[1].Detail, "does not exist") {
+		t.Errorf("stream finding %q, want that the relay will create it", fs[1].Detail)
+	}
+	bad := rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: "rabbitmq-stream://guest:s3cretpw@127.0.0.1:1/", Stream: tmpl})
+	if len(bad) != 1 || bad[0].Status != relay.CheckFail || strings.Contains(bad[0].Detail, "s3cretpw") {
+		t.Errorf("unreachable port: %+v", bad)
 	}
 }
