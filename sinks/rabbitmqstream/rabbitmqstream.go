@@ -83,7 +83,11 @@ type Config struct {
 
 // Sink publishes events to RabbitMQ streams. It implements relay.Sink.
 type Sink struct {
-	env      *stream.Environment
+	// opts connects an environment. Each stream's producer has one of its
+	// own, replaced whole at every recovery: the library's environment
+	// retries a lost connection forever, unbounded by any context, inside
+	// the calls that need it.
+	opts     *stream.EnvironmentOptions
 	template *relay.Template
 	dlq      string
 	producer string
@@ -116,6 +120,7 @@ type Sink struct {
 // dest is one stream and the sink's producer on it.
 type dest struct {
 	name string
+	env  *stream.Environment // of prod
 	prod *stream.Producer
 	gen  uint64
 	// healthy: prod works and every pending event was sent on it.
@@ -215,10 +220,14 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	if tlsConf != nil {
 		opts.SetTLSConfig(tlsConf)
 	}
+	s.opts = opts
 	backoff := relay.NewBackoff(minBackoff, maxBackoff)
 	for {
-		s.env, err = stream.NewEnvironment(opts)
+		// A first connection tells a wrong URL or password at startup.
+		var env *stream.Environment
+		env, err = stream.NewEnvironment(opts)
 		if err == nil {
+			_ = env.Close()
 			break
 		}
 		wait := backoff.Next()
@@ -395,18 +404,28 @@ func (s *Sink) setUp(ctx context.Context, d *dest) error {
 	if s.maxBytes > 0 {
 		opts.SetMaxLengthBytes(stream.ByteCapacity{}.B(s.maxBytes))
 	}
-	if err := s.env.DeclareStream(d.name, opts); err != nil && !errors.Is(err, stream.PreconditionFailed) {
+	env, err := stream.NewEnvironment(s.opts)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = env.Close()
+		}
+	}()
+	if err := env.DeclareStream(d.name, opts); err != nil && !errors.Is(err, stream.PreconditionFailed) {
 		// PreconditionFailed: it exists with other retention settings,
 		// which the sink leaves as they are.
 		return fmt.Errorf("declare stream %s: %w", d.name, err)
 	}
-	lastID, err := s.env.QuerySequence(s.producer, d.name)
+	lastID, err := env.QuerySequence(s.producer, d.name)
 	if err != nil {
 		return fmt.Errorf("query the last publishing id of %s on %s: %w", s.producer, d.name, err)
 	}
 	d.lastID = lastID
 	if lastID > 0 {
-		t, err := s.readTail(ctx, d.name, lastID)
+		t, err := s.readTail(ctx, env, d.name, lastID)
 		if err != nil {
 			return err
 		}
@@ -422,17 +441,21 @@ func (s *Sink) setUp(ctx context.Context, d *dest) error {
 	}
 	s.log.Info("producing to stream", "stream", d.name, "producer", s.producer,
 		"last_publishing_id", d.lastID, "last_lsn", d.lastPos.lsn.String(), "last_index", d.lastPos.index)
-	return s.connect(d)
+	if err := s.connect(d, env); err != nil {
+		return err
+	}
+	ok = true
+	return nil
 }
 
-// connect declares a new producer for d and makes it d's current one; it
-// sends nothing.
-func (s *Sink) connect(d *dest) error {
+// connect declares a new producer for d on env and makes them d's
+// current ones; it sends nothing.
+func (s *Sink) connect(d *dest, env *stream.Environment) error {
 	popts := stream.NewProducerOptions().
 		SetProducerName(s.producer).
 		SetClientProvidedName("relay").
 		SetQueueSize(max(s.window, 1024))
-	prod, err := s.env.NewProducer(d.name, popts)
+	prod, err := env.NewProducer(d.name, popts)
 	if err != nil {
 		return fmt.Errorf("declare producer %s on %s: %w", s.producer, d.name, err)
 	}
@@ -441,7 +464,7 @@ func (s *Sink) connect(d *dest) error {
 	s.mu.Lock()
 	d.gen++
 	gen := d.gen
-	d.prod = prod
+	d.env, d.prod = env, prod
 	d.healthy = false
 	s.mu.Unlock()
 	s.wg.Add(2)
@@ -555,15 +578,30 @@ func (s *Sink) recover(d *dest, reconnect bool) {
 	for {
 		if reconnect {
 			s.mu.Lock()
-			old := d.prod
+			if d.healthy {
+				// A wake-up left by a second report of a failure
+				// that an earlier round already recovered from.
+				s.mu.Unlock()
+				return
+			}
+			old := d.env
+			d.env, d.prod = nil, nil
 			wait := d.backoff.Next()
 			s.mu.Unlock()
-			_ = old.Close()
+			if old != nil {
+				_ = old.Close()
+			}
 			if !relay.Sleep(s.life, wait) {
 				return
 			}
-			if err := s.connect(d); err != nil {
-				s.log.Warn("cannot declare the stream producer; retrying", "stream", d.name, "error", err)
+			env, err := stream.NewEnvironment(s.opts)
+			if err == nil {
+				if err = s.connect(d, env); err != nil {
+					_ = env.Close()
+				}
+			}
+			if err != nil {
+				s.log.Warn("cannot declare the stream producer; retrying", "stream", d.name, "error", err, "retry_in", wait.String())
 				continue
 			}
 		}
@@ -639,26 +677,22 @@ drain:
 	}
 	s.stop()
 	s.mu.Lock()
-	var prods []*stream.Producer
+	var envs []*stream.Environment
 	for _, d := range s.dests {
-		if d.prod != nil {
-			prods = append(prods, d.prod)
+		if d.env != nil {
+			envs = append(envs, d.env)
 		}
 	}
 	s.mu.Unlock()
-	for _, p := range prods {
-		_ = p.Close()
+	for _, env := range envs {
+		_ = env.Close()
 	}
-	_ = s.env.Close()
 	s.wg.Wait()
 	return err
 }
 
 // Connected reports whether every stream's producer works.
 func (s *Sink) Connected() bool {
-	if s.env == nil || s.env.IsClosed() {
-		return false
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, d := range s.dests {

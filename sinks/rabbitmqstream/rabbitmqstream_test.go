@@ -7,9 +7,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,7 +106,12 @@ type reader struct {
 
 func newReader(t *testing.T, name string) *reader {
 	t.Helper()
-	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(streamURL))
+	return newReaderAt(t, streamURL, name)
+}
+
+func newReaderAt(t *testing.T, url, name string) *reader {
+	t.Helper()
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(url))
 	if err != nil {
 		t.Fatalf("reader environment: %v", err)
 	}
@@ -212,7 +219,12 @@ func publish(t *testing.T, s relay.Sink, evs []*relay.Event) {
 // messages, or no message came for quiet, and returns their ids.
 func readIDs(t *testing.T, name string, want int) []string {
 	t.Helper()
-	r := newReader(t, name)
+	return readIDsAt(t, streamURL, name, want)
+}
+
+func readIDsAt(t *testing.T, url, name string, want int) []string {
+	t.Helper()
+	r := newReaderAt(t, url, name)
 	var ids []string
 	for _, m := range r.Read(t, want, 30*time.Second) {
 		ids = append(ids, m.ID)
@@ -281,3 +293,95 @@ func TestCheck(t *testing.T) {
 		t.Errorf("unreachable port: %+v", bad)
 	}
 }
+
+// TestNodeKilledMidStream: the node is SIGKILLed with events in flight and
+// restarted; every event is confirmed once it is back, and the stream
+// holds each once.
+func TestNodeKilledMidStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	node, err := services.StartRabbitWith(ctx, services.RabbitOptions{Stream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	name := "relaytest.kill." + suffix()
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(node.StreamURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.DeclareStream(name, stream.NewStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+	env.Close()
+	// A graceful restart writes the stream's declaration to disk.
+	if err := node.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tmpl, _ := relay.ParseTemplate(name)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{URL: node.StreamURL(), Stream: tmpl, Producer: "p", Window: 256,
+		Logger: slog.New(slog.NewTextHandler(writerFunc(func(b []byte) (int, error) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			return logs.Write(b)
+		}), &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = s.Close(ctx)
+		if t.Failed() {
+			logMu.Lock()
+			t.Logf("log:\n%s", logs.String())
+			logMu.Unlock()
+		}
+	}()
+	all := events(3000, 1<<32)
+	var done atomic.Int64
+	for _, ev := range all {
+		ev.OnDone(func(_ *relay.Event, err error) {
+			if err != nil {
+				t.Errorf("Done(%v)", err)
+			}
+			done.Add(1)
+		})
+	}
+	for i, ev := range all {
+		if i == 1000 {
+			if err := node.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			// Down long enough for the window to fill and the sink to
+			// retry; Publish blocks meanwhile.
+			go func() {
+				time.Sleep(3 * time.Second)
+				if err := node.Restart(ctx); err != nil {
+					t.Errorf("restart: %v", err)
+				}
+			}()
+		}
+		if err := s.Publish(ctx, ev); err != nil {
+			t.Fatalf("Publish %d: %v", i, err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for done.Load() < int64(len(all)) {
+		if time.Now().After(deadline) {
+			logMu.Lock()
+			t.Fatalf("%d of %d done; log:\n%s", done.Load(), len(all), logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ids := readIDsAt(t, node.StreamURL(), name, len(all))
+	if len(ids) != len(all) {
+		t.Fatalf("stream holds %d messages, want %d", len(ids), len(all))
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }

@@ -34,14 +34,14 @@ type tail struct {
 // the same ids for the same events, so any of them fixes the numbering.
 // It reads the stream's last chunk, then windows further back, each twice
 // the last, until it finds one or reaches the stream's start.
-func (s *Sink) readTail(ctx context.Context, name string, lastID int64) (tail, error) {
+func (s *Sink) readTail(ctx context.Context, env *stream.Environment, name string, lastID int64) (tail, error) {
 	var best tail
 	see := func(m *amqp.Message) {
 		if pos, id, ok := positionOfMessage(m, s.producer); ok && id >= best.id {
 			best = tail{pos: pos, id: id, found: true}
 		}
 	}
-	first, err := s.readWindow(ctx, name, stream.OffsetSpecification{}.Last(), -1, see)
+	first, err := s.readWindow(ctx, env, name, stream.OffsetSpecification{}.Last(), -1, see)
 	end, step := first, int64(tailStep)
 	for {
 		switch {
@@ -54,7 +54,7 @@ func (s *Sink) readTail(ctx context.Context, name string, lastID int64) (tail, e
 			return best, nil
 		}
 		start := max(0, end-step)
-		first, err = s.readWindow(ctx, name, stream.OffsetSpecification{}.Offset(start), end, see)
+		first, err = s.readWindow(ctx, env, name, stream.OffsetSpecification{}.Offset(start), end, see)
 		if err == nil && (first < 0 || first > start) {
 			// Nothing below start: retention removed the rest.
 			return best, nil
@@ -66,7 +66,7 @@ func (s *Sink) readTail(ctx context.Context, name string, lastID int64) (tail, e
 // readWindow reads from spec until offset end-1 (end < 0: to the end of
 // the first chunk delivered), calling f for each message, and returns the
 // first offset read, -1 when none came.
-func (s *Sink) readWindow(ctx context.Context, name string, spec stream.OffsetSpecification, end int64, f func(*amqp.Message)) (int64, error) {
+func (s *Sink) readWindow(ctx context.Context, env *stream.Environment, name string, spec stream.OffsetSpecification, end int64, f func(*amqp.Message)) (int64, error) {
 	type delivery struct {
 		offset  int64
 		entries int64
@@ -81,7 +81,7 @@ func (s *Sink) readWindow(ctx context.Context, name string, spec stream.OffsetSp
 		case <-stopped:
 		}
 	}
-	c, err := s.env.NewConsumer(name, handler, stream.NewConsumerOptions().
+	c, err := env.NewConsumer(name, handler, stream.NewConsumerOptions().
 		SetOffset(spec).
 		SetClientProvidedName("relay-tail").
 		SetManualCommit())
