@@ -490,7 +490,11 @@ func (s *Sink) connect(d *dest, env *stream.Environment) error {
 // confirmed settles the events of statuses. A confirm of any generation
 // means stored: the id denotes the same event on every producer.
 func (s *Sink) confirmed(d *dest, gen uint64, statuses []*stream.ConfirmationStatus) {
-	var done []*pending
+	type outcome struct {
+		ev  *relay.Event
+		err error
+	}
+	var out []outcome
 	var failure error
 	s.mu.Lock()
 	for _, st := range statuses {
@@ -498,39 +502,35 @@ func (s *Sink) confirmed(d *dest, gen uint64, statuses []*stream.ConfirmationSta
 		if p == nil || p.done {
 			continue
 		}
-		if st.IsConfirmed() {
-			p.done = true
-			delete(d.byID, p.id)
-			delete(d.byPos, p.pos)
-			done = append(done, p)
-			continue
-		}
-		if errors.Is(st.GetError(), stream.FrameTooLarge) {
+		var err error
+		switch {
+		case st.IsConfirmed():
+		case errors.Is(st.GetError(), stream.FrameTooLarge):
 			// The broker's frame_max is below the one asked for; the
-			// event can never be stored.
-			err := relay.BadRow(p.evs[0], fmt.Errorf("%w: over the broker's stream frame size", relay.ErrTooLarge))
-			p.done = true
-			delete(d.byID, p.id)
-			delete(d.byPos, p.pos)
+			// event can never be stored, and a replay of it must fail
+			// again rather than pass as stored.
+			err = relay.BadRow(p.evs[0], fmt.Errorf("%w: over the broker's stream frame size", relay.ErrTooLarge))
 			d.refused[p.pos] = err
-			for _, ev := range p.evs {
-				defer s.complete(ev, err)
+		default:
+			if gen == d.gen && failure == nil {
+				failure = fmt.Errorf("publishing id %d not confirmed: %v", p.id, st.GetError())
 			}
 			continue
 		}
-		if gen == d.gen && failure == nil {
-			failure = fmt.Errorf("publishing id %d not confirmed: %v", p.id, st.GetError())
+		p.done = true
+		delete(d.byID, p.id)
+		delete(d.byPos, p.pos)
+		for _, ev := range p.evs {
+			out = append(out, outcome{ev, err})
 		}
 	}
-	if len(done) > 0 {
+	if len(out) > 0 {
 		d.pending = slices.DeleteFunc(d.pending, func(p *pending) bool { return p.done })
 		d.backoff.Reset()
 	}
 	s.mu.Unlock()
-	for _, p := range done {
-		for _, ev := range p.evs {
-			s.complete(ev, nil)
-		}
+	for _, o := range out {
+		s.complete(o.ev, o.err)
 	}
 	if failure != nil {
 		s.fail(d, gen, failure)
