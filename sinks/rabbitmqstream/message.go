@@ -64,6 +64,9 @@ func (s *Sink) message(ev *relay.Event) (*amqp.AMQP10, error) {
 	// The built-ins come last so a header column cannot forge them.
 	props["aggregate_type"] = ev.AggregateType
 	props["aggregate_id"] = ev.AggregateID
+	// The subject again: RabbitMQ (3.10) drops subject when it hands a
+	// stream message to an AMQP 0-9-1 consumer.
+	props["event_type"] = ev.EventType
 	props[propLSN] = ev.CommitLSN.String()
 	props[propIndex] = int64(ev.Index)
 	props[propProducer] = s.producer
@@ -113,7 +116,7 @@ func propertyValue(h relay.Header) any {
 // it.
 func (s *Sink) ownProperty(key string) bool {
 	switch key {
-	case "aggregate_type", "aggregate_id":
+	case "aggregate_type", "aggregate_id", "event_type":
 		return true
 	}
 	return s.format == relay.FormatCloudEvents && (strings.HasPrefix(key, cloudEventsPrefix) || strings.HasPrefix(key, "cloudEvents_"))

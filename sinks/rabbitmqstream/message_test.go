@@ -31,7 +31,7 @@ func TestMessageCarriesTheAMQPSinksFields(t *testing.T) {
 					{Key: "destination", Value: "elsewhere"},
 				}},
 			want: map[string]any{"trace_id": "abc", "n": int64(7), "f": 1.5, "ok": true, "list": "[1,2]",
-				"aggregate_type": "order", "aggregate_id": "o-1", "x-relay-lsn": "1/100", "x-relay-index": int64(3), "x-relay-producer": "p"},
+				"aggregate_type": "order", "aggregate_id": "o-1", "event_type": "order.created", "x-relay-lsn": "1/100", "x-relay-index": int64(3), "x-relay-producer": "p"},
 			absent: []string{"destination", "cloudEvents:id"},
 		},
 		{
