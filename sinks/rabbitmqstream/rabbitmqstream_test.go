@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/amqp"
+	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/message"
 	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
 
 	"github.com/relay-dev/relay/integration/services"
@@ -385,3 +386,76 @@ func TestNodeKilledMidStream(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// TestDeadRelaysLateFramesAreDropped: a relay dies with publishes still on
+// their way; its successor asks for the producer's last id before they
+// land. The late frames (sent here by a second producer of the same name
+// once the successor has started) carry the ids the successor gives the
+// same events, so the broker stores each event once, whichever copy comes
+// first.
+func TestDeadRelaysLateFramesAreDropped(t *testing.T) {
+	name := "relaytest.late." + suffix()
+	producer := "relaytest-" + suffix()
+	all := events(300, 1<<32)
+
+	first := newSink(t, name, producer, 64)
+	publish(t, first, all[:100])
+	// The messages the dead relay had numbered 101 to 180 and not yet
+	// written when it died.
+	var late []*amqp.AMQP10
+	for i, ev := range events(300, 1<<32)[100:180] {
+		m, err := first.MessageAs(ev, int64(101+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		late = append(late, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	second := newSink(t, name, producer, 64)
+	again := events(300, 1<<32)
+	// The successor's first event sets it up: it reads the producer's
+	// last id (100) before the late frames land.
+	publish(t, second, again[100:101])
+
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(streamURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	ghost, err := env.NewProducer(name, stream.NewProducerOptions().SetProducerName(producer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	confirms := ghost.NotifyPublishConfirmation()
+	var ghostMsgs []message.StreamMessage
+	for _, m := range late {
+		ghostMsgs = append(ghostMsgs, m)
+	}
+	if err := ghost.BatchSend(ghostMsgs); err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < len(late); {
+		select {
+		case sts := <-confirms:
+			n += len(sts)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of the late frames confirmed", n)
+		}
+	}
+	publish(t, second, again[101:])
+
+	ids := readIDs(t, name, 300)
+	if len(ids) != 300 {
+		t.Fatalf("stream holds %d messages, want 300", len(ids))
+	}
+	for i, id := range ids {
+		if want := all[i].ID; id != want {
+			t.Fatalf("message %d is %s, want %s", i, id, want)
+		}
+	}
+}
