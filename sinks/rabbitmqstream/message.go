@@ -2,6 +2,7 @@ package rabbitmqstream
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -169,3 +170,22 @@ func asInt64(v any) (int64, bool) {
 	}
 	return 0, false
 }
+
+// encoded is a message as the sink sends it: encoded once, with its
+// publishing id, and sent as it is on every retry.
+type encoded struct {
+	b  []byte
+	id int64
+}
+
+func (e *encoded) MarshalBinary() ([]byte, error)                { return e.b, nil }
+func (e *encoded) UnmarshalBinary([]byte) error                  { return errors.New("encoded message: read-only") }
+func (e *encoded) SetPublishingId(id int64)                      { e.id = id }
+func (e *encoded) GetPublishingId() int64                        { return e.id }
+func (e *encoded) HasPublishingId() bool                         { return true }
+func (e *encoded) GetData() [][]byte                             { return nil }
+func (e *encoded) GetMessageProperties() *amqp.MessageProperties { return nil }
+func (e *encoded) GetMessageAnnotations() amqp.Annotations       { return nil }
+func (e *encoded) GetApplicationProperties() map[string]any      { return nil }
+func (e *encoded) GetMessageHeader() *amqp.MessageHeader         { return nil }
+func (e *encoded) GetAMQPValue() any                             { return nil }

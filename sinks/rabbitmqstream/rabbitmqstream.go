@@ -26,7 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/amqp"
 	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
 
 	"github.com/relay-dev/relay/metrics"
@@ -42,11 +41,10 @@ const (
 
 	// maxFrame is the frame size the sink asks for, the stream plugin's
 	// default stream.frame_max; an event that does not fit one publish
-	// frame alone is a bad row (frameOverhead: the frame's header and the
-	// message's publishing id and length, plus the publishing id property
-	// added after the size check).
+	// frame alone is a bad row (frameOverhead: the frame's length and
+	// header, and the message's publishing id and length).
 	maxFrame      = 1 << 20
-	frameOverhead = 4 + 9 + 8 + 4 + 64
+	frameOverhead = 4 + 9 + 8 + 4
 )
 
 // Config configures a Sink.
@@ -144,7 +142,7 @@ type dest struct {
 type pending struct {
 	id  int64
 	pos position
-	msg *amqp.AMQP10
+	msg *encoded
 	// evs are the event and its replays by later sessions of the relay,
 	// all answered by the one confirm.
 	evs  []*relay.Event
@@ -263,13 +261,6 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	if err != nil {
 		return err
 	}
-	b, err := msg.MarshalBinary()
-	if err != nil {
-		return relay.BadRow(ev, fmt.Errorf("encode AMQP 1.0 message: %w", err))
-	}
-	if len(b)+frameOverhead > maxFrame {
-		return relay.BadRow(ev, fmt.Errorf("%w: message of %d bytes exceeds the stream frame size of %d bytes", relay.ErrTooLarge, len(b), maxFrame))
-	}
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -289,6 +280,8 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	}
 	defer s.unlockWire()
 
+	// Only Publish, holding the wire, numbers events: lastID and lastPos
+	// stay as read here until it commits the number below.
 	pos := positionOf(ev)
 	s.mu.Lock()
 	if err := d.refused[pos]; err != nil {
@@ -308,11 +301,24 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 		s.complete(ev, nil)
 		return nil
 	}
-	d.lastID++
-	d.lastPos = pos
-	msg.ApplicationProperties[propPublishingID] = d.lastID
-	msg.SetPublishingId(d.lastID)
-	p := &pending{id: d.lastID, pos: pos, msg: msg, evs: []*relay.Event{ev}}
+	id := d.lastID + 1
+	s.mu.Unlock()
+
+	msg.ApplicationProperties[propPublishingID] = id
+	b, err := msg.MarshalBinary()
+	if err == nil && len(b)+frameOverhead > maxFrame {
+		err = fmt.Errorf("%w: message of %d bytes exceeds the stream frame size of %d bytes", relay.ErrTooLarge, len(b), maxFrame)
+	}
+	if err != nil {
+		// Not numbered: the next event takes the id.
+		<-s.sem
+		return relay.BadRow(ev, fmt.Errorf("encode AMQP 1.0 message: %w", err))
+	}
+	enc := &encoded{b: b, id: id}
+
+	s.mu.Lock()
+	d.lastID, d.lastPos = id, pos
+	p := &pending{id: id, pos: pos, msg: enc, evs: []*relay.Event{ev}}
 	d.pending = append(d.pending, p)
 	d.byID[p.id] = p
 	d.byPos[pos] = p
@@ -323,7 +329,7 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	}
 	prod, gen := d.prod, d.gen
 	s.mu.Unlock()
-	if err := prod.Send(msg); err != nil {
+	if err := prod.Send(enc); err != nil {
 		s.fail(d, gen, fmt.Errorf("send: %w", err))
 	}
 	return nil
