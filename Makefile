@@ -81,7 +81,8 @@ integration: deps
 	$(GO) test -count=1 -timeout 30m ./integration/...
 
 ## demo: the whole path on throwaway local services, then clean up;
-## SINK=kafka publishes to a throwaway Kafka-protocol broker (kfake) instead
+## SINK=kafka publishes to a throwaway Kafka-protocol broker (kfake) instead,
+## SINK=rabbitmq-stream to a RabbitMQ stream (exactly once)
 demo: deps build
 	$(GO) run ./integration/demo -relay bin/relay -sink $(SINK)
 

@@ -17,6 +17,7 @@ import (
 	"github.com/relay-dev/relay/relay/pgsource"
 	"github.com/relay-dev/relay/sinks/kafka"
 	"github.com/relay-dev/relay/sinks/rabbitmq"
+	"github.com/relay-dev/relay/sinks/rabbitmqstream"
 )
 
 // runCheck is `relay check`: with the relay's own configuration it checks
@@ -92,8 +93,11 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 // its variable; loadConfig has validated it.
 func (c *config) templates() map[string]*relay.Template {
 	key, src := "RELAY_AMQP_ROUTING_KEY", c.AMQPRoutingKey
-	if c.Sink == "kafka" {
+	switch c.Sink {
+	case "kafka":
 		key, src = "RELAY_KAFKA_TOPIC", c.KafkaTopic
+	case "rabbitmq-stream":
+		key, src = "RELAY_RABBITMQ_STREAM", c.Stream
 	}
 	t, err := relay.ParseTemplate(src)
 	if err != nil {
@@ -107,8 +111,11 @@ func (c *config) templates() map[string]*relay.Template {
 // effect: the table's own, or the global one.
 func (c *config) checkTableTemplates() map[pgsource.Table]map[string]*relay.Template {
 	global := "RELAY_AMQP_ROUTING_KEY"
-	if c.Sink == "kafka" {
+	switch c.Sink {
+	case "kafka":
 		global = "RELAY_KAFKA_TOPIC"
+	case "rabbitmq-stream":
+		global = "RELAY_RABBITMQ_STREAM"
 	}
 	var out map[pgsource.Table]map[string]*relay.Template
 	for _, t := range c.tables() {
@@ -127,6 +134,10 @@ func (c *config) checkTableTemplates() map[pgsource.Table]map[string]*relay.Temp
 }
 
 func checkBroker(ctx context.Context, cfg config) []relay.Finding {
+	if cfg.Sink == "rabbitmq-stream" {
+		name, _ := relay.ParseTemplate(cfg.Stream)
+		return rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: cfg.StreamURL, Stream: name, DeadLetter: cfg.DeadLetter})
+	}
 	if cfg.Sink != "kafka" {
 		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange, Exchanges: cfg.tableExchanges(), DeadLetter: cfg.DeadLetter})
 	}
@@ -196,9 +207,11 @@ func (c *config) secrets() []string {
 	if pc, err := pgconn.ParseConfig(c.DatabaseURL); err == nil {
 		plain = append(plain, pc.Password)
 	}
-	if u, err := url.Parse(c.AMQPURL); err == nil && u.User != nil {
-		p, _ := u.User.Password()
-		plain = append(plain, p)
+	for _, raw := range []string{c.AMQPURL, c.StreamURL} {
+		if u, err := url.Parse(raw); err == nil && u.User != nil {
+			p, _ := u.User.Password()
+			plain = append(plain, p)
+		}
 	}
 	plain = append(plain, c.KafkaSASLPassword)
 	var s []string

@@ -31,13 +31,20 @@ type config struct {
 	Tables          []string `env:"RELAY_TABLES" envDefault:"public.outbox" help:"comma-separated outbox tables, schema.table"`
 	Slot            string   `env:"RELAY_SLOT" envDefault:"outbox_relay" help:"logical replication slot, created when missing"`
 	Publication     string   `env:"RELAY_PUBLICATION" envDefault:"outbox_relay" help:"publication of the outbox tables, created when missing"`
-	Sink            string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq or kafka"`
+	Sink            string   `env:"RELAY_SINK" envDefault:"rabbitmq" help:"broker to publish to: rabbitmq, rabbitmq-stream or kafka"`
 
 	AMQPURL           string `env:"RELAY_AMQP_URL" help:"RabbitMQ URL, amqp:// or amqps://; TLS files through the cacertfile, certfile, keyfile query parameters (required for rabbitmq, or RELAY_AMQP_URL_FILE)"`
 	AMQPURLFile       string `env:"RELAY_AMQP_URL_FILE" help:"file holding RELAY_AMQP_URL, e.g. a mounted secret; a trailing newline is ignored"`
 	AMQPExchange      string `table:"true" env:"RELAY_AMQP_EXCHANGE" envDefault:"outbox" help:"exchange to publish to; declared durable topic when absent"`
 	AMQPRoutingKey    string `table:"true" env:"RELAY_AMQP_ROUTING_KEY" envDefault:"{aggregate_type}.{event_type}" help:"routing key template of {column} placeholders"`
 	AMQPConfirmWindow int    `env:"RELAY_AMQP_CONFIRM_WINDOW" envDefault:"2048" help:"publishes awaiting a broker confirm at most"`
+
+	StreamURL            string        `env:"RELAY_RABBITMQ_STREAM_URL" help:"RabbitMQ stream protocol URL, rabbitmq-stream://user:password@host:5552/vhost or rabbitmq-stream+tls://… (required for rabbitmq-stream, or RELAY_RABBITMQ_STREAM_URL_FILE)"`
+	StreamURLFile        string        `env:"RELAY_RABBITMQ_STREAM_URL_FILE" help:"file holding RELAY_RABBITMQ_STREAM_URL, e.g. a mounted secret; a trailing newline is ignored"`
+	Stream               string        `env:"RELAY_RABBITMQ_STREAM" envDefault:"outbox" help:"stream name template of {column} placeholders; streams are created when missing"`
+	StreamMaxAge         time.Duration `env:"RELAY_RABBITMQ_STREAM_MAX_AGE" help:"max-age retention of the streams the relay creates, e.g. 168h; empty: the broker's default"`
+	StreamMaxLengthBytes int64         `env:"RELAY_RABBITMQ_STREAM_MAX_LENGTH_BYTES" help:"max-length-bytes retention of the streams the relay creates; empty: the broker's default"`
+	StreamProducer       string        `env:"RELAY_RABBITMQ_STREAM_PRODUCER" help:"name of the deduplicating producer on each stream; relays of one slot share it, nothing else may use it (default relay-<RELAY_SLOT>)"`
 
 	KafkaBrokers           []string `env:"RELAY_KAFKA_BROKERS" help:"comma-separated Kafka seed brokers, host:port (required for kafka)"`
 	KafkaTopic             string   `table:"true" env:"RELAY_KAFKA_TOPIC" envDefault:"outbox.event.{aggregate_type}" help:"topic template of {column} placeholders"`
@@ -77,7 +84,7 @@ type config struct {
 	StatusInterval   time.Duration `env:"RELAY_STATUS_INTERVAL" envDefault:"10s" help:"longest time between two standby status updates to PostgreSQL"`
 	ShutdownTimeout  time.Duration `env:"RELAY_SHUTDOWN_TIMEOUT" envDefault:"10s" help:"on SIGINT/SIGTERM, how long to wait for in-flight confirms"`
 
-	DeadLetter        string        `env:"RELAY_DEAD_LETTER" help:"exchange (rabbitmq) or topic (kafka) for rows that cannot be published, with the reason in header x-relay-error; empty: the stream stops before such a row and retries"`
+	DeadLetter        string        `env:"RELAY_DEAD_LETTER" help:"exchange (rabbitmq), stream (rabbitmq-stream) or topic (kafka) for rows that cannot be published, with the reason in header x-relay-error; empty: the stream stops before such a row and retries"`
 	BlockedRetry      time.Duration `env:"RELAY_BLOCKED_RETRY_INTERVAL" envDefault:"30s" help:"without RELAY_DEAD_LETTER, how often a stream stopped at a bad row tries again"`
 	HeartbeatInterval time.Duration `env:"RELAY_HEARTBEAT_INTERVAL" envDefault:"30s" help:"how often to write a heartbeat to the WAL (pg_logical_emit_message) so the slot advances when only other databases write; 0 disables"`
 	Snapshot          string        `env:"RELAY_SNAPSHOT" envDefault:"initial" help:"initial: when the relay creates its slot, publish the rows already in the tables first (progress in relay.backfill, schema/relay_state.sql); never: only rows committed after"`
@@ -199,8 +206,8 @@ func (c *config) validate() []string {
 	if !identRE.MatchString(c.Publication) {
 		add("RELAY_PUBLICATION", "%q: use lower-case letters, digits and _, at most 63", c.Publication)
 	}
-	if c.Sink != "rabbitmq" && c.Sink != "kafka" {
-		add("RELAY_SINK", "%q: want rabbitmq or kafka", c.Sink)
+	if c.Sink != "rabbitmq" && c.Sink != "rabbitmq-stream" && c.Sink != "kafka" {
+		add("RELAY_SINK", "%q: want rabbitmq, rabbitmq-stream or kafka", c.Sink)
 	}
 	// The RabbitMQ settings are checked even when RELAY_SINK is wrong, so
 	// that fixing it does not reveal a second round of problems.
@@ -220,6 +227,7 @@ func (c *config) validate() []string {
 	if c.AMQPConfirmWindow < 1 || c.AMQPConfirmWindow > 65535 {
 		add("RELAY_AMQP_CONFIRM_WINDOW", "%d: want 1 to 65535", c.AMQPConfirmWindow)
 	}
+	bad = append(bad, c.validateStream()...)
 	bad = append(bad, c.validateKafka()...)
 	if f, err := relay.ParseFormat(c.Format); err != nil {
 		add("RELAY_FORMAT", "%v", err)
@@ -292,6 +300,44 @@ func (c *config) validate() []string {
 		}
 	}
 	return bad
+}
+
+// validateStream checks the RabbitMQ streams settings; like the others,
+// they are checked whatever the sink, except for the URL it requires.
+func (c *config) validateStream() []string {
+	var bad []string
+	add := func(key, format string, args ...any) {
+		bad = append(bad, key+": "+fmt.Sprintf(format, args...))
+	}
+	if c.StreamURL == "" {
+		if c.Sink == "rabbitmq-stream" && c.StreamURLFile == "" {
+			add("RELAY_RABBITMQ_STREAM_URL", "required when RELAY_SINK=rabbitmq-stream (or set RELAY_RABBITMQ_STREAM_URL_FILE)")
+		}
+	} else if u, err := url.Parse(c.StreamURL); err != nil || (u.Scheme != "rabbitmq-stream" && u.Scheme != "rabbitmq-stream+tls") {
+		add(fromFile("RELAY_RABBITMQ_STREAM_URL", c.StreamURLFile), "want rabbitmq-stream://user:password@host:5552/vhost or rabbitmq-stream+tls://…")
+	}
+	if _, err := relay.ParseTemplate(c.Stream); err != nil {
+		add("RELAY_RABBITMQ_STREAM", "%v", err)
+	}
+	if c.StreamMaxAge < 0 || c.StreamMaxAge > 0 && c.StreamMaxAge < time.Second {
+		add("RELAY_RABBITMQ_STREAM_MAX_AGE", "%s: want at least 1s, or empty", c.StreamMaxAge)
+	}
+	if c.StreamMaxLengthBytes < 0 {
+		add("RELAY_RABBITMQ_STREAM_MAX_LENGTH_BYTES", "%d: must not be negative", c.StreamMaxLengthBytes)
+	}
+	if p := c.streamProducer(); len(p) > 255 {
+		add("RELAY_RABBITMQ_STREAM_PRODUCER", "%d bytes: at most 255", len(p))
+	}
+	return bad
+}
+
+// streamProducer is the deduplicating producer's name: by default derived
+// from the slot, as one slot is read by one relay at a time.
+func (c *config) streamProducer() string {
+	if c.StreamProducer != "" {
+		return c.StreamProducer
+	}
+	return "relay-" + c.Slot
 }
 
 // validateKafka checks the Kafka settings; like the RabbitMQ ones, they are
@@ -385,6 +431,7 @@ var secretFiles = []struct {
 }{
 	{"RELAY_DATABASE_URL", func(c *config) (*string, *string) { return &c.DatabaseURL, &c.DatabaseURLFile }},
 	{"RELAY_AMQP_URL", func(c *config) (*string, *string) { return &c.AMQPURL, &c.AMQPURLFile }},
+	{"RELAY_RABBITMQ_STREAM_URL", func(c *config) (*string, *string) { return &c.StreamURL, &c.StreamURLFile }},
 	{"RELAY_KAFKA_SASL_PASSWORD", func(c *config) (*string, *string) { return &c.KafkaSASLPassword, &c.KafkaSASLPasswordFile }},
 }
 
@@ -545,7 +592,8 @@ func variables() []variable {
 
 func printHelp(w io.Writer) {
 	fmt.Fprint(w, `relay publishes committed PostgreSQL outbox rows to RabbitMQ or Kafka, at least once,
-in order per aggregate, with the outbox id as the dedup key.
+in order per aggregate, with the outbox id as the dedup key (exactly once into
+RabbitMQ streams and, with RELAY_KAFKA_EXACTLY_ONCE, Kafka).
 
 Usage:
   relay            run until SIGINT or SIGTERM

@@ -48,6 +48,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		AMQPExchange:           "outbox",
 		AMQPRoutingKey:         "{aggregate_type}.{event_type}",
 		AMQPConfirmWindow:      2048,
+		Stream:                 "outbox",
 		KafkaTopic:             "outbox.event.{aggregate_type}",
 		KafkaCheckpointTopic:   "relay.checkpoints",
 		KafkaPartitions:        -1,
@@ -212,6 +213,15 @@ func TestLoadConfigValid(t *testing.T) {
 			},
 		},
 		{
+			name: "rabbitmq-stream",
+			env:  envWith("RELAY_SINK", "rabbitmq-stream", "RELAY_RABBITMQ_STREAM_URL", "rabbitmq-stream+tls://u:p@h:5551/v", "RELAY_RABBITMQ_STREAM", "outbox.{aggregate_type}", "RELAY_RABBITMQ_STREAM_MAX_AGE", "168h", "RELAY_SLOT", "orders"),
+			check: func(t *testing.T, c config) {
+				if c.streamProducer() != "relay-orders" || c.StreamMaxAge != 168*time.Hour {
+					t.Errorf("producer %q, max age %s", c.streamProducer(), c.StreamMaxAge)
+				}
+			},
+		},
+		{
 			name: "kafka compression zstd",
 			env:  envWith("RELAY_KAFKA_COMPRESSION", "zstd"),
 		},
@@ -286,6 +296,9 @@ func TestLoadConfigInvalid(t *testing.T) {
 		{name: "publication with a quote", env: envWith("RELAY_PUBLICATION", "pub'; drop"), want: []string{"RELAY_PUBLICATION"}},
 		{name: "unknown sink", env: envWith("RELAY_SINK", "pulsar"), want: []string{"RELAY_SINK"}},
 		{name: "kafka without brokers", env: envWith("RELAY_SINK", "kafka"), want: []string{"RELAY_KAFKA_BROKERS"}},
+		{name: "rabbitmq-stream without URL", env: envWith("RELAY_SINK", "rabbitmq-stream"), want: []string{"RELAY_RABBITMQ_STREAM_URL"}},
+		{name: "rabbitmq-stream URL of another scheme", env: envWith("RELAY_SINK", "rabbitmq-stream", "RELAY_RABBITMQ_STREAM_URL", "amqp://h:5672/"), want: []string{"RELAY_RABBITMQ_STREAM_URL"}},
+		{name: "rabbitmq-stream bad template and retention", env: envWith("RELAY_RABBITMQ_STREAM", "{", "RELAY_RABBITMQ_STREAM_MAX_AGE", "-1s", "RELAY_RABBITMQ_STREAM_MAX_LENGTH_BYTES", "-5"), want: []string{"RELAY_RABBITMQ_STREAM", "RELAY_RABBITMQ_STREAM_MAX_AGE", "RELAY_RABBITMQ_STREAM_MAX_LENGTH_BYTES"}},
 		{name: "kafka broker without port", env: envWith("RELAY_KAFKA_BROKERS", "localhost"), want: []string{"RELAY_KAFKA_BROKERS"}},
 		{name: "kafka topic unclosed brace", env: envWith("RELAY_KAFKA_TOPIC", "outbox.{aggregate_type"), want: []string{"RELAY_KAFKA_TOPIC"}},
 		{name: "kafka checkpoint topic", env: envWith("RELAY_KAFKA_CHECKPOINT_TOPIC", "bad topic"), want: []string{"RELAY_KAFKA_CHECKPOINT_TOPIC"}},

@@ -27,6 +27,7 @@ import (
 	"github.com/relay-dev/relay/relay/pgsource"
 	"github.com/relay-dev/relay/sinks/kafka"
 	"github.com/relay-dev/relay/sinks/rabbitmq"
+	"github.com/relay-dev/relay/sinks/rabbitmqstream"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=…".
@@ -352,6 +353,24 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			}
 		}
 		return kafka.New(ctx, kc)
+	case "rabbitmq-stream":
+		name, err := relay.ParseTemplate(cfg.Stream)
+		if err != nil {
+			return nil, err
+		}
+		return rabbitmqstream.New(ctx, rabbitmqstream.Config{
+			URL:               cfg.StreamURL,
+			Stream:            name,
+			Producer:          cfg.streamProducer(),
+			MaxAge:            cfg.StreamMaxAge,
+			MaxLengthBytes:    cfg.StreamMaxLengthBytes,
+			Window:            cfg.MaxInFlight,
+			DeadLetter:        cfg.DeadLetter,
+			Format:            cfg.format(),
+			CloudEventsSource: cfg.CloudEventsSource,
+			Metrics:           m,
+			Logger:            log,
+		})
 	default:
 		routingKey, err := relay.ParseTemplate(cfg.AMQPRoutingKey)
 		if err != nil {

@@ -6,7 +6,7 @@
 // a few orders together with their outbox events, prints what a consumer
 // receives, and removes everything it started.
 //
-// Run it with `make demo` or `make demo SINK=kafka`.
+// Run it with `make demo`, `make demo SINK=kafka` or `make demo SINK=rabbitmq-stream`.
 package main
 
 import (
@@ -24,6 +24,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	amqp "github.com/rabbitmq/amqp091-go"
+	streamamqp "github.com/rabbitmq/rabbitmq-stream-go-client/pkg/amqp"
+	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relay-dev/relay/integration/services"
@@ -33,10 +35,10 @@ import (
 func main() {
 	relayBin := flag.String("relay", "bin/relay", "relay binary to run")
 	schema := flag.String("schema", "schema/outbox.sql", "outbox schema to apply")
-	sink := flag.String("sink", "rabbitmq", "broker the relay publishes to: rabbitmq or kafka")
+	sink := flag.String("sink", "rabbitmq", "broker the relay publishes to: rabbitmq, rabbitmq-stream or kafka")
 	flag.Parse()
-	if *sink != "rabbitmq" && *sink != "kafka" {
-		fmt.Fprintf(os.Stderr, "demo: -sink %q: want rabbitmq or kafka\n", *sink)
+	if *sink != "rabbitmq" && *sink != "rabbitmq-stream" && *sink != "kafka" {
+		fmt.Fprintf(os.Stderr, "demo: -sink %q: want rabbitmq, rabbitmq-stream or kafka\n", *sink)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -52,7 +54,7 @@ func run(ctx context.Context, relayBin, schemaPath, sink string) error {
 	if err != nil {
 		return err
 	}
-	brokerName := map[string]string{"rabbitmq": "RabbitMQ", "kafka": "Kafka (kfake)"}[sink]
+	brokerName := map[string]string{"rabbitmq": "RabbitMQ", "rabbitmq-stream": "RabbitMQ with the stream plugin", "kafka": "Kafka (kfake)"}[sink]
 	step("starting a throwaway PostgreSQL (wal_level=logical) and " + brokerName + " on free loopback ports")
 	pg, err := services.StartPostgres(ctx, services.PostgresOptions{})
 	if err != nil {
@@ -88,6 +90,16 @@ func run(ctx context.Context, relayBin, schemaPath, sink string) error {
 		)
 		subscribeStep = "consuming topic " + demoTopic + " from its start, as a consumer would"
 		subscribe = func() (consumer, error) { return consumeKafka(kafka.Brokers()) }
+	case "rabbitmq-stream":
+		rabbit, err := services.StartRabbitWith(ctx, services.RabbitOptions{Stream: true})
+		if err != nil {
+			return err
+		}
+		defer rabbit.Close()
+		fmt.Printf("   RabbitMQ   %s\n", relay.RedactURL(rabbit.StreamURL()))
+		relayEnv = append(relayEnv, "RELAY_SINK=rabbitmq-stream", "RELAY_RABBITMQ_STREAM_URL="+rabbit.StreamURL())
+		subscribeStep = "consuming stream " + demoStream + " from its first offset over the stream protocol, as a consumer would"
+		subscribe = func() (consumer, error) { return consumeStream(rabbit.StreamURL()) }
 	default:
 		rabbit, err := services.StartRabbit(ctx)
 		if err != nil {
@@ -333,6 +345,64 @@ func (c *kafkaConsumer) next(ctx context.Context) ([]string, error) {
 }
 
 func (c *kafkaConsumer) close() { c.cl.Close() }
+
+// demoStream is the relay's default stream.
+const demoStream = "outbox"
+
+// streamConsumer reads demoStream from its first offset.
+type streamConsumer struct {
+	env  *stream.Environment
+	msgs chan *streamamqp.Message
+}
+
+func consumeStream(url string) (consumer, error) {
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(url))
+	if err != nil {
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	// The relay creates the stream with its first event; declaring it
+	// here (with the same, default settings) lets the consumer start first.
+	c := &streamConsumer{env: env, msgs: make(chan *streamamqp.Message, 16)}
+	if err := env.DeclareStream(demoStream, stream.NewStreamOptions()); err != nil {
+		env.Close()
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	_, err = env.NewConsumer(demoStream, func(_ stream.ConsumerContext, m *streamamqp.Message) { c.msgs <- m },
+		stream.NewConsumerOptions().SetOffset(stream.OffsetSpecification{}.First()))
+	if err != nil {
+		env.Close()
+		return nil, fmt.Errorf("consumer: %w", err)
+	}
+	return c, nil
+}
+
+func (c *streamConsumer) next(ctx context.Context) ([]string, error) {
+	select {
+	case m := <-c.msgs:
+		keys := make([]string, 0, len(m.ApplicationProperties))
+		for k := range m.ApplicationProperties {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		props := make([]string, len(keys))
+		for i, k := range keys {
+			props[i] = fmt.Sprintf("%s=%v", k, m.ApplicationProperties[k])
+		}
+		var body []byte
+		if len(m.Data) > 0 {
+			body = m.Data[0]
+		}
+		return []string{
+			fmt.Sprintf("message-id=%v subject=%s content-type=%s creation-time=%s", m.Properties.MessageID, m.Properties.Subject, m.Properties.ContentType, m.Properties.CreationTime.UTC().Format(time.RFC3339)),
+			"application properties: " + strings.Join(props, " "),
+			"body:    " + string(body),
+		}, nil
+	case <-ctx.Done():
+		return nil, errors.New("no message within 30s")
+	}
+}
+
+func (c *streamConsumer) close() { c.env.Close() }
 
 func formatHeaders(h amqp.Table) string {
 	keys := make([]string, 0, len(h))

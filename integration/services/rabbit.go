@@ -42,6 +42,9 @@ type Rabbit struct {
 	Port int
 	// TLSPort is the AMQPS port on 127.0.0.1 with RabbitOptions.TLS; else 0.
 	TLSPort int
+	// StreamPort is the stream protocol port on 127.0.0.1 with
+	// RabbitOptions.Stream; else 0.
+	StreamPort int
 	// Dir holds the node's Mnesia database, message store, configuration,
 	// Erlang cookie and log; Close removes it.
 	Dir string
@@ -69,6 +72,10 @@ type RabbitOptions struct {
 	// bytes: tests of oversized messages need a limit they can exceed
 	// cheaply, and the setting is node-wide, so such tests get a node.
 	MaxMessageSize int
+	// Stream enables the rabbitmq_stream plugin, listening on StreamPort
+	// and advertising 127.0.0.1 there, so that clients that connect to
+	// the advertised leader reach it on loopback.
+	Stream bool
 }
 
 // StartRabbit starts a fresh node on free ports and returns once an AMQP
@@ -121,6 +128,11 @@ func StartRabbitWith(ctx context.Context, opts RabbitOptions) (*Rabbit, error) {
 			return nil, err
 		}
 	}
+	if opts.Stream {
+		if r.StreamPort, err = FreePort(); err != nil {
+			return nil, err
+		}
+	}
 	if err := r.writeConfig(opts); err != nil {
 		return nil, err
 	}
@@ -148,15 +160,21 @@ func (r *Rabbit) writeConfig(opts RabbitOptions) error {
 	if opts.MaxMessageSize > 0 {
 		maxSize = fmt.Sprintf("max_message_size = %d\n", opts.MaxMessageSize)
 	}
+	plugins, streamConf := "[].\n", ""
+	if opts.Stream {
+		plugins = "[rabbitmq_stream].\n"
+		streamConf = fmt.Sprintf("stream.listeners.tcp.1 = 127.0.0.1:%d\nstream.advertised_host = 127.0.0.1\nstream.advertised_port = %d\n", r.StreamPort, r.StreamPort)
+	}
 	files := map[string]string{
 		"rabbitmq-env.conf": "",
 		"rabbitmq.conf": "# Throwaway test node.\n" +
 			// tmpfs-backed /tmp on CI can be small; the default 50MB limit
 			// would block publishers with a disk alarm.
-			"disk_free_limit.absolute = 1MB\n" + tlsConf + maxSize,
+			"disk_free_limit.absolute = 1MB\n" + tlsConf + maxSize + streamConf,
 		"advanced.config": "[].\n",
-		// No management plugin: it adds seconds to every start.
-		"enabled_plugins": "[].\n",
+		// No management plugin: it adds seconds to every start; the
+		// stream plugin only where a test asks for it.
+		"enabled_plugins": plugins,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(r.path(name), []byte(content), 0o644); err != nil {
@@ -297,10 +315,13 @@ func (r *Rabbit) start(ctx context.Context) error {
 		r.killLocked()
 		return withLog(fmt.Errorf("services: rabbitmq node %s on port %d not ready: %w", r.nodeName, r.Port, err), r.logPath)
 	}
-	if r.TLSPort != 0 {
-		tlsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(r.TLSPort))
+	for _, port := range []int{r.TLSPort, r.StreamPort} {
+		if port == 0 {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		err = pollUntil(ctx, rabbitReadyWithin, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-			c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", tlsAddr)
+			c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "tcp", addr)
 			if err != nil {
 				return false, err
 			}
@@ -309,7 +330,7 @@ func (r *Rabbit) start(ctx context.Context) error {
 		})
 		if err != nil {
 			r.killLocked()
-			return withLog(fmt.Errorf("services: rabbitmq TLS listener on port %d not ready: %w", r.TLSPort, err), r.logPath)
+			return withLog(fmt.Errorf("services: rabbitmq listener on port %d (TLS or stream) not ready: %w", port, err), r.logPath)
 		}
 	}
 	return nil
@@ -364,6 +385,15 @@ func (r *Rabbit) Ctl(ctx context.Context, args ...string) (string, error) {
 		return string(out), fmt.Errorf("services: rabbitmqctl %v: %w: %s", args, err, out)
 	}
 	return string(out), nil
+}
+
+// StreamURL returns the stream protocol URL for the guest user; empty
+// without RabbitOptions.Stream.
+func (r *Rabbit) StreamURL() string {
+	if r.StreamPort == 0 {
+		return ""
+	}
+	return "rabbitmq-stream://guest:guest@127.0.0.1:" + strconv.Itoa(r.StreamPort) + "/"
 }
 
 // URLAs is URL for another user of the node.
