@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"path"
@@ -145,8 +146,13 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 	if err := yaml.Unmarshal(kf.Content, &k); err != nil {
 		return []string{fmt.Sprintf("%s: %v", kf.Path, err)}
 	}
-	// The Kafka patch is commented out; render with it too.
-	kafkaPatch := regexp.MustCompile(`(?m)^# patches:\n#   - path: (\S+)$`).FindSubmatch(kf.Content)
+	// The sink patches (Kafka, RabbitMQ streams) are commented out;
+	// render with each of them too.
+	block := regexp.MustCompile(`(?m)^# patches:\n(?:#   - path: \S+\n?)+`).Find(kf.Content)
+	var optional []string
+	for _, m := range regexp.MustCompile(`#   - path: (\S+)`).FindAllSubmatch(block, -1) {
+		optional = append(optional, string(m[1]))
+	}
 
 	var objs []runtime.Object
 	// The Secret example is no resource; its keys are checked against
@@ -163,7 +169,7 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 			Path string `json:"path"`
 		}) bool {
 			return p.Path == name
-		}) || (kafkaPatch != nil && string(kafkaPatch[1]) == name)
+		}) || slices.Contains(optional, name)
 		switch {
 		case name == "kustomization.yaml":
 			continue
@@ -194,36 +200,40 @@ func CheckKubernetes(dir string, files []File, relay *Relay) []string {
 		_, ps := decodeK8s("kustomize build "+dir, rendered)
 		problems = append(problems, ps...)
 	}
-	if kafkaPatch == nil {
-		add("%s: no commented-out patch (# patches:\\n#   - path: …) to render the Kafka variant with", kf.Path)
-	} else {
-		enabled := bytes.Replace(kf.Content, kafkaPatch[0], []byte("patches:\n  - path: "+string(kafkaPatch[1])), 1)
+	if len(optional) == 0 {
+		add("%s: no commented-out patches (# patches:\\n#   - path: …) to render the Kafka variant with", kf.Path)
+	}
+	for _, patch := range optional {
+		enabled := bytes.Replace(kf.Content, block, []byte("patches:\n  - path: "+patch+"\n"), 1)
 		withPatch := append(slices.Clone(files), File{Path: kf.Path, Content: enabled})
 		withPatch = slices.DeleteFunc(withPatch, func(f File) bool { return f.Path == kf.Path && !bytes.Equal(f.Content, enabled) })
 		rendered, err := Kustomize(dir, withPatch)
 		if err != nil {
-			add("kustomize build %s with %s: %v", dir, kafkaPatch[1], err)
-		} else {
-			ro, ps := decodeK8s("kustomize build "+dir+" with "+string(kafkaPatch[1]), rendered)
-			problems = append(problems, ps...)
-			for _, o := range ro {
-				if d, ok := o.(*appsv1.Deployment); ok {
-					env := map[string]string{}
-					for _, c := range d.Spec.Template.Spec.Containers {
-						for _, e := range c.Env {
-							env[e.Name] = e.Value
-						}
-					}
-					if env["RELAY_SINK"] != "kafka" {
-						add("kustomize build %s with %s: the Deployment's RELAY_SINK is %q, not kafka", dir, kafkaPatch[1], env["RELAY_SINK"])
-					}
-					if _, ok := env["RELAY_AMQP_URL_FILE"]; ok {
-						add("kustomize build %s with %s: the Deployment still sets RELAY_AMQP_URL_FILE", dir, kafkaPatch[1])
+			add("kustomize build %s with %s: %v", dir, patch, err)
+			continue
+		}
+		ro, ps := decodeK8s("kustomize build "+dir+" with "+patch, rendered)
+		problems = append(problems, ps...)
+		// Each patch switches the sink: kafka-patch.yaml to kafka,
+		// stream-patch.yaml to rabbitmq-stream.
+		want := map[string]string{"kafka-patch.yaml": "kafka", "stream-patch.yaml": "rabbitmq-stream"}[patch]
+		for _, o := range ro {
+			if d, ok := o.(*appsv1.Deployment); ok {
+				env := map[string]string{}
+				for _, c := range d.Spec.Template.Spec.Containers {
+					for _, e := range c.Env {
+						env[e.Name] = e.Value
 					}
 				}
+				if sink := env["RELAY_SINK"]; sink == "" || sink == "rabbitmq" || want != "" && sink != want {
+					add("kustomize build %s with %s: the Deployment's RELAY_SINK is %q, not %s", dir, patch, sink, cmp.Or(want, "another sink than rabbitmq"))
+				}
+				if _, ok := env["RELAY_AMQP_URL_FILE"]; ok {
+					add("kustomize build %s with %s: the Deployment still sets RELAY_AMQP_URL_FILE", dir, patch)
+				}
 			}
-			problems = append(problems, checkObjects(dir+" with "+string(kafkaPatch[1]), append(ro, secretExample...), relay)...)
 		}
+		problems = append(problems, checkObjects(dir+" with "+patch, append(ro, secretExample...), relay)...)
 	}
 	problems = append(problems, checkObjects(dir, objs, relay)...)
 	return problems

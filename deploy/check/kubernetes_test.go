@@ -58,6 +58,8 @@ func TestKubernetesCatchesMistakes(t *testing.T) {
 		{"misspelt field of a PrometheusRule", k8sDir + "/prometheusrule.yaml", "    - name: relay\n", "    - name: relay\n      rule: []\n", `unknown field "spec.groups[0].rule"`},
 		{"misspelt field of a PodDisruptionBudget", k8sDir + "/pdb.yaml", "maxUnavailable: 1", "maxUnavailible: 1", "maxUnavailible"},
 		{"misspelt field in the patch", k8sDir + "/kafka-patch.yaml", "value: kafka\n", "valu: kafka\n", `.valu"`},
+		{"stream patch that keeps the AMQP sink", k8sDir + "/stream-patch.yaml", "value: rabbitmq-stream\n", "value: rabbitmq\n", `with stream-patch.yaml: the Deployment's RELAY_SINK is "rabbitmq", not rabbitmq-stream`},
+		{"stream patch's secret file not in the secret", k8sDir + "/stream-patch.yaml", "secrets/stream-url", "secrets/stream", "but secret relay-secrets has no key stream"},
 		{"patch that no longer applies", k8sDir + "/kafka-patch.yaml", "  name: relay\nspec:", "  name: relay-x\nspec:", "with kafka-patch.yaml"},
 		{"bad PromQL in the PrometheusRule", k8sDir + "/prometheusrule.yaml", `expr: up{job="relay"} == 0`, `expr: up{job="relay" == 0`, "promtool check rules"},
 		{"unknown variable in the ConfigMap", cm, "RELAY_SLOT: outbox_relay", "RELAY_SLOTT: outbox_relay", "ConfigMap relay sets RELAY_SLOTT"},
