@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"net/url"
 	"regexp"
 )
@@ -25,4 +26,18 @@ func RedactURL(s string) string {
 	}
 	s = userinfo.ReplaceAllString(s, "${1}:xxxxx@")
 	return passwordKV.ReplaceAllString(s, "${1}xxxxx")
+}
+
+// ParseURL parses a URL that may hold a password. Its error leaves the
+// URL out: url.Error repeats it, password included.
+func ParseURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, err
+	}
+	return u, nil
 }

@@ -153,3 +153,15 @@ func TestRedactURLUnparseable(t *testing.T) {
 		}
 	}
 }
+
+// TestParseURLKeepsThePasswordOutOfItsError: a URL net/url refuses is
+// not repeated in the error, password included.
+func TestParseURLKeepsThePasswordOutOfItsError(t *testing.T) {
+	_, err := ParseURL("amqp://user:s3cret@host:port/")
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("ParseURL: %v, want an error without the password", err)
+	}
+	if u, err := ParseURL("amqp://user:s3cret@host:5672/"); err != nil || u.Host != "host:5672" {
+		t.Fatalf("ParseURL of a good URL: %v, %v", u, err)
+	}
+}

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -168,13 +167,8 @@ var errClosed = errors.New("rabbitmq sink is closed")
 // each failure, until ctx ends; a malformed URL or config fails at once.
 // The sink lives until Close, not until ctx ends.
 func New(ctx context.Context, cfg Config) (*Sink, error) {
-	u, err := url.Parse(cfg.URL)
+	u, err := relay.ParseURL(cfg.URL)
 	if err != nil {
-		// url.Error repeats the URL, password included.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
 		return nil, fmt.Errorf("rabbitmq: invalid URL: %v", err)
 	}
 	redacted := u.Redacted()

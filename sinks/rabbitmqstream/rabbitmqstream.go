@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -155,12 +154,8 @@ var errClosed = errors.New("rabbitmq-stream sink is closed")
 // unreachable until ctx ends. Streams are created, and their producers
 // declared, at their first event. The sink lives until Close.
 func New(ctx context.Context, cfg Config) (*Sink, error) {
-	u, err := url.Parse(cfg.URL)
+	u, err := relay.ParseURL(cfg.URL)
 	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err // url.Error repeats the URL, password included
-		}
 		return nil, fmt.Errorf("rabbitmq-stream: invalid URL: %v", err)
 	}
 	redacted := u.Redacted()
