@@ -393,9 +393,11 @@ func waitSlot(t *testing.T, f *fixture) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		var active bool
-		err := f.db.QueryRow(t.Context(), "SELECT active FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&active)
-		if err == nil && active {
+		// Active and consistent: a slot still being created has no
+		// confirmed_flush_lsn, and goes if its creator stops.
+		var ready bool
+		err := f.db.QueryRow(t.Context(), "SELECT active AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = $1", f.slot).Scan(&ready)
+		if err == nil && ready {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -317,7 +317,10 @@ func (s *Source) ensureSlot(ctx context.Context, conn *pgx.Conn, repl *pgconn.Pg
 			case walStatus != nil && *walStatus == "lost":
 				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s is lost (wal_status lost): PostgreSQL removed WAL it still needed, so rows may be missing; drop the slot and recreate it deliberately, or set RELAY_SLOT_RECREATE=true", s.cfg.Slot))
 			case confirmed == nil:
-				return slotInfo{}, relay.Permanent(fmt.Errorf("replication slot %s has no confirmed_flush_lsn", s.cfg.Slot))
+				// Only a slot another session is still creating (waiting
+				// for a consistent point) has none; its creator may also
+				// be exiting, which drops it.
+				return slotInfo{}, fmt.Errorf("replication slot %s has no confirmed_flush_lsn yet: another session is creating it", s.cfg.Slot)
 			}
 			s.slotSeen = true
 			return slotInfo{confirmed: relay.LSN(*confirmed)}, nil
