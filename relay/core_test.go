@@ -534,3 +534,56 @@ func TestALostSessionIsRetriedWithBackoff(t *testing.T) {
 		t.Errorf("%d restarts counted, want 3", obs.restarts)
 	}
 }
+
+// ctxSink accepts every event while its ctx lives and refuses row b with
+// ctx's error once it has ended; it confirms in the background.
+type ctxSink struct {
+	mu  sync.Mutex
+	got []string
+	// blockB makes the first publish of b wait for ctx to end.
+	blockB atomic.Bool
+}
+
+func (s *ctxSink) Publish(ctx context.Context, ev *Event) error {
+	if ev.ID == "b" && s.blockB.CompareAndSwap(true, false) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	s.got = append(s.got, ev.ID)
+	s.mu.Unlock()
+	go ev.Done(nil)
+	return nil
+}
+
+func (s *ctxSink) Close(context.Context) error { return nil }
+
+// TestNothingGoesOutPastARowLeftOutAtTheSessionsEnd: a session ends (its
+// source lost the database) while the sink waits to take row b; b is left
+// out, so c, sent after it, must not go out in that session either,
+// though a sink would take it: the next session sends b and c again, and
+// a consumer must never get c before b.
+func TestNothingGoesOutPastARowLeftOutAtTheSessionsEnd(t *testing.T) {
+	sink := &ctxSink{}
+	sink.blockB.Store(true)
+	src := &fakeSource{events: rows("a", "b", "c"), positions: make(chan LSN, 100), fail: func(session int) error {
+		if session == 1 {
+			time.Sleep(20 * time.Millisecond) // b is waiting in the sink
+			return errors.New("connection lost")
+		}
+		return nil
+	}}
+	r := New(Config{Source: src, Sink: sink, Backoff: NewBackoff(time.Millisecond, time.Millisecond)})
+	if err := run(t, r, reached(src, 31)); err != nil {
+		t.Fatal(err)
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	seen := map[string]bool{}
+	for _, id := range sink.got {
+		if id == "c" && !seen["b"] {
+			t.Fatalf("published %v: c before b", sink.got)
+		}
+		seen[id] = true
+	}
+}

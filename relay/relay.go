@@ -294,6 +294,12 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 // ev is nil: refused already stopped it).
 func (s *session) publishOne(ctx context.Context, ev *Event) bool {
 	for ev != nil {
+		// Once the session is over nothing more goes out: a sink may
+		// still accept an event with an ended ctx after refusing the one
+		// before it, which would publish a row past one left out.
+		if ctx.Err() != nil {
+			return true
+		}
 		err := s.cfg.Sink.Publish(ctx, ev)
 		if err == nil || ctx.Err() != nil {
 			return true
