@@ -168,6 +168,9 @@ type session struct {
 	// dead-lettered at most twice (its dead letter, then a bare one), so
 	// twice the window never fills.
 	again chan *Event
+	// over is set, by the publisher, once a row was left out because
+	// the session ended.
+	over bool
 }
 
 func (r *Relay) session(ctx context.Context) error {
@@ -294,14 +297,18 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 // ev is nil: refused already stopped it).
 func (s *session) publishOne(ctx context.Context, ev *Event) bool {
 	for ev != nil {
-		// Once the session is over nothing more goes out: a sink may
-		// still accept an event with an ended ctx after refusing the one
-		// before it, which would publish a row past one left out.
-		if ctx.Err() != nil {
+		// Once a row is left out because the session ended, nothing
+		// after it goes out: a sink may still take an event with an
+		// ended ctx after refusing the one before it.
+		if s.over {
 			return true
 		}
 		err := s.cfg.Sink.Publish(ctx, ev)
-		if err == nil || ctx.Err() != nil {
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			s.over = true
 			return true
 		}
 		ev = s.refused(ev, err)
