@@ -136,7 +136,7 @@ func (c *config) checkTableTemplates() map[pgsource.Table]map[string]*relay.Temp
 func checkBroker(ctx context.Context, cfg config) []relay.Finding {
 	if cfg.Sink == "rabbitmq-stream" {
 		name, _ := relay.ParseTemplate(cfg.Stream)
-		return rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: cfg.StreamURL, Stream: name, DeadLetter: cfg.DeadLetter})
+		return rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: cfg.StreamURL, Stream: name, Streams: cfg.tableTemplates("RELAY_RABBITMQ_STREAM"), DeadLetter: cfg.DeadLetter})
 	}
 	if cfg.Sink != "kafka" {
 		return rabbitmq.Check(ctx, rabbitmq.Config{URL: cfg.AMQPURL, Exchange: cfg.AMQPExchange, Exchanges: cfg.tableExchanges(), DeadLetter: cfg.DeadLetter})

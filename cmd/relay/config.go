@@ -41,7 +41,7 @@ type config struct {
 
 	StreamURL            string        `env:"RELAY_RABBITMQ_STREAM_URL" help:"RabbitMQ stream protocol URL, rabbitmq-stream://user:password@host:5552/vhost or rabbitmq-stream+tls://… (required for rabbitmq-stream, or RELAY_RABBITMQ_STREAM_URL_FILE)"`
 	StreamURLFile        string        `env:"RELAY_RABBITMQ_STREAM_URL_FILE" help:"file holding RELAY_RABBITMQ_STREAM_URL, e.g. a mounted secret; a trailing newline is ignored"`
-	Stream               string        `env:"RELAY_RABBITMQ_STREAM" envDefault:"outbox" help:"stream name template of {column} placeholders; streams are created when missing"`
+	Stream               string        `table:"true" env:"RELAY_RABBITMQ_STREAM" envDefault:"outbox" help:"stream name template of {column} placeholders; streams are created when missing"`
 	StreamMaxAge         time.Duration `env:"RELAY_RABBITMQ_STREAM_MAX_AGE" help:"max-age retention of the streams the relay creates, e.g. 168h; empty: the broker's default"`
 	StreamMaxLengthBytes int64         `env:"RELAY_RABBITMQ_STREAM_MAX_LENGTH_BYTES" help:"max-length-bytes retention of the streams the relay creates; empty: the broker's default"`
 	StreamProducer       string        `env:"RELAY_RABBITMQ_STREAM_PRODUCER" help:"name of the deduplicating producer on each stream; relays of one slot share it, nothing else may use it (default relay-<RELAY_SLOT>)"`

@@ -361,6 +361,7 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 		return rabbitmqstream.New(ctx, rabbitmqstream.Config{
 			URL:               cfg.StreamURL,
 			Stream:            name,
+			Streams:           cfg.tableTemplates("RELAY_RABBITMQ_STREAM"),
 			Producer:          cfg.streamProducer(),
 			MaxAge:            cfg.StreamMaxAge,
 			MaxLengthBytes:    cfg.StreamMaxLengthBytes,

@@ -210,7 +210,7 @@ func (c *config) validateTables() []string {
 				if o.value != "standard" && o.value != "debezium" {
 					bad = append(bad, fmt.Sprintf("%s: %q: want standard or debezium", o.variable, o.value))
 				}
-			case "RELAY_AMQP_ROUTING_KEY", "RELAY_KAFKA_TOPIC":
+			case "RELAY_AMQP_ROUTING_KEY", "RELAY_KAFKA_TOPIC", "RELAY_RABBITMQ_STREAM":
 				if _, err := relay.ParseTemplate(o.value); err != nil {
 					bad = append(bad, fmt.Sprintf("%s: %v", o.variable, err))
 				}

@@ -38,7 +38,7 @@ var (
 
 func TestPerTableSettings(t *testing.T) {
 	t.Parallel()
-	want := []string{"AMQP_EXCHANGE", "AMQP_ROUTING_KEY", "KAFKA_TOPIC", "COLUMN_PRESET", "COLUMN_ID", "COLUMN_AGGREGATE_TYPE",
+	want := []string{"AMQP_EXCHANGE", "AMQP_ROUTING_KEY", "RABBITMQ_STREAM", "KAFKA_TOPIC", "COLUMN_PRESET", "COLUMN_ID", "COLUMN_AGGREGATE_TYPE",
 		"COLUMN_AGGREGATE_ID", "COLUMN_EVENT_TYPE", "COLUMN_PAYLOAD", "COLUMN_HEADERS", "COLUMN_CREATED_AT", "COLUMN_DESTINATION"}
 	if got := perTableSettings(); !slices.Equal(got, want) {
 		t.Errorf("perTableSettings() = %v, want %v", got, want)
@@ -206,7 +206,7 @@ func TestTableVariablesInvalid(t *testing.T) {
 			name: "a setting that is not per table",
 			env:  append(two, "RELAY_TABLE_SALES_OUTBOX_AMQP_URL", "amqp://secret@h/", "RELAY_TABLE_BILLING_OUTBOX_SLOT", "s"),
 			want: map[string]string{
-				"RELAY_TABLE_SALES_OUTBOX_AMQP_URL": "not a per-table setting; a table of RELAY_TABLES may set AMQP_EXCHANGE, AMQP_ROUTING_KEY, KAFKA_TOPIC, COLUMN_PRESET,",
+				"RELAY_TABLE_SALES_OUTBOX_AMQP_URL": "not a per-table setting; a table of RELAY_TABLES may set AMQP_EXCHANGE, AMQP_ROUTING_KEY, RABBITMQ_STREAM, KAFKA_TOPIC, COLUMN_PRESET,",
 				"RELAY_TABLE_BILLING_OUTBOX_SLOT":   "not a per-table setting",
 			},
 		},

@@ -2,9 +2,12 @@ package rabbitmqstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"slices"
 
 	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
 
@@ -14,8 +17,10 @@ import (
 // Check reports, without creating or publishing anything, whether the
 // relay can publish to the streams of cfg: it connects over the stream
 // protocol (which needs the rabbitmq_stream plugin) and asks for each
-// stream whose name does not depend on the row. Findings never hold the
-// password.
+// stream whose name does not depend on the row, the global one and each
+// table's own; on a stream that exists it declares an unnamed producer,
+// which needs the write permission publishing needs, and deletes it.
+// Findings never hold the password.
 func Check(ctx context.Context, cfg Config) []relay.Finding {
 	const check = "rabbitmq-stream"
 	useLogger(slog.New(slog.DiscardHandler))
@@ -57,11 +62,22 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 	env := r.env
 	defer env.Close()
 	out := []relay.Finding{{Check: check, Status: relay.CheckOK, Detail: fmt.Sprintf("connected to %s over the stream protocol", redacted)}}
-	if cfg.Stream != nil && len(cfg.Stream.Fields()) == 0 {
-		out = append(out, streamFinding(env, "stream", cfg.Stream.String()))
-	} else if cfg.Stream != nil {
-		out = append(out, relay.Finding{Check: "stream " + cfg.Stream.String(), Status: relay.CheckOK,
-			Detail: "named by each row; every stream is created at its first row when missing (the user needs configure permission on them)"})
+	templates := []*relay.Template{cfg.Stream}
+	for _, table := range slices.Sorted(maps.Keys(cfg.Streams)) {
+		templates = append(templates, cfg.Streams[table])
+	}
+	seen := map[string]bool{}
+	for _, t := range templates {
+		if t == nil || seen[t.String()] {
+			continue
+		}
+		seen[t.String()] = true
+		if len(t.Fields()) == 0 {
+			out = append(out, streamFinding(env, "stream", t.String()))
+			continue
+		}
+		out = append(out, relay.Finding{Check: "stream " + t.String(), Status: relay.CheckOK,
+			Detail: "named by each row; every stream is created at its first row when missing (the user needs configure and write permission on them)"})
 	}
 	if cfg.DeadLetter != "" {
 		out = append(out, streamFinding(env, "dead-letter stream", cfg.DeadLetter))
@@ -71,13 +87,23 @@ func Check(ctx context.Context, cfg Config) []relay.Finding {
 
 func streamFinding(env *stream.Environment, what, name string) relay.Finding {
 	check := what + " " + name
+	grant := fmt.Sprintf("grant the relay's user configure and write permission on %s (rabbitmqctl set_permissions -p <vhost> <user> <configure> <write> <read>: both patterns must match the stream's name)", name)
 	ok, err := env.StreamExists(name)
 	switch {
 	case err != nil:
 		return relay.Finding{Check: check, Status: relay.CheckFail, Detail: fmt.Sprintf("cannot ask for it: %v", err), Fix: "grant the relay's user access to the vhost"}
-	case ok:
-		return relay.Finding{Check: check, Status: relay.CheckOK, Detail: "exists (the relay's user needs write permission on it)"}
-	default:
+	case !ok:
 		return relay.Finding{Check: check, Status: relay.CheckOK, Detail: "does not exist; the relay will create it at the first row (it needs configure and write permission on it)"}
 	}
+	// Declaring a producer publishes nothing; unnamed, it leaves no
+	// publishing id behind on the stream.
+	prod, err := env.NewProducer(name, stream.NewProducerOptions())
+	if err != nil {
+		if errors.Is(err, stream.CodeAccessRefused) {
+			return relay.Finding{Check: check, Status: relay.CheckFail, Detail: "exists, but the relay's user may not publish to it", Fix: grant}
+		}
+		return relay.Finding{Check: check, Status: relay.CheckFail, Detail: fmt.Sprintf("exists, but declaring a producer on it failed: %v", err), Fix: grant}
+	}
+	_ = prod.Close()
+	return relay.Finding{Check: check, Status: relay.CheckOK, Detail: "exists, and the relay's user may publish to it"}
 }

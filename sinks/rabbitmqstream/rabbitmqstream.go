@@ -54,6 +54,9 @@ type Config struct {
 	URL string
 	// Stream renders each event's stream name. Default "outbox".
 	Stream *relay.Template
+	// Streams replaces Stream for the events of the tables it names,
+	// keyed by relay.Event.Table.
+	Streams map[string]*relay.Template
 	// Producer is the name of the deduplicating producer on every stream;
 	// relays of one replication slot must share it, and nothing else may
 	// use it. Required.
@@ -86,6 +89,7 @@ type Sink struct {
 	// the calls that need it.
 	opts     *stream.EnvironmentOptions
 	template *relay.Template
+	streams  map[string]*relay.Template // Config.Streams
 	dlq      string
 	producer string
 	maxAge   time.Duration
@@ -174,6 +178,11 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 			return nil, err
 		}
 	}
+	for table, t := range cfg.Streams {
+		if t == nil {
+			return nil, fmt.Errorf("rabbitmq-stream: stream template of table %s is nil", table)
+		}
+	}
 	if cfg.Format != relay.FormatRaw && cfg.CloudEventsSource == "" {
 		return nil, fmt.Errorf("rabbitmq-stream: format %s needs a CloudEvents source", cfg.Format)
 	}
@@ -188,6 +197,7 @@ func New(ctx context.Context, cfg Config) (*Sink, error) {
 	life, stop := context.WithCancel(context.Background())
 	s := &Sink{
 		template: cfg.Stream,
+		streams:  cfg.Streams,
 		dlq:      cfg.DeadLetter,
 		producer: cfg.Producer,
 		maxAge:   cfg.MaxAge,
@@ -248,7 +258,7 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	if s.closed.Load() {
 		return errClosed
 	}
-	name, err := s.streamOf(ev)
+	name, byRow, err := s.streamOf(ev)
 	if err != nil {
 		return err
 	}
@@ -266,6 +276,16 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	d, err := s.dest(ctx, name)
 	if err != nil {
 		<-s.sem
+		if errors.Is(err, stream.CodeAccessRefused) {
+			if byRow {
+				// A name the row chose that the user may not use is the
+				// row's fault: the stream goes on without it.
+				return relay.BadRow(ev, fmt.Errorf("stream %s: %w", name, err))
+			}
+			// Retrying cannot help until an operator grants it, and every
+			// event after this one waits on it: stop and say so.
+			return relay.Permanent(fmt.Errorf("stream %s: %w: the user of RELAY_RABBITMQ_STREAM_URL needs configure and write permission on it (rabbitmqctl set_permissions)", name, err))
+		}
 		return err
 	}
 	ev.Destination = name
@@ -330,28 +350,33 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	return nil
 }
 
-// streamOf is the stream ev goes to.
-func (s *Sink) streamOf(ev *relay.Event) (string, error) {
+// streamOf is the stream ev goes to; byRow says the row's content chose
+// it (its destination, or a template with placeholders).
+func (s *Sink) streamOf(ev *relay.Event) (name string, byRow bool, err error) {
 	if ev.DeadLetter != "" {
 		if s.dlq == "" {
-			return "", relay.Permanent(fmt.Errorf("event %s: no dead-letter stream for: %s", ev.ID, ev.DeadLetter))
+			return "", false, relay.Permanent(fmt.Errorf("event %s: no dead-letter stream for: %s", ev.ID, ev.DeadLetter))
 		}
-		return s.dlq, nil
+		return s.dlq, false, nil
 	}
 	if r := ev.Route(); r != "" {
-		return r, nil
+		return r, true, nil
 	}
-	name, err := s.template.Execute(ev)
+	tmpl := s.template
+	if t, ok := s.streams[ev.Table]; ok {
+		tmpl = t
+	}
+	name, err = tmpl.Execute(ev)
 	if err != nil {
-		return "", relay.BadRow(ev, fmt.Errorf("stream name: %w", err))
+		return "", false, relay.BadRow(ev, fmt.Errorf("stream name: %w", err))
 	}
 	if name == "" {
-		return "", relay.BadRow(ev, errors.New("stream name: the template renders an empty name"))
+		return "", false, relay.BadRow(ev, errors.New("stream name: the template renders an empty name"))
 	}
 	if len(name) > 255 {
-		return "", relay.BadRow(ev, fmt.Errorf("stream name is %d bytes, RabbitMQ allows at most 255", len(name)))
+		return "", false, relay.BadRow(ev, fmt.Errorf("stream name is %d bytes, RabbitMQ allows at most 255", len(name)))
 	}
-	return name, nil
+	return name, len(tmpl.Fields()) > 0, nil
 }
 
 // dest returns the stream's state, setting it up at the first event for
@@ -379,6 +404,9 @@ func (s *Sink) dest(ctx context.Context, name string) (*dest, error) {
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if errors.Is(err, stream.CodeAccessRefused) {
+			return nil, err
 		}
 		wait := d.backoff.Next()
 		s.log.Warn("cannot set up the stream's producer; retrying", "stream", name, "error", err, "retry_in", wait.String())

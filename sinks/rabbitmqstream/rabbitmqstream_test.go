@@ -27,6 +27,9 @@ import (
 
 var streamURL string
 
+// node is the node TestMain started; nil with RELAY_TEST_STREAM_URL.
+var node *services.Rabbit
+
 func TestMain(m *testing.M) { os.Exit(runTests(m)) }
 
 func runTests(m *testing.M) int {
@@ -42,7 +45,7 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer r.Close()
-	streamURL = r.StreamURL()
+	node, streamURL = r, r.StreamURL()
 	code := m.Run()
 	if code != 0 {
 		if b, err := os.ReadFile(r.LogPath()); err == nil {
@@ -457,5 +460,129 @@ func TestDeadRelaysLateFramesAreDropped(t *testing.T) {
 		if want := all[i].ID; id != want {
 			t.Fatalf("message %d is %s, want %s", i, id, want)
 		}
+	}
+}
+
+// TestEachTableGoesToItsOwnStream: a table with a template of its own
+// (Config.Streams) goes to its stream; the other tables to the global one.
+func TestEachTableGoesToItsOwnStream(t *testing.T) {
+	global, billing := "relaytest.tables."+suffix(), "relaytest.billing."+suffix()
+	tmpl, _ := relay.ParseTemplate(global)
+	own, _ := relay.ParseTemplate(billing)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{
+		URL:      streamURL,
+		Stream:   tmpl,
+		Streams:  map[string]*relay.Template{"billing.outbox": own},
+		Producer: "relaytest-" + suffix(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	evs := events(6, 0x1000)
+	for _, ev := range evs[3:] {
+		ev.Table = "billing.outbox"
+	}
+	publish(t, s, evs)
+	for _, c := range []struct {
+		stream string
+		want   []string
+	}{
+		{global, []string{"ev-000000", "ev-000001", "ev-000002"}},
+		{billing, []string{"ev-000003", "ev-000004", "ev-000005"}},
+	} {
+		if got := readIDs(t, c.stream, len(c.want)); strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("stream %s holds %v, want %v", c.stream, got, c.want)
+		}
+	}
+	fs := rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: streamURL, Stream: tmpl, Streams: map[string]*relay.Template{"billing.outbox": own}})
+	var checked []string
+	for _, f := range fs {
+		checked = append(checked, f.Check)
+	}
+	if want := []string{"rabbitmq-stream", "stream " + global, "stream " + billing}; strings.Join(checked, ",") != strings.Join(want, ",") {
+		t.Errorf("relay check checked %v, want %v", checked, want)
+	}
+}
+
+// TestWithoutWritePermission: a user who may read a stream but not write
+// it is told so by relay check, with the permission to grant; the sink
+// stops at a fixed stream it may not use, and dead-letters a row that
+// named one itself.
+func TestWithoutWritePermission(t *testing.T) {
+	n := node
+	if n == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		var err error
+		if n, err = services.StartRabbitWith(ctx, services.RabbitOptions{Stream: true}); err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+	}
+	open, closed := "relaytest.open."+suffix(), "relaytest.closed."+suffix()
+	// Both streams exist, made by guest; the user may configure and
+	// write only the open one, and read both.
+	env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(n.StreamURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	for _, name := range []string{open, closed} {
+		if err := env.DeclareStream(name, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	user := "limited" + suffix()
+	for _, args := range [][]string{
+		{"add_user", user, "limited-pw"},
+		{"set_permissions", "-p", "/", user, "^relaytest\\.open\\.", "^relaytest\\.open\\.", ".*"},
+	} {
+		if _, err := n.Ctl(t.Context(), args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	url := strings.Replace(n.StreamURL(), "guest:guest@", user+":limited-pw@", 1)
+	tmplOpen, _ := relay.ParseTemplate(open)
+	tmplClosed, _ := relay.ParseTemplate(closed)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	fs := rabbitmqstream.Check(ctx, rabbitmqstream.Config{URL: url, Stream: tmplOpen, Streams: map[string]*relay.Template{"billing.outbox": tmplClosed}})
+	status := map[string]relay.Finding{}
+	for _, f := range fs {
+		status[f.Check] = f
+	}
+	if f := status["stream "+open]; f.Status != relay.CheckOK || !strings.Contains(f.Detail, "may publish") {
+		t.Errorf("open stream: %+v, want OK and that the user may publish", f)
+	}
+	if f := status["stream "+closed]; f.Status != relay.CheckFail || !strings.Contains(f.Fix, "write permission") || strings.Contains(f.Detail+f.Fix, "limited-pw") {
+		t.Errorf("closed stream: %+v, want FAIL naming the write permission", f)
+	}
+
+	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{URL: url, Stream: tmplClosed, Producer: "relaytest-" + suffix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	evs := events(1, 0x1000)
+	err = s.Publish(ctx, evs[0])
+	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "write permission") || !strings.Contains(err.Error(), closed) {
+		t.Errorf("Publish to a fixed stream without permission: %v, want a permanent error naming the stream and the permission", err)
+	}
+
+	byRow, _ := relay.ParseTemplate("relaytest.{aggregate_type}." + suffix())
+	s2, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{URL: url, Stream: byRow, Producer: "relaytest-" + suffix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close(context.Background())
+	ev := events(1, 0x1000)[0]
+	ev.AggregateType = "closed"
+	err = s2.Publish(ctx, ev)
+	if _, ok := relay.AsBadRow(err); !ok {
+		t.Errorf("Publish to a stream the row named without permission: %v, want a bad row", err)
 	}
 }
