@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	amqp10 "github.com/rabbitmq/rabbitmq-stream-go-client/pkg/amqp"
+	"github.com/rabbitmq/rabbitmq-stream-go-client/pkg/stream"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -22,6 +25,7 @@ const (
 	sinkKafka   = "kafka"
 	sinkClassic = "rabbitmq_classic"
 	sinkQuorum  = "rabbitmq_quorum"
+	sinkStream  = "rabbitmq_stream"
 	// sinkRawDecode stands for no sink at all in the live scenario: the
 	// raw decoder receives the rows from a slot of its own, the floor of
 	// any relay's latency.
@@ -42,6 +46,10 @@ var amqpWindow = 2048
 // amqpWindowSet says -amqp-window was given.
 var amqpWindowSet bool
 
+// streamWindow is the stream sink's default bound on unconfirmed messages
+// (RELAY_RABBITMQ_STREAM_WINDOW); the raw stream publisher uses the same.
+const streamWindow = 4096
+
 // kafkaMaxBuffered is the relay's Kafka sink bound on unacknowledged
 // records; the raw producer uses the same.
 const kafkaMaxBuffered = 10000
@@ -61,12 +69,32 @@ type target struct {
 	admin   *kgo.Client      // Kafka
 	conn    *amqp.Connection // RabbitMQ
 	ch      *amqp.Channel
+	// streamURL and env: RabbitMQ streams. A stream's message count is
+	// not cheap to read on RabbitMQ 3.10 (no stream stats, and a passive
+	// declare says 0), so stream drains are timed to the slot's confirm
+	// instead (bench.drain), and count runs rabbitmqctl once at the end.
+	streamURL string
+	env       *stream.Environment
+	ctl       func(ctx context.Context, args ...string) (string, error)
 }
 
-func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*target, error) {
-	t := &target{sink: sink, name: name, brokers: brokers, amqpURL: amqpURL}
+func newTarget(ctx context.Context, sink, name string, b *bench) (*target, error) {
+	t := &target{sink: sink, name: name, brokers: b.kafka.Brokers(), amqpURL: b.rabbit.URL()}
+	if sink == sinkStream {
+		t.streamURL, t.ctl = b.rabbit.StreamURL(), b.rabbit.Ctl
+		env, err := stream.NewEnvironment(stream.NewEnvironmentOptions().SetUri(t.streamURL))
+		if err != nil {
+			return nil, err
+		}
+		if err := env.DeclareStream(name, nil); err != nil {
+			_ = env.Close()
+			return nil, fmt.Errorf("declare stream %s: %w", name, err)
+		}
+		t.env = env
+		return t, nil
+	}
 	if sink == sinkKafka {
-		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
+		cl, err := kgo.NewClient(kgo.SeedBrokers(t.brokers))
 		if err != nil {
 			return nil, err
 		}
@@ -77,7 +105,7 @@ func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*targe
 		}
 		return t, nil
 	}
-	conn, err := amqp.Dial(amqpURL)
+	conn, err := amqp.Dial(t.amqpURL)
 	if err != nil {
 		return nil, err
 	}
@@ -107,8 +135,11 @@ func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*targe
 
 // vars are the relay's variables for publishing to t.
 func (t *target) vars() []string {
-	if t.sink == sinkKafka {
+	switch t.sink {
+	case sinkKafka:
 		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name}
+	case sinkStream:
+		return []string{"RELAY_SINK=rabbitmq-stream", "RELAY_RABBITMQ_STREAM_URL=" + t.streamURL, "RELAY_RABBITMQ_STREAM=" + t.name}
 	}
 	vars := []string{"RELAY_SINK=rabbitmq", "RELAY_AMQP_URL=" + t.amqpURL, "RELAY_AMQP_EXCHANGE=" + t.name}
 	if amqpWindowSet {
@@ -129,6 +160,10 @@ func (t *target) close(ctx context.Context) {
 		req.TimeoutMillis = 30000
 		_, _ = req.RequestWith(ctx, t.admin)
 		t.admin.Close()
+	}
+	if t.env != nil {
+		_ = t.env.DeleteStream(t.name)
+		_ = t.env.Close()
 	}
 	if t.ch != nil {
 		_, _ = t.ch.QueueDelete(t.name, false, false, false)
@@ -159,6 +194,9 @@ func (t *target) createTopic(ctx context.Context) error {
 // topic's high watermarks (acknowledged with acks=all), or the queue's
 // message count.
 func (t *target) count(ctx context.Context) (int64, error) {
+	if t.env != nil {
+		return t.streamCount(ctx)
+	}
 	if t.admin == nil {
 		q, err := t.ch.QueueDeclarePassive(t.name, true, false, false, false, nil)
 		return int64(q.Messages), err
@@ -227,9 +265,14 @@ func (t *target) waitCount(ctx context.Context, want int64, alive func() error) 
 func (t *target) rawPublish(ctx context.Context, msgs []message) (time.Duration, error) {
 	start := time.Now()
 	var err error
-	if t.sink == sinkKafka {
+	switch t.sink {
+	case sinkKafka:
 		err = t.rawKafka(ctx, msgs)
-	} else {
+	case sinkStream:
+		// Every message confirmed is every message stored.
+		err = t.rawStream(ctx, msgs)
+		return time.Since(start), err
+	default:
 		err = t.rawAMQP(ctx, msgs)
 	}
 	if err != nil {
@@ -357,6 +400,107 @@ func (t *target) rawAMQP(ctx context.Context, msgs []message) error {
 		return fmt.Errorf("raw publish: %d nacks, %d returns", n, r)
 	}
 	return nil
+}
+
+// rawStream publishes as the stream sink does: one named producer, every
+// message an AMQP 1.0 message with the relay's properties and an explicit
+// publishing id, the client's own batching, and the sink's window of
+// unconfirmed messages.
+func (t *target) rawStream(ctx context.Context, msgs []message) error {
+	prod, err := t.env.NewProducer(t.name, stream.NewProducerOptions().
+		SetProducerName("bench-raw").
+		SetQueueSize(streamWindow))
+	if err != nil {
+		return err
+	}
+	defer prod.Close()
+	confirms := prod.NotifyPublishConfirmation()
+	sem := make(chan struct{}, streamWindow)
+	var nacks atomic.Int64
+	go func() {
+		for statuses := range confirms {
+			for _, st := range statuses {
+				if !st.IsConfirmed() {
+					nacks.Add(1)
+				}
+				<-sem
+			}
+		}
+	}()
+	for i := range msgs {
+		m := &msgs[i]
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		msg := amqp10.NewMessage(m.payload)
+		msg.Properties = &amqp10.MessageProperties{
+			MessageID:    m.id,
+			Subject:      m.eventType,
+			ContentType:  "application/json",
+			CreationTime: m.createdAt,
+		}
+		msg.ApplicationProperties = map[string]any{
+			m.headerKey:             m.headerValue,
+			"aggregate_type":        m.aggregateType,
+			"aggregate_id":          m.aggregateID,
+			"event_type":            m.eventType,
+			"x-relay-lsn":           lsnHeader,
+			"x-relay-index":         int64(i % 1000),
+			"x-relay-producer":      "bench-raw",
+			"x-relay-publishing-id": int64(i + 1),
+		}
+		msg.SetPublishingId(int64(i + 1))
+		if err := prod.Send(msg); err != nil {
+			return err
+		}
+	}
+	for range streamWindow {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if n := nacks.Load(); n > 0 {
+		return fmt.Errorf("raw stream publish: %d messages not confirmed", n)
+	}
+	return nil
+}
+
+// streamCount reads the stream's message count with rabbitmqctl: a second
+// of CPU, so only for checks, not for polling. The node updates the count
+// every few seconds, so it asks until the count stops changing.
+func (t *target) streamCount(ctx context.Context) (int64, error) {
+	last := int64(-1)
+	for range 10 {
+		out, err := t.ctl(ctx, "list_queues", "--no-table-headers", "--quiet", "name", "messages")
+		if err != nil {
+			return 0, err
+		}
+		n := int64(-1)
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == t.name {
+				if n, err = strconv.ParseInt(f[1], 10, 64); err != nil {
+					return 0, fmt.Errorf("rabbitmqctl: %q: %w", line, err)
+				}
+			}
+		}
+		if n < 0 {
+			return 0, fmt.Errorf("stream %s not listed by rabbitmqctl: %q", t.name, out)
+		}
+		if n == last && n > 0 {
+			return n, nil
+		}
+		last = n
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(3 * time.Second):
+		}
+	}
+	return last, nil
 }
 
 // receiver consumes what reaches t and records each message's receipt.

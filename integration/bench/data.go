@@ -134,6 +134,31 @@ func (d *database) slotConfirmed(ctx context.Context, slot string) (pglogrepl.LS
 	return lsn, err
 }
 
+// waitConfirmed polls the slot's confirmed_flush_lsn every 10 ms until it
+// reaches lsn and returns when it first saw it. It fails early when alive
+// reports an error (the relay died).
+func (d *database) waitConfirmed(ctx context.Context, slot string, lsn pglogrepl.LSN, alive func() error) (time.Time, error) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		got, err := d.slotConfirmed(ctx, slot)
+		now := time.Now()
+		if err == nil && got >= lsn {
+			return now, nil
+		}
+		if err := alive(); err != nil {
+			return now, err
+		}
+		if now.After(deadline) {
+			return now, fmt.Errorf("slot %s confirmed %s, not %s, before the deadline (last error: %v)", slot, got, lsn, err)
+		}
+		select {
+		case <-ctx.Done():
+			return now, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // walsenderCPU is the CPU the walsender streaming slot has used: its
 // whole session, which is the backlog's decoding and sending.
 func (d *database) walsenderCPU(ctx context.Context, slot string) (time.Duration, error) {
