@@ -381,21 +381,38 @@ func (b *bench) backlog(ctx context.Context, size int) error {
 	for _, sink := range b.o.sinks {
 		var ceiling float64
 		if msgs != nil {
-			progress("raw publish to %s, rows of transactions of %d", sink, size)
-			t, err := newTarget(ctx, sink, fmt.Sprintf("bench_raw_%s_txn%d", sink, size), b)
-			if err != nil {
-				return err
+			// The stream publisher's rate varies several-fold from run to
+			// run on a shared machine (confirms stall for hundreds of ms),
+			// so its ceiling is the best of three.
+			tries := 1
+			if sink == sinkStream {
+				tries = 3
 			}
-			cpu0, broker0 := selfCPU(), b.brokerCPU(sink)
-			dur, err := t.rawPublish(ctx, msgs)
-			cpu, broker := selfCPU()-cpu0, b.brokerCPU(sink)-broker0
-			t.close(context.WithoutCancel(ctx))
-			if err != nil {
-				return fmt.Errorf("raw publish to %s: %w", sink, err)
+			var best result
+			for try := range tries {
+				progress("raw publish to %s, rows of transactions of %d (run %d of %d)", sink, size, try+1, tries)
+				t, err := newTarget(ctx, sink, fmt.Sprintf("bench_raw_%s_txn%d_%d", sink, size, try), b)
+				if err != nil {
+					return err
+				}
+				cpu0, broker0 := selfCPU(), b.brokerCPU(sink)
+				dur, err := t.rawPublish(ctx, msgs)
+				cpu, broker := selfCPU()-cpu0, b.brokerCPU(sink)-broker0
+				t.close(context.WithoutCancel(ctx))
+				if err != nil {
+					return fmt.Errorf("raw publish to %s: %w", sink, err)
+				}
+				r := result{Scenario: "raw_publish", Sink: sink, TxnRows: size, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: float64(len(msgs)) / dur.Seconds(),
+					CPUPer100k: per100k(cpu, len(msgs)), BrokerCPUPer100k: per100k(broker, len(msgs))}
+				if tries > 1 {
+					progress("raw publish to %s: %.0f events/s", sink, r.EventsPerSec)
+				}
+				if r.EventsPerSec > best.EventsPerSec {
+					best = r
+				}
 			}
-			ceiling = float64(len(msgs)) / dur.Seconds()
-			b.emit(result{Scenario: "raw_publish", Sink: sink, TxnRows: size, Events: int64(len(msgs)), Seconds: dur.Seconds(), EventsPerSec: ceiling,
-				CPUPer100k: per100k(cpu, len(msgs)), BrokerCPUPer100k: per100k(broker, len(msgs))})
+			ceiling = best.EventsPerSec
+			b.emit(best)
 		}
 		if !b.o.scenarios["drain"] {
 			continue
