@@ -16,6 +16,13 @@ var Compressions = []string{"none", "gzip", "snappy", "lz4", "zstd"}
 // (kafkajs reads gzip only); gzip is the one codec they all read.
 const DefaultCompression = "gzip"
 
+// gzipLevel is the gzip level of produced batches: the fastest (klauspost's
+// BestSpeed). On batches of outbox JSON it compresses 2-3× faster than the
+// default level, which took a quarter of the relay's CPU in a Kafka drain,
+// for a ratio about a tenth lower (9.1 against 10.3); consumers read every
+// level alike.
+const gzipLevel = 1
+
 // compressionCodec is kgo's codec of name, one of Compressions ("" is
 // DefaultCompression).
 func compressionCodec(name string) (kgo.CompressionCodec, error) {
@@ -25,7 +32,7 @@ func compressionCodec(name string) (kgo.CompressionCodec, error) {
 	case "none":
 		return kgo.NoCompression(), nil
 	case "gzip":
-		return kgo.GzipCompression(), nil
+		return kgo.GzipCompression().WithLevel(gzipLevel), nil
 	case "snappy":
 		return kgo.SnappyCompression(), nil
 	case "lz4":
