@@ -589,3 +589,36 @@ func TestStreamFieldsSameOverBothProtocols(t *testing.T) {
 		_ = a.Ack(false)
 	}
 }
+
+// TestStreamPerTableStreams: with two outbox tables, the one that names a
+// stream of its own (RELAY_TABLE_…_RABBITMQ_STREAM) goes there, created by
+// the relay, and the other to the global stream; each holds its table's
+// rows once, in commit order per aggregate. relay check names both
+// streams and finds the relay's user may publish to them.
+func TestStreamPerTableStreams(t *testing.T) {
+	e, node, name := newStreamEnv(t)
+	e.createSalesAndBilling()
+	billing := "billing." + e.name
+	e.extraVars["RELAY_TABLES"] = "sales.outbox,billing.outbox"
+	e.extraVars["RELAY_TABLE_BILLING_OUTBOX_COLUMN_PRESET"] = "debezium"
+	e.extraVars["RELAY_TABLE_BILLING_OUTBOX_RABBITMQ_STREAM"] = billing
+	// The billing stream must exist for check to try a producer on it.
+	env := streamEnv(t, node)
+	if err := env.DeclareStream(billing, stream.NewStreamOptions()); err != nil {
+		t.Fatal(err)
+	}
+	env.Close()
+	out := e.check(0)
+	for _, want := range []string{"stream " + name + ": exists, and the relay's user may publish to it", "stream " + billing + ": exists, and the relay's user may publish to it"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("relay check does not say %q:\n%s", want, out)
+		}
+	}
+	p := e.startRelay()
+	rows := e.insertSalesAndBilling(200)
+	e.waitSlotAtWALEnd(time.Minute)
+	p.stop(30 * time.Second)
+	sales := checkStreamExactlyOnce(t, node, name, idsOf(rows, "sales.outbox"))
+	bills := checkStreamExactlyOnce(t, node, billing, idsOf(rows, "billing.outbox"))
+	t.Logf("sales stream: %d messages, billing stream: %d", len(sales), len(bills))
+}
