@@ -294,3 +294,36 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestOverTheUnixSocket: the relay reads the slot through PostgreSQL's
+// Unix socket (docs/deploying.md recommends it on the database host),
+// with the least-privilege role, and publishes every row, leaving the slot
+// confirmed past them.
+func TestOverTheUnixSocket(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.dbURL = pg.SocketURL("relay", "change-me", e.name)
+	if !strings.Contains(e.dbURL, "host=%2F") {
+		t.Fatalf("socket URL %s names no socket directory", e.dbURL)
+	}
+	q := e.bindQueue("#")
+	p := e.startRelay()
+	ids := e.insertEvents(300, 10, 3)
+	q.waitDistinct(len(ids), time.Minute)
+	// A walsender serving a Unix-socket client has no client address.
+	var overSocket bool
+	if err := e.db.QueryRow(t.Context(), `SELECT r.client_addr IS NULL FROM pg_stat_replication r
+		JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1`, e.slot).Scan(&overSocket); err != nil {
+		t.Fatalf("the slot's walsender: %v", err)
+	}
+	if !overSocket {
+		t.Fatal("the walsender's client has a network address: the relay did not connect through the socket")
+	}
+	end := e.currentLSN()
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("exit code %d, want 0; log:\n%s", code, p.log.String())
+	}
+	if got := e.slotLSN(); got < end {
+		t.Fatalf("slot confirmed %X, want at least %X", got, end)
+	}
+}

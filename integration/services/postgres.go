@@ -370,6 +370,19 @@ func (p *Postgres) URL(db string) string {
 	return u.String()
 }
 
+// SocketURL is URL through the server's Unix socket instead of TCP, for
+// user (with password, empty for none) on db.
+func (p *Postgres) SocketURL(user, password, db string) string {
+	u := &url.URL{Scheme: "postgres", Path: "/" + db}
+	if password != "" {
+		u.User = url.UserPassword(user, password)
+	} else {
+		u.User = url.User(user)
+	}
+	u.RawQuery = url.Values{"host": {p.sockDir}, "port": {strconv.Itoa(p.Port)}, "sslmode": {"disable"}}.Encode()
+	return u.String()
+}
+
 // CreateDatabase creates database name, since a fresh cluster has only
 // "postgres" and tests usually want one database each.
 func (p *Postgres) CreateDatabase(ctx context.Context, name string) error {
