@@ -80,6 +80,21 @@ const binaryRows = `
 		(2147483647, 'json', 32767, 'j', '  "padded"  ', NULL);
 	INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload) VALUES ('` + sentinelID + `', 'sentinel', '0', 'sentinel', '{}')`
 
+// runRelay runs a relay in the background until the test ends.
+func runRelay(t *testing.T, cfg relay.Config) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		relay.New(cfg).Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
 // eventView is everything a sink can read of an event.
 type eventView struct {
 	ID, Table, AggregateType, AggregateID, EventType string
@@ -190,10 +205,7 @@ func TestBinaryModeNeedsTypesItReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	r := relay.New(relay.Config{Source: src, Sink: rec})
-	go r.Run(ctx)
+	runRelay(t, relay.Config{Source: src, Sink: rec})
 	waitSlot(t, f)
 	if _, err := f.db.Exec(t.Context(), `INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, tags, amount) VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'order', '1', 'x', '{}', '{a,"b c"}', 1.50)`); err != nil {
 		t.Fatal(err)
@@ -237,10 +249,7 @@ func TestBinarySessionFallsBackToTextForAnOldRelation(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := &recorder{}
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	r := relay.New(relay.Config{Source: src, Sink: rec, Backoff: relay.NewBackoff(10*time.Millisecond, 10*time.Millisecond)})
-	go r.Run(ctx)
+	runRelay(t, relay.Config{Source: src, Sink: rec, Backoff: relay.NewBackoff(10*time.Millisecond, 10*time.Millisecond)})
 	evs := rec.through(t, sentinelID)
 	if len(evs) != 1 || evs[0].EventType != "old" {
 		t.Fatalf("events %v, want the old row", ids(evs))
