@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -37,6 +38,22 @@ func binaryTypeOK(oid uint32) bool {
 		return true
 	}
 	return false
+}
+
+// binarySettings returns why the replication session's settings, as the
+// server reports them (param), rule out binary mode, or "": the text the
+// source rebuilds is what the output functions write under DateStyle ISO
+// and TimeZone UTC. connect asks for both, but a TimeZone in the URL is a
+// second startup parameter, and which of the two the server applies last
+// is not the relay's to choose.
+func binarySettings(param func(name string) string) string {
+	if tz := param("TimeZone"); tz != "UTC" {
+		return fmt.Sprintf("the replication session's TimeZone is %q, not UTC", tz)
+	}
+	if ds := param("DateStyle"); !strings.HasPrefix(ds, "ISO,") {
+		return fmt.Sprintf("the replication session's DateStyle is %q, not ISO", ds)
+	}
+	return ""
 }
 
 // errBinary is wrapped by errors about a binary value the source cannot

@@ -181,3 +181,22 @@ func hexDecodeUUID(s []byte) ([]byte, error) {
 	}
 	return decodeBytea([]byte(`\x` + strings.ReplaceAll(string(s), "-", "")))
 }
+
+func TestBinarySettings(t *testing.T) {
+	for _, tt := range []struct {
+		params map[string]string
+		want   string
+	}{
+		{map[string]string{"TimeZone": "UTC", "DateStyle": "ISO, MDY"}, ""},
+		{map[string]string{"TimeZone": "UTC", "DateStyle": "ISO, DMY"}, ""},
+		{map[string]string{"TimeZone": "Europe/Paris", "DateStyle": "ISO, MDY"}, `TimeZone is "Europe/Paris", not UTC`},
+		{map[string]string{"TimeZone": "Etc/UTC", "DateStyle": "ISO, MDY"}, `TimeZone is "Etc/UTC", not UTC`},
+		{map[string]string{"TimeZone": "UTC", "DateStyle": "SQL, DMY"}, `DateStyle is "SQL, DMY", not ISO`},
+		{map[string]string{}, `TimeZone is "", not UTC`},
+	} {
+		got := binarySettings(func(name string) string { return tt.params[name] })
+		if tt.want == "" && got != "" || tt.want != "" && !strings.Contains(got, tt.want) {
+			t.Errorf("binarySettings(%v) = %q, want %q", tt.params, got, tt.want)
+		}
+	}
+}

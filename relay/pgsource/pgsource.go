@@ -183,7 +183,11 @@ func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.P
 	if s.cfg.MessagePrefix != "" {
 		args = append(args, "messages 'true'")
 	}
-	binary := s.binary(slot.textOnly)
+	textOnly := slot.textOnly
+	if textOnly == "" {
+		textOnly = binarySettings(repl.ParameterStatus)
+	}
+	binary := s.binary(textOnly)
 	if binary {
 		args = append(args, "binary 'true'")
 	}
