@@ -114,6 +114,9 @@ func TestCheckPassesOnAHealthySetup(t *testing.T) {
 	hasLine(t, out, "ok    slot "+e.slot+": does not exist; the relay will create it and first publish the rows already in the tables")
 	hasLine(t, out, "ready to run, 0 warnings")
 	noLine(t, out, "FAIL")
+	hasLine(t, out, "ok    pgoutput format: binary")
+	out = e.check(0, "RELAY_PGOUTPUT_BINARY", "false")
+	hasLine(t, out, "ok    pgoutput format: text, as RELAY_PGOUTPUT_BINARY=false asks")
 	// Without the backfill, the rows already there are never published.
 	out = e.check(0, "RELAY_SNAPSHOT", "never")
 	hasLine(t, out, "WARN  slot "+e.slot+": does not exist; the relay will create it, and rows committed before then are not relayed")

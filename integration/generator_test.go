@@ -184,7 +184,8 @@ type genDelivery struct {
 
 // TestEveryPathBuildsTheSameMessage: adversarial rows (genRows), in tables
 // with jsonb, text and bytea payloads, go through the initial backfill,
-// through streaming, and (jsonb rows) through the table-less
+// through streaming in pgoutput's binary format and then in its text
+// format, and (jsonb rows) through the table-less
 // pg_logical_emit_message path, to each broker, with a dead-letter
 // destination. Every row is delivered or dead-lettered on every path, the
 // stream never stalls, and each row's message is the same on every path,
@@ -312,6 +313,25 @@ func genSamePaths(t *testing.T, broker string) (dead map[string]bool, order []st
 	e.genEmit(ids)
 	m := phase(emittedIDs)
 	messages := len(emittedIDs)
+	// Streamed once more by a relay that asks pgoutput for text: the
+	// stream above read the binary format (the default), and must have
+	// built the same messages.
+	if !strings.Contains(p.log.String(), "pgoutput_format=binary") {
+		t.Fatalf("the stream did not use pgoutput's binary format; log:\n%s", p.log.String())
+	}
+	if code := p.stop(30 * time.Second); code != 0 {
+		t.Fatalf("the relay exited with %d on SIGTERM; log:\n%s", code, p.log.String())
+	}
+	e.extraVars["RELAY_PGOUTPUT_BINARY"] = "false"
+	p = e.startRelay()
+	for _, tb := range genTables {
+		e.exec("DELETE FROM " + tb.name)
+	}
+	e.genInsert(ids, at)
+	x := phase(all)
+	if !strings.Contains(p.log.String(), "pgoutput_format=text") {
+		t.Fatalf("RELAY_PGOUTPUT_BINARY=false did not stream in text; log:\n%s", p.log.String())
+	}
 
 	dead = map[string]bool{}
 	for _, tb := range genTables {
@@ -327,6 +347,11 @@ func genSamePaths(t *testing.T, broker string) (dead map[string]bool, order []st
 			}
 			if bd.form != sd.form {
 				t.Errorf("%s: the backfill and the stream built different messages:\nbackfill %s\nstream   %s", key, bd.form, sd.form)
+			}
+			if xd, ok := x[id]; !ok {
+				t.Errorf("%s: not streamed in text mode", key)
+			} else if xd.form != sd.form {
+				t.Errorf("%s: pgoutput's binary and text formats built different messages:\nbinary %s\ntext   %s", key, sd.form, xd.form)
 			}
 			if bd.dead {
 				dead[id] = true
@@ -345,7 +370,7 @@ func genSamePaths(t *testing.T, broker string) (dead map[string]bool, order []st
 			}
 		}
 	}
-	t.Logf("%s: %d rows on each of 2 paths and %d table-less messages; %d dead-lettered per path", broker, n, messages, len(dead))
+	t.Logf("%s: %d rows on each of 3 paths (backfill, binary and text stream) and %d table-less messages; %d dead-lettered per path", broker, n, messages, len(dead))
 	if len(dead) == 0 {
 		t.Error("no row was dead-lettered: the generator tested no bad row")
 	}

@@ -78,6 +78,7 @@ func preflight(ctx context.Context, cfg config) []relay.Finding {
 				Publication:  cfg.Publication,
 				SlotRecreate: cfg.SlotRecreate,
 				Snapshot:     cfg.Snapshot,
+				TextOnly:     !cfg.PgoutputBinary,
 			},
 			Templates:      cfg.templates(),
 			TableTemplates: cfg.checkTableTemplates(),

@@ -91,6 +91,7 @@ type config struct {
 	MessagePrefix     string        `env:"RELAY_MESSAGE_PREFIX" envDefault:"outbox" help:"prefix of transactional pg_logical_emit_message messages published as events (table-less outbox, schema/outbox_emit.sql); empty: off"`
 	Cleanup           string        `env:"RELAY_CLEANUP" help:"after-publish: delete each outbox row once the broker confirmed it, in batches off the hot path; retain: delete confirmed rows once their created_at is older than RELAY_RETENTION, so that relay replay can publish them again until then (the role needs DELETE); empty: the relay never writes the tables"`
 	Retention         time.Duration `env:"RELAY_RETENTION" help:"with RELAY_CLEANUP=retain (and only then, required): how long confirmed rows stay in the tables, by their created_at, e.g. 168h"`
+	PgoutputBinary    bool          `env:"RELAY_PGOUTPUT_BINARY" envDefault:"true" help:"ask pgoutput for values in their binary form, which costs PostgreSQL less than text, where the server (14+) and every column type of the outbox tables allow it; otherwise, or false, text; messages are the same either way"`
 	SlotRecreate      bool          `env:"RELAY_SLOT_RECREATE" envDefault:"false" help:"recreate a slot that disappeared or was invalidated (wal_status lost) instead of stopping; rows committed in between are then never published"`
 
 	LogLevel  string `env:"RELAY_LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`

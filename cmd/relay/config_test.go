@@ -66,6 +66,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		HeartbeatInterval:      30 * time.Second,
 		MessagePrefix:          "outbox",
 		Snapshot:               "initial",
+		PgoutputBinary:         true,
 		LogLevel:               "info",
 		LogFormat:              "json",
 		HTTPAddr:               ":8080",

@@ -126,6 +126,7 @@ func serve(ctx context.Context, cfg config, log *slog.Logger) error {
 		StatusInterval:  cfg.StatusInterval,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		SlotRecreate:    cfg.SlotRecreate,
+		TextOnly:        !cfg.PgoutputBinary,
 		MessagePrefix:   cfg.MessagePrefix,
 		Snapshot:        cfg.Snapshot,
 		Metrics:         m,

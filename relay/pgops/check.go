@@ -121,6 +121,8 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 		}
 	}
 
+	add(formatFinding(ctx, conn, cfg, tables))
+
 	pub, err := readPublication(ctx, conn, cfg.Publication)
 	if err != nil {
 		add(fail("publication "+cfg.Publication, fmt.Sprintf("cannot read pg_publication: %v", err), ""))
@@ -143,6 +145,35 @@ func Check(ctx context.Context, cfg CheckConfig) []relay.Finding {
 		state = &st
 	}
 	return append(out, slotFinding(cfg.Slot, srv.database, slot, cfg.SlotRecreate, state))
+}
+
+// formatFinding says which pgoutput format the stream will ask for and,
+// for text, why: binary costs the walsender less, and an operator who
+// wants it needs to know which column rules it out.
+func formatFinding(ctx context.Context, conn *pgx.Conn, cfg CheckConfig, tables map[pgsource.Table]*tableFacts) relay.Finding {
+	const check = "pgoutput format"
+	if cfg.TextOnly {
+		return ok(check, "text, as RELAY_PGOUTPUT_BINARY=false asks")
+	}
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return warn(check, fmt.Sprintf("cannot read server_version_num: %v", err), "")
+	}
+	if version < 140000 {
+		return ok(check, fmt.Sprintf("text: PostgreSQL %d has no binary pgoutput format (14 and later have)", version/10000))
+	}
+	for _, t := range cfg.Tables {
+		tf := tables[t]
+		if tf == nil {
+			continue
+		}
+		for _, c := range tf.cols {
+			if !pgsource.BinaryTypeOK(c.typ) {
+				return ok(check, fmt.Sprintf("text: column %s of %s has type %s, which the relay reads only as text", c.name, t, c.typeName))
+			}
+		}
+	}
+	return ok(check, "binary")
 }
 
 func ok(check, detail string) relay.Finding {

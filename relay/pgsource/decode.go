@@ -37,6 +37,9 @@ type relation struct {
 	types                               []uint32
 	id, aggType, aggID, evType, payload int
 	headers, createdAt, destination     int
+	// binary: the session asked for pgoutput's binary format, so values
+	// may arrive in it (binary.go).
+	binary bool
 }
 
 // newRelation maps a Relation message onto the configured columns. A
@@ -117,8 +120,16 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 	if n != len(rel.names) {
 		return nil, fmt.Errorf("insert into %s: %d columns, relation has %d", rel.table, n, len(rel.names))
 	}
-	// One allocation for the event and, for a typical outbox, its values.
-	r := &row{}
+	// One allocation for the event and, for a typical outbox, its values
+	// and the text of its binary ones.
+	var r *row
+	var text []byte
+	if rel.binary {
+		br := &binaryRow{}
+		r, text = &br.row, br.text[:0]
+	} else {
+		r = &row{}
+	}
 	var values [][]byte
 	if n <= len(r.values) {
 		values = r.values[:n:n]
@@ -146,9 +157,33 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 			}
 			values[i] = data[p : p+l : p+l]
 			p += l
+		case 'b':
+			if !rel.binary {
+				return nil, fmt.Errorf("insert into %s: column %s has tuple data kind 'b' in a text session", rel.table, rel.names[i])
+			}
+			if p+4 > len(data) {
+				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
+			}
+			l := int(binary.BigEndian.Uint32(data[p:]))
+			p += 4
+			if l < 0 || p+l > len(data) {
+				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
+			}
+			v := data[p : p+l : p+l]
+			p += l
+			typ := rel.types[i]
+			if i == rel.createdAt && (typ == oidTimestamptz || typ == oidTimestamp) {
+				// fill leaves a created_at already set alone: the
+				// parse of the text below is what this saves.
+				r.CreatedAt, _ = binaryTime(v)
+			}
+			t, err := binaryText(typ, v, &text)
+			if err != nil {
+				return nil, fmt.Errorf("insert into %s: column %s: %w", rel.table, rel.names[i], err)
+			}
+			values[i] = t
 		default:
-			// 'u' (unchanged TOAST) only occurs in updates and 'b' only
-			// with the binary option, which the relay does not request.
+			// 'u' (unchanged TOAST) only occurs in updates.
 			return nil, fmt.Errorf("insert into %s: column %s has tuple data kind %q", rel.table, rel.names[i], kind)
 		}
 	}
@@ -160,6 +195,13 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 type row struct {
 	relay.Event
 	values [8][]byte
+}
+
+// binaryRow is a row with room for the text of the binary values of a
+// typical outbox row: a uuid (36 bytes) and a timestamptz (29).
+type binaryRow struct {
+	row
+	text [80]byte
 }
 
 // event builds the event for one row of rel from values it takes over, as
@@ -223,7 +265,8 @@ func (rel *relation) fill(ev *relay.Event, values [][]byte) (*relay.Event, error
 	if rel.destination >= 0 && values[rel.destination] != nil {
 		ev.To = aliasString(values[rel.destination])
 	}
-	if rel.createdAt >= 0 && values[rel.createdAt] != nil {
+	// decodeInsert may have read created_at from its binary form already.
+	if rel.createdAt >= 0 && values[rel.createdAt] != nil && ev.CreatedAt.IsZero() {
 		t, err := decodeTimestamp(values[rel.createdAt])
 		if err != nil {
 			bad("created_at column %s: %v", rel.names[rel.createdAt], err)

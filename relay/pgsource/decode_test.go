@@ -15,12 +15,6 @@ import (
 	"github.com/relay-dev/relay/relay"
 )
 
-// Type OIDs the decoder gives no meaning to.
-const (
-	oidInt4 = 23
-	oidInt8 = 20
-)
-
 // tupleCol is one column of a pgoutput TupleData: its kind byte and, for
 // 't' and 'b', its value.
 type tupleCol struct {

@@ -22,3 +22,7 @@ func CheckMapping(t Table, names []string, types []uint32, m Columns) error {
 // PayloadTypeOK reports whether the source publishes a payload column of
 // the type with this OID.
 func PayloadTypeOK(oid uint32) bool { return payloadTypeOK(oid) }
+
+// BinaryTypeOK reports whether the source reads values of the type with
+// this OID in pgoutput's binary format (binary.go).
+func BinaryTypeOK(oid uint32) bool { return binaryTypeOK(oid) }

@@ -70,6 +70,10 @@ type Config struct {
 	// messages (pg_logical_emit_message(true, prefix, envelope)) that are
 	// published like outbox rows; empty: messages are not requested.
 	MessagePrefix string
+	// TextOnly keeps pgoutput in text mode where its binary format would
+	// be possible (binary.go), as an escape hatch: events are the same in
+	// either mode. Default false.
+	TextOnly bool
 	// SlotRecreate lets the source recreate a slot that disappeared or was
 	// invalidated while it used it, instead of stopping: the rows
 	// committed in between are then never published, which it logs.
@@ -94,6 +98,11 @@ type Source struct {
 	streaming chan bool
 	// confirmed is the last position reported to PostgreSQL (Confirmed).
 	confirmed atomic.Uint64
+	// textAfter is why a binary session gave up on the binary format,
+	// which later sessions then do not ask for; textLogged is the last
+	// reason for text mode logged. Only Stream uses them, one session
+	// at a time.
+	textAfter, textLogged string
 }
 
 // Observer is what the source reports, for metrics.
@@ -174,6 +183,14 @@ func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.P
 	if s.cfg.MessagePrefix != "" {
 		args = append(args, "messages 'true'")
 	}
+	textOnly := slot.textOnly
+	if textOnly == "" {
+		textOnly = binarySettings(repl.ParameterStatus)
+	}
+	binary := s.binary(textOnly)
+	if binary {
+		args = append(args, "binary 'true'")
+	}
 	err = pglogrepl.StartReplication(ctx, repl, s.cfg.Slot, pglogrepl.LSN(slot.confirmed), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		if isCode(err, codeObjectInUse) {
@@ -181,7 +198,11 @@ func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.P
 		}
 		return classify(fmt.Errorf("start replication on slot %s: %w", s.cfg.Slot, err))
 	}
-	s.log.Info("streaming", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from_lsn", slot.confirmed.String())
+	format := "text"
+	if binary {
+		format = "binary"
+	}
+	s.log.Info("streaming", "slot", s.cfg.Slot, "publication", s.cfg.Publication, "from_lsn", slot.confirmed.String(), "pgoutput_format", format)
 	start := slot.confirmed
 	if slot.recorded > slot.confirmed {
 		// The slot lost its position (a PostgreSQL crash): what lies
@@ -206,6 +227,7 @@ func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.P
 		sent:     slot.confirmed,
 		sentAt:   time.Now(),
 		closeOut: closeOut,
+		binary:   binary,
 	}
 	err = st.run(ctx)
 	if ctx.Err() != nil {
@@ -218,6 +240,24 @@ func (s *Source) Stream(ctx context.Context, out chan<- relay.Item, pos *relay.P
 		s.log.Info("confirmed before stopping on an error", "confirmed_lsn", st.sent.String())
 	}
 	return err
+}
+
+// binary decides whether a session asks for pgoutput's binary format,
+// given why the tables or the server rule it out (textOnly, or ""), and
+// logs why not whenever the reason changes.
+func (s *Source) binary(textOnly string) bool {
+	why := textOnly
+	switch {
+	case s.cfg.TextOnly:
+		why = "configured (RELAY_PGOUTPUT_BINARY=false)"
+	case s.textAfter != "":
+		why = s.textAfter
+	}
+	if why != "" && why != s.textLogged {
+		s.log.Info("pgoutput in text mode", "reason", why)
+	}
+	s.textLogged = why
+	return why == ""
 }
 
 // connect opens the replication connection. The session settings fix the
@@ -272,6 +312,9 @@ type stream struct {
 	sent   relay.LSN // last position reported
 	sentAt time.Time
 	walEnd relay.LSN // the server's WAL end, as last reported by it
+
+	// binary: the session asked for pgoutput's binary format.
+	binary bool
 
 	inTxn      bool
 	commitLSN  relay.LSN
@@ -418,6 +461,10 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 			return errors.New("insert outside a transaction")
 		}
 		ev, err := decodeInsert(bytes.Clone(data), st.rels)
+		if errors.Is(err, errBinary) {
+			st.src.textAfter = err.Error()
+			return fmt.Errorf("decode insert at %s: %w; the next session streams in text mode", relay.LSN(walStart), err)
+		}
 		if err != nil && (ev == nil || !errors.Is(err, errBadRow)) {
 			if u := st.unplacedRow(data); ev == nil && u != nil {
 				return relay.Permanent(fmt.Errorf("insert at %s: %w", relay.LSN(walStart), u))
@@ -460,6 +507,18 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		if err != nil {
 			return relay.Permanent(err)
 		}
+		if st.binary {
+			// The catalog allowed binary mode when the session started,
+			// but the stream describes the table as it was when its rows
+			// were written, or as altered since.
+			for i, typ := range rel.types {
+				if !binaryTypeOK(typ) {
+					st.src.textAfter = fmt.Sprintf("column %s of %s has type %d, which the relay reads only as text", rel.names[i], rel.table, typ)
+					return fmt.Errorf("relation message at %s: %s; the next session streams in text mode", relay.LSN(walStart), st.src.textAfter)
+				}
+			}
+			rel.binary = true
+		}
 		st.rels[m.RelationID] = rel
 		delete(st.unplaced, m.RelationID)
 	case *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage, *pglogrepl.TruncateMessage:
@@ -468,7 +527,8 @@ func (st *stream) logical(ctx context.Context, walStart pglogrepl.LSN, data []by
 		// publication created by the relay does not even send these.
 	case *pglogrepl.TypeMessage, *pglogrepl.OriginMessage:
 		// Type metadata for user-defined types and replication origins:
-		// values are decoded from their text form and origins do not matter.
+		// such types keep a session in text mode, whose values are read
+		// as they are, and origins do not matter.
 	case *pglogrepl.LogicalDecodingMessage:
 		return st.message(ctx, m)
 	default:
@@ -518,9 +578,11 @@ func (st *stream) boundary(ctx context.Context, data []byte, walStart pglogrepl.
 	return nil
 }
 
+// y2k is 2000-01-01, PostgreSQL's epoch, in Unix seconds.
+const y2k = 946684800
+
 // pgTime converts PostgreSQL's microseconds since 2000-01-01 UTC.
 func pgTime(us int64) time.Time {
-	const y2k = 946684800 // 2000-01-01 in Unix seconds
 	return time.Unix(y2k+us/1e6, us%1e6*1e3)
 }
 

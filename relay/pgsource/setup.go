@@ -66,6 +66,9 @@ type slotInfo struct {
 	base     int64
 	// parts are the outbox tables' partition trees as the session starts.
 	parts *partitions
+	// textOnly says why the session cannot use pgoutput's binary format
+	// (binary.go); empty when it can.
+	textOnly string
 }
 
 // prepare checks the database and creates what is missing: it runs on a
@@ -84,8 +87,15 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 	if walLevel != "logical" {
 		return slotInfo{}, relay.Permanent(fmt.Errorf("wal_level is %q, logical replication needs \"logical\": run ALTER SYSTEM SET wal_level = logical; as a superuser and restart PostgreSQL", walLevel))
 	}
-	if err := s.checkTables(ctx, conn); err != nil {
+	textOnly, err := s.checkTables(ctx, conn)
+	if err != nil {
 		return slotInfo{}, err
+	}
+	if textOnly == "" {
+		textOnly, err = binaryServer(ctx, conn)
+		if err != nil {
+			return slotInfo{}, err
+		}
 	}
 	parts, err := s.loadPartitions(ctx, conn)
 	if err != nil {
@@ -98,7 +108,7 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 	if err != nil {
 		return slot, err
 	}
-	slot.parts = parts
+	slot.parts, slot.textOnly = parts, textOnly
 	if !slot.created {
 		slot.recorded = s.recordedPosition(ctx, conn)
 	}
@@ -111,30 +121,35 @@ func (s *Source) prepare(ctx context.Context, repl *pgconn.PgConn) (slotInfo, er
 
 // checkTables verifies that every table exists with the mapped columns, so
 // a misconfiguration fails at start with a clear message instead of at the
-// first row.
-func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) error {
+// first row. It also returns the first column whose binary form the source
+// does not read, as why binary mode is off, or "".
+func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) (textOnly string, err error) {
 	var problems []string
 	for _, t := range s.cfg.Tables {
 		rows, err := conn.Query(ctx, `
-			SELECT a.attname, a.atttypid
+			SELECT a.attname, a.atttypid, format_type(a.atttypid, NULL)
 			FROM pg_class c
 			JOIN pg_namespace n ON n.oid = c.relnamespace
 			JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 			WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 			ORDER BY a.attnum`, t.Schema, t.Name)
 		if err != nil {
-			return fmt.Errorf("read columns of %s: %w", t, err)
+			return "", fmt.Errorf("read columns of %s: %w", t, err)
 		}
 		var cols []column
 		for rows.Next() {
 			var c column
-			if err := rows.Scan(&c.name, &c.typ); err != nil {
-				return fmt.Errorf("read columns of %s: %w", t, err)
+			var typeName string
+			if err := rows.Scan(&c.name, &c.typ, &typeName); err != nil {
+				return "", fmt.Errorf("read columns of %s: %w", t, err)
+			}
+			if textOnly == "" && !binaryTypeOK(c.typ) {
+				textOnly = fmt.Sprintf("column %s of %s has type %s, which the relay reads only as text", c.name, t, typeName)
 			}
 			cols = append(cols, c)
 		}
 		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read columns of %s: %w", t, err)
+			return "", fmt.Errorf("read columns of %s: %w", t, err)
 		}
 		if len(cols) == 0 {
 			problems = append(problems, fmt.Sprintf("table %s does not exist (create it with schema/outbox.sql, or fix RELAY_TABLES)", t))
@@ -149,9 +164,23 @@ func (s *Source) checkTables(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	if len(problems) > 0 {
-		return relay.Permanent(errors.New(strings.Join(problems, "; ")))
+		return "", relay.Permanent(errors.New(strings.Join(problems, "; ")))
 	}
-	return nil
+	return textOnly, nil
+}
+
+// binaryServer returns why the server cannot send pgoutput's binary
+// format, or "": the option arrived in PostgreSQL 14, and older servers
+// refuse to start replication with it.
+func binaryServer(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return "", fmt.Errorf("read server_version_num: %w", err)
+	}
+	if version < 140000 {
+		return fmt.Sprintf("PostgreSQL %d has no binary pgoutput format (14 and later have)", version/10000), nil
+	}
+	return "", nil
 }
 
 // ensurePublication creates the publication, or checks that an existing
