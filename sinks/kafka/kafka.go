@@ -65,8 +65,14 @@ type Config struct {
 	Compression string
 	// ExactlyOnce produces in Kafka transactions under TransactionalID,
 	// each also writing its end position to CheckpointTopic (created
-	// compacted when missing); see txn.go. A transaction ends after
-	// TransactionMaxEvents events or TransactionLinger, whichever is first.
+	// compacted when missing); see txn.go. A transaction ends only where a
+	// database transaction ends (see Boundary), once it holds half of
+	// TransactionMaxEvents or has lingered TransactionLinger (default
+	// 100 ms), or at once when the stream is idle. It never holds more
+	// than TransactionMaxEvents (default DefaultTransactionMaxEvents): a
+	// database transaction that reaches it alone is split there, as it is
+	// when the relay's in-flight window fills, which the caller should
+	// keep at least as large.
 	ExactlyOnce          bool
 	TransactionalID      string
 	CheckpointTopic      string
@@ -127,6 +133,11 @@ type Sink struct {
 // defaultBatchMax is kgo's default batch limit, just under Kafka's default
 // message.max.bytes; it applies when a topic's limit cannot be read.
 const defaultBatchMax = 1000012
+
+// DefaultTransactionMaxEvents is the most events of one Kafka transaction
+// when Config.TransactionMaxEvents is not set: the relay's default
+// in-flight window, which bounds it anyway.
+const DefaultTransactionMaxEvents = 4096
 
 // maxBuffered bounds the records produced and not yet acknowledged.
 const maxBuffered = 10000
@@ -293,9 +304,11 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Op
 		// is and the relay recognises its own claim.
 		owner:     strings.ToValidUTF8(fmt.Sprintf("%s/%d/%x", host, os.Getpid(), rand.Uint32()), "?"),
 		topic:     cfg.CheckpointTopic,
-		maxEvents: cmp.Or(cfg.TransactionMaxEvents, 1000),
+		maxEvents: cmp.Or(cfg.TransactionMaxEvents, DefaultTransactionMaxEvents),
 		linger:    cmp.Or(cfg.TransactionLinger, 100*time.Millisecond),
+		split:     cfg.Metrics.TransactionSplit,
 	}
+	t.target = max(t.maxEvents/2, 1)
 	producer = append(slices.Clip(producer), kgo.TransactionalID(cfg.TransactionalID))
 	t.newClient = func() (*kgo.Client, error) { return kgo.NewClient(producer...) }
 	t.readCommit = func(ctx context.Context) (position, string, bool, error) {
@@ -320,7 +333,7 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Op
 		cl.Close()
 		return err
 	}
-	s.log.Info("exactly-once producing", "transactional_id", t.id, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
+	s.log.Info("exactly-once producing", "transactional_id", t.id, "max_transaction_events", t.maxEvents, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
 	s.txn = t
 	s.wg.Add(1)
 	go func() {
@@ -388,6 +401,18 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	})
 	return nil
 }
+
+// Boundary implements relay.BoundarySink: in exactly-once mode a Kafka
+// transaction ends only where the core says a database transaction ended,
+// or where it must (txn.go). Otherwise each record stands alone and there
+// is nothing to do.
+func (s *Sink) Boundary(ctx context.Context, b relay.Boundary) {
+	if s.txn != nil {
+		s.txn.boundary(ctx, b)
+	}
+}
+
+var _ relay.BoundarySink = (*Sink)(nil)
 
 // topicOf is the topic template of ev's table.
 func (s *Sink) topicOf(ev *relay.Event) *relay.Template {

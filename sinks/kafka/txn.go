@@ -74,17 +74,27 @@ func parseCheckpoint(b []byte) (position, string, error) {
 	return position{lsn, *c.Index}, c.Owner, nil
 }
 
-// txn is the state of exactly-once producing. Publish and the linger timer
-// both end transactions, so mu serialises them; Publish waits while a
-// transaction commits, which is what bounds the stream to one open
+// txn is the state of exactly-once producing. Publish, Boundary and the
+// linger timer all end transactions, so mu serialises them; Publish waits
+// while a transaction commits, which is what bounds the stream to one open
 // transaction, as Kafka requires of a transactional id.
+//
+// A Kafka transaction ends only where a database transaction ends (the
+// core's Boundary, or an event of a later commit LSN), so that a
+// read_committed consumer sees each database transaction whole or not at
+// all. It holds whole database transactions until it has target events or
+// has lingered; one database transaction that reaches maxEvents on its
+// own, or fills the relay's in-flight window (Stalled), is split there:
+// the window cannot admit the rest until the part before is confirmed.
 type txn struct {
 	s          *Sink
 	id         string
 	owner      string // this process, in the checkpoints it writes
 	topic      string // checkpoint topic
 	maxEvents  int
+	target     int
 	linger     time.Duration
+	split      func() // counts a database transaction split
 	readCommit func(ctx context.Context) (position, string, bool, error)
 	// newClient makes a transactional producer. The one in use, cl, is
 	// replaced when the coordinator fenced it without another relay
@@ -110,6 +120,20 @@ type txn struct {
 	last      position       // last event produced, committed or not
 	committed position       // covered by the last committed checkpoint
 	stale     bool           // a commit's outcome is unknown: reread the checkpoint
+
+	// seen is the last event Publish was given, produced or not: a
+	// boundary after it ends last's database transaction only when it is
+	// last, not a replayed event before it.
+	seen position
+	// ended: last's database transaction has ended, so the open
+	// transaction may commit.
+	ended bool
+	// cut: the last commit may have ended inside the database
+	// transaction at committed; parts counts the parts of the one at
+	// splitLSN so far, once an event after a cut showed it was split.
+	cut      bool
+	splitLSN relay.LSN
+	parts    int
 }
 
 // publish produces ev in the open transaction, beginning one if needed.
@@ -122,6 +146,7 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		}
 	}
 	pos := positionOf(ev)
+	t.seen = pos
 	switch {
 	case !pos.after(t.committed):
 		// Committed before (by this process or one before a crash).
@@ -141,6 +166,28 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		t.mu.Unlock()
 		return relay.BadRow(ev, fmt.Errorf("%w: a record of about %d bytes exceeds the max.message.bytes of topic %s (%d)", relay.ErrTooLarge, size, r.Topic, limit))
 	}
+	var done []func()
+	if pos.LSN != t.last.LSN {
+		// Events come in commit order: last's transaction is over.
+		t.endedLocked()
+		if t.open && t.due() {
+			done = t.endLocked(ctx)
+		}
+	}
+	if t.cut {
+		t.cut = false
+		if pos.LSN == t.committed.LSN {
+			if t.splitLSN != pos.LSN {
+				t.splitLSN, t.parts = pos.LSN, 1
+			}
+			t.parts++
+		}
+	}
+	defer func() {
+		for _, f := range done {
+			f()
+		}
+	}()
 	if !t.open {
 		if err := t.cl.BeginTransaction(); err != nil {
 			err = t.replaceLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
@@ -155,6 +202,7 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 	}
 	t.events = append(t.events, ev)
 	t.last = pos
+	t.ended = false
 	t.unsettled.Add(1)
 	t.cl.Produce(t.s.life, r, func(r *kgo.Record, err error) {
 		defer t.unsettled.Add(-1)
@@ -168,15 +216,49 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		}
 		t.failMu.Unlock()
 	})
-	var done []func()
 	if len(t.events) >= t.maxEvents {
+		done = append(done, t.endLocked(ctx)...)
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// boundary is relay.BoundarySink's Boundary: see txn.
+func (t *txn) boundary(ctx context.Context, b relay.Boundary) {
+	t.mu.Lock()
+	if b != relay.Stalled && t.seen == t.last {
+		t.endedLocked()
+	}
+	var done []func()
+	switch {
+	case !t.open:
+	case b == relay.Stalled, t.ended && (b == relay.Idle || t.due()):
 		done = t.endLocked(ctx)
 	}
 	t.mu.Unlock()
 	for _, f := range done {
 		f()
 	}
-	return nil
+}
+
+// due reports whether the open transaction, at a boundary, should commit
+// rather than take in the next database transaction.
+func (t *txn) due() bool {
+	return len(t.events) >= t.target || time.Since(t.started) >= t.linger
+}
+
+// endedLocked records that last's database transaction has ended, and
+// reports it if it was split.
+func (t *txn) endedLocked() {
+	t.ended, t.cut = true, false
+	if t.parts > 0 && t.splitLSN == t.last.LSN {
+		t.s.log.Info("a database transaction was too large for one Kafka transaction; read_committed consumers saw it in parts",
+			"commit_lsn", t.splitLSN.String(), "parts", t.parts, "max_transaction_events", t.maxEvents)
+		if t.split != nil {
+			t.split()
+		}
+	}
+	t.parts = 0
 }
 
 // endLocked commits the open transaction together with its checkpoint, or
@@ -193,6 +275,7 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 	err := t.commitLocked(ctx)
 	if err == nil {
 		t.committed = t.last
+		t.cut = !t.ended
 		return doneAll(events, nil)
 	}
 	t.last = t.committed
@@ -381,8 +464,9 @@ func (t *txn) reloadLocked(ctx context.Context) error {
 	return nil
 }
 
-// run ends transactions that have lingered, so that a quiet outbox still
-// gets its events committed promptly.
+// run ends transactions that have lingered at a database transaction's
+// end, so that a quiet outbox still gets its events committed promptly
+// when the core's Idle did not come (a source that stopped).
 func (t *txn) run(life context.Context) {
 	tick := time.NewTicker(max(t.linger/4, time.Millisecond))
 	defer tick.Stop()
@@ -394,7 +478,7 @@ func (t *txn) run(life context.Context) {
 		}
 		t.mu.Lock()
 		var done []func()
-		if t.open && time.Since(t.started) >= t.linger {
+		if t.open && t.ended && time.Since(t.started) >= t.linger {
 			done = t.endLocked(life)
 		}
 		t.mu.Unlock()
@@ -404,10 +488,22 @@ func (t *txn) run(life context.Context) {
 	}
 }
 
-// close commits the open transaction and closes the producer.
+// close commits the open transaction and closes the producer; one that
+// ends inside a database transaction is aborted instead, so that no
+// consumer sees part of it: a restart publishes it again.
 func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
-	done := t.endLocked(ctx)
+	var done []func()
+	if t.open && !t.ended {
+		t.open = false
+		events := append(t.events, t.waiters...)
+		t.events, t.waiters = nil, nil
+		err := t.abortLocked(ctx, errors.New("kafka: the relay stopped inside a database transaction; its Kafka transaction is aborted and published again on restart"))
+		t.last = t.committed
+		done = doneAll(events, err)
+	} else {
+		done = t.endLocked(ctx)
+	}
 	t.cl.Close()
 	t.mu.Unlock()
 	for _, f := range done {
