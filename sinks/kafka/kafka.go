@@ -452,21 +452,18 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	}
 	// The record with its headers, and every byte slice the sink makes,
 	// are two allocations, not one per value: this runs for every event.
-	n := len(ev.Headers) + len(fheaders) + 4
-	size := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType) + maxLSNLen
+	var ownArr [6]relay.Header
+	own := relay.OwnHeaders(ownArr[:0], ev)
+	n := len(ev.Headers) + len(fheaders) + 3 + len(own)
+	size := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType)
 	if f.jsonKey {
 		size += 2 + len(ev.AggregateID)/8 // quotes, some escapes
 	}
 	for _, h := range ev.Headers {
 		size += len(h.Value)
 	}
-	if ev.DeadLetter != "" {
-		n += 4
-		size += len(ev.DeadLetter) + len(ev.Table) + 40
-	}
-	if ev.Replay != "" {
-		n++
-		size += len(ev.Replay)
+	for _, h := range own {
+		size += len(h.Value)
 	}
 	buf := make([]byte, 0, size)
 	bytesOf := func(s string) []byte {
@@ -489,27 +486,14 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: bytesOf(h.Value)})
 	}
 	headers = append(headers, fheaders...)
-	start := len(buf)
-	buf = appendLSN(buf, ev.CommitLSN)
-	lsn := buf[start:len(buf):len(buf)]
 	headers = append(headers,
 		kgo.RecordHeader{Key: "id", Value: bytesOf(ev.ID)},
 		kgo.RecordHeader{Key: "event_type", Value: bytesOf(ev.EventType)},
 		kgo.RecordHeader{Key: "aggregate_type", Value: bytesOf(ev.AggregateType)},
-		kgo.RecordHeader{Key: "x-relay-lsn", Value: lsn},
 	)
-	if ev.Replay != "" {
-		headers = append(headers, kgo.RecordHeader{Key: "x-relay-replay", Value: bytesOf(ev.Replay)})
-	}
-	if ev.DeadLetter != "" {
-		headers = append(headers,
-			kgo.RecordHeader{Key: "x-relay-error", Value: bytesOf(ev.DeadLetter)},
-			kgo.RecordHeader{Key: "x-relay-table", Value: bytesOf(ev.Table)},
-			kgo.RecordHeader{Key: "x-relay-index", Value: bytesOf(strconv.Itoa(ev.Index))},
-		)
-		if ev.OmittedPayload > 0 {
-			headers = append(headers, kgo.RecordHeader{Key: "x-relay-payload-omitted", Value: bytesOf(fmt.Sprintf("%d bytes", ev.OmittedPayload))})
-		}
+	for _, h := range own {
+		// Text, as every other header: Kafka headers have no types.
+		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: bytesOf(h.Value)})
 	}
 	var key []byte
 	if f.jsonKey {
@@ -532,32 +516,11 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 }
 
 // recordWithHeaders allocates a record together with room for the headers
-// of a typical event.
+// of a typical event: two of its own (traceparent, tracestate), the three
+// the sink adds, and the position.
 type recordWithHeaders struct {
 	kgo.Record
-	headers [6]kgo.RecordHeader
-}
-
-// maxLSNLen is the longest text of an LSN: FFFFFFFF/FFFFFFFF.
-const maxLSNLen = 17
-
-// appendLSN appends relay.LSN.String's text of l without formatting
-// through fmt.
-func appendLSN(b []byte, l relay.LSN) []byte {
-	b = appendUpperHex(b, uint64(l>>32))
-	b = append(b, '/')
-	return appendUpperHex(b, uint64(uint32(l)))
-}
-
-func appendUpperHex(b []byte, v uint64) []byte {
-	start := len(b)
-	b = strconv.AppendUint(b, v, 16)
-	for i := start; i < len(b); i++ {
-		if c := b[i]; c >= 'a' {
-			b[i] = c - 'a' + 'A'
-		}
-	}
-	return b
+	headers [7]kgo.RecordHeader
 }
 
 // produceError classifies a failed record. kgo retries retriable errors
