@@ -112,9 +112,14 @@ type txn struct {
 	// that did not wait for it would confirm an event that is not there.
 	unsettled atomic.Int64
 
-	mu        sync.Mutex
-	open      bool
-	started   time.Time
+	mu      sync.Mutex
+	open    bool
+	started time.Time
+	from    position // the open transaction's first event
+	// gap: the transaction from gapFrom failed; nothing after gapFrom is
+	// produced until the core replays it (a new session starts).
+	gap       bool
+	gapFrom   position
 	events    []*relay.Event // produced in the open transaction
 	waiters   []*relay.Event // replays of events in the open transaction
 	last      position       // last event produced, committed or not
@@ -153,26 +158,53 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		t.mu.Unlock()
 		ev.Done(nil)
 		return nil
-	case !pos.after(t.last):
+	case t.gap && pos.after(t.gapFrom):
+		// A transaction before ev failed, and the core has not yet
+		// heard: producing ev, and committing it, would confirm it
+		// ahead of the failed events, which a replay then skips as
+		// committed. It goes again after them.
+		t.mu.Unlock()
+		ev.Done(errAfterFailure)
+		return nil
+	case !pos.after(t.last) && !t.from.after(pos):
 		// In the open transaction already: the relay replays the
 		// stream after a session restart. It is done when that is.
 		t.waiters = append(t.waiters, ev)
 		t.mu.Unlock()
 		return nil
 	}
+	t.gap = false // the replay is back at the failed transaction's first event
+	var done []func()
+	if t.open && !pos.after(t.last) {
+		// Before the open transaction's first event and after the last
+		// commit: a replay of events whose transaction failed, while
+		// the open one holds later events of the failed session, which
+		// went on publishing until it heard. Those go again after ev.
+		done = t.abandonLocked(ctx, errors.New("kafka: a transaction before this one failed; the events after it are published again"))
+		if t.stale {
+			t.mu.Unlock()
+			return errors.New("kafka: aborting the transaction of a failed session left its outcome unknown; the session starts again")
+		}
+	}
+	defer func() {
+		for _, f := range done {
+			f()
+		}
+	}()
 	if size, limit := recordSize(r), t.s.batchMax(r.Topic); size > int(limit) {
 		// Failing in the transaction would abort its other events
 		// with it, and the replay would meet the row again.
 		t.mu.Unlock()
 		return relay.BadRow(ev, fmt.Errorf("%w: a record of about %d bytes exceeds the max.message.bytes of topic %s (%d)", relay.ErrTooLarge, size, r.Topic, limit))
 	}
-	var done []func()
 	if pos.LSN != t.last.LSN {
-		// Events come in commit order: last's transaction is over.
+		// Events come in commit order: last's transaction is over. The
+		// core said so already (Boundary), which is where a transaction
+		// commits: committing here, before ev, would produce ev into
+		// the next transaction before the core heard that this one
+		// failed, and a replay would take the failed events for ev's
+		// companions.
 		t.endedLocked()
-		if t.open && t.due() {
-			done = t.endLocked(ctx)
-		}
 	}
 	if t.cut {
 		t.cut = false
@@ -183,18 +215,13 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 			t.parts++
 		}
 	}
-	defer func() {
-		for _, f := range done {
-			f()
-		}
-	}()
 	if !t.open {
 		if err := t.cl.BeginTransaction(); err != nil {
 			err = t.replaceLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
 			t.mu.Unlock()
 			return err
 		}
-		t.open, t.started = true, time.Now()
+		t.open, t.started, t.from = true, time.Now(), pos
 	}
 	if err := t.s.acquire(ctx); err != nil {
 		t.mu.Unlock()
@@ -221,6 +248,20 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 	}
 	t.mu.Unlock()
 	return nil
+}
+
+// abandonLocked aborts the open transaction for cause and returns the
+// Done calls of its events.
+func (t *txn) abandonLocked(ctx context.Context, cause error) []func() {
+	t.open = false
+	events := append(t.events, t.waiters...)
+	t.events, t.waiters = nil, nil
+	err := t.abortLocked(ctx, cause)
+	t.failMu.Lock()
+	t.failed = nil // its records' failures are this abort's
+	t.failMu.Unlock()
+	t.last = t.committed
+	return doneAll(events, err)
 }
 
 // boundary is relay.BoundarySink's Boundary: see txn.
@@ -279,8 +320,13 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 		return doneAll(events, nil)
 	}
 	t.last = t.committed
+	t.gap, t.gapFrom = true, t.from
 	return doneAll(events, err)
 }
+
+// errAfterFailure fails an event that came after a failed transaction and
+// before the replay of its events.
+var errAfterFailure = errors.New("kafka: a transaction before this event failed; it is published again after that transaction's events")
 
 func (t *txn) commitLocked(ctx context.Context) error {
 	cp := &kgo.Record{Topic: t.topic, Key: []byte(t.id), Value: t.last.checkpoint(t.owner)}
@@ -459,6 +505,9 @@ func (t *txn) reloadLocked(ctx context.Context) error {
 	if ok {
 		t.committed = pos
 	}
+	if t.gap && !t.gapFrom.after(t.committed) {
+		t.gap = false // the commit whose outcome was unknown happened
+	}
 	t.last = t.committed
 	t.stale = false
 	return nil
@@ -495,12 +544,7 @@ func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
 	var done []func()
 	if t.open && !t.ended {
-		t.open = false
-		events := append(t.events, t.waiters...)
-		t.events, t.waiters = nil, nil
-		err := t.abortLocked(ctx, errors.New("kafka: the relay stopped inside a database transaction; its Kafka transaction is aborted and published again on restart"))
-		t.last = t.committed
-		done = doneAll(events, err)
+		done = t.abandonLocked(ctx, errors.New("kafka: the relay stopped inside a database transaction; its Kafka transaction is aborted and published again on restart"))
 	} else {
 		done = t.endLocked(ctx)
 	}
