@@ -19,9 +19,12 @@ import (
 
 // The sinks the bench measures.
 const (
-	sinkKafka   = "kafka"
-	sinkClassic = "rabbitmq_classic"
-	sinkQuorum  = "rabbitmq_quorum"
+	sinkKafka = "kafka"
+	// sinkKafkaEOS is Kafka in exactly-once mode (RELAY_KAFKA_EXACTLY_ONCE),
+	// counted by a read_committed consumer: only committed rows are there.
+	sinkKafkaEOS = "kafka_eos"
+	sinkClassic  = "rabbitmq_classic"
+	sinkQuorum   = "rabbitmq_quorum"
 	// sinkRawDecode stands for no sink at all in the live scenario: the
 	// raw decoder receives the rows from a slot of its own, the floor of
 	// any relay's latency.
@@ -61,11 +64,19 @@ type target struct {
 	admin   *kgo.Client      // Kafka
 	conn    *amqp.Connection // RabbitMQ
 	ch      *amqp.Channel
+	// committed counts what a read_committed consumer read (kafka_eos):
+	// offsets count transaction markers and aborted records too.
+	committed    atomic.Int64
+	stopConsumer context.CancelFunc
+	consumerDone chan struct{}
 }
+
+// isKafka reports whether sink is Kafka, in either mode.
+func isKafka(sink string) bool { return sink == sinkKafka || sink == sinkKafkaEOS }
 
 func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*target, error) {
 	t := &target{sink: sink, name: name, brokers: brokers, amqpURL: amqpURL}
-	if sink == sinkKafka {
+	if isKafka(sink) {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
 		if err != nil {
 			return nil, err
@@ -74,6 +85,12 @@ func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*targe
 		if err := t.createTopic(ctx); err != nil {
 			cl.Close()
 			return nil, err
+		}
+		if sink == sinkKafkaEOS {
+			if err := t.countCommitted(); err != nil {
+				cl.Close()
+				return nil, err
+			}
 		}
 		return t, nil
 	}
@@ -105,10 +122,42 @@ func newTarget(ctx context.Context, sink, name, brokers, amqpURL string) (*targe
 	return t, nil
 }
 
+// countCommitted counts, in the background, the records a read_committed
+// consumer of t's topic reads.
+func (t *target) countCommitted() error {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(t.brokers),
+		kgo.ConsumeTopics(t.name),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stopConsumer, t.consumerDone = cancel, make(chan struct{})
+	go func() {
+		defer close(t.consumerDone)
+		defer cl.Close()
+		for {
+			fs := cl.PollFetches(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			t.committed.Add(int64(fs.NumRecords()))
+		}
+	}()
+	return nil
+}
+
 // vars are the relay's variables for publishing to t.
 func (t *target) vars() []string {
-	if t.sink == sinkKafka {
+	switch t.sink {
+	case sinkKafka:
 		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name}
+	case sinkKafkaEOS:
+		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name,
+			"RELAY_KAFKA_EXACTLY_ONCE=true", "RELAY_KAFKA_TRANSACTIONAL_ID=" + t.name, "RELAY_KAFKA_CHECKPOINT_TOPIC=" + t.name + ".checkpoints"}
 	}
 	vars := []string{"RELAY_SINK=rabbitmq", "RELAY_AMQP_URL=" + t.amqpURL, "RELAY_AMQP_EXCHANGE=" + t.name}
 	if amqpWindowSet {
@@ -120,6 +169,10 @@ func (t *target) vars() []string {
 // close deletes the topic or queue and exchange, so finished scenarios
 // do not weigh on the next.
 func (t *target) close(ctx context.Context) {
+	if t.stopConsumer != nil {
+		t.stopConsumer()
+		<-t.consumerDone
+	}
 	if t.admin != nil {
 		req := kmsg.NewPtrDeleteTopicsRequest()
 		rt := kmsg.NewDeleteTopicsRequestTopic()
@@ -159,6 +212,9 @@ func (t *target) createTopic(ctx context.Context) error {
 // topic's high watermarks (acknowledged with acks=all), or the queue's
 // message count.
 func (t *target) count(ctx context.Context) (int64, error) {
+	if t.sink == sinkKafkaEOS {
+		return t.committed.Load(), nil
+	}
 	if t.admin == nil {
 		q, err := t.ch.QueueDeclarePassive(t.name, true, false, false, false, nil)
 		return int64(q.Messages), err
@@ -227,7 +283,7 @@ func (t *target) waitCount(ctx context.Context, want int64, alive func() error) 
 func (t *target) rawPublish(ctx context.Context, msgs []message) (time.Duration, error) {
 	start := time.Now()
 	var err error
-	if t.sink == sinkKafka {
+	if isKafka(t.sink) {
 		err = t.rawKafka(ctx, msgs)
 	} else {
 		err = t.rawAMQP(ctx, msgs)
@@ -379,11 +435,16 @@ type receipt struct {
 func (t *target) receive(ctx context.Context) (*receiver, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &receiver{stop: cancel, done: make(chan error, 1)}
-	if t.sink == sinkKafka {
+	if isKafka(t.sink) {
+		isolation := kgo.ReadUncommitted()
+		if t.sink == sinkKafkaEOS {
+			isolation = kgo.ReadCommitted()
+		}
 		cl, err := kgo.NewClient(
 			kgo.SeedBrokers(t.brokers),
 			kgo.ConsumeTopics(t.name),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.FetchIsolationLevel(isolation),
 		)
 		if err != nil {
 			cancel()
