@@ -80,12 +80,12 @@ func parseCheckpoint(b []byte) (position, string, error) {
 // transaction, as Kafka requires of a transactional id.
 //
 // A Kafka transaction ends only where a database transaction ends (the
-// core's Boundary, or an event of a later commit LSN), so that a
-// read_committed consumer sees each database transaction whole or not at
-// all. It holds whole database transactions until it has target events or
-// has lingered; one database transaction that reaches maxEvents on its
-// own, or fills the relay's in-flight window (Stalled), is split there:
-// the window cannot admit the rest until the part before is confirmed.
+// core's Boundary), so that a read_committed consumer sees each database
+// transaction whole or not at all. It holds whole database transactions
+// until it has target events or has lingered, or the stream is idle; one
+// database transaction that reaches maxEvents on its own, or fills the
+// relay's in-flight window (Stalled), is split there: the window cannot
+// admit the rest until the part before is confirmed.
 type txn struct {
 	s          *Sink
 	id         string
@@ -175,6 +175,11 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 	}
 	t.gap = false // the replay is back at the failed transaction's first event
 	var done []func()
+	defer func() {
+		for _, f := range done {
+			f()
+		}
+	}()
 	if t.open && !pos.after(t.last) {
 		// Before the open transaction's first event and after the last
 		// commit: a replay of events whose transaction failed, while
@@ -186,11 +191,6 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 			return errors.New("kafka: aborting the transaction of a failed session left its outcome unknown; the session starts again")
 		}
 	}
-	defer func() {
-		for _, f := range done {
-			f()
-		}
-	}()
 	if size, limit := recordSize(r), t.s.batchMax(r.Topic); size > int(limit) {
 		// Failing in the transaction would abort its other events
 		// with it, and the replay would meet the row again.
