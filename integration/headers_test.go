@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -266,4 +268,107 @@ func TestDeadLetterOfAHeaderRowIsPublishable(t *testing.T) {
 	if m := q.waitDistinct(1, 30*time.Second)[0]; m.MessageId != next {
 		t.Errorf("the row after the bad one: got %s, want %s", m.MessageId, next)
 	}
+}
+
+// TestEveryMessageCarriesItsTransaction: on each broker every message of a
+// three-row transaction carries the transaction's commit LSN
+// (x-relay-lsn) and its index in it (x-relay-index: 0, 1, 2, in commit
+// order; a long where headers are typed), which a headers-column key
+// cannot forge; with the cloudevents format also as the extension
+// attributes relaylsn and relayindex.
+func TestEveryMessageCarriesItsTransaction(t *testing.T) {
+	t.Parallel()
+	const insert = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, headers)
+		VALUES ('order', 'o-1', 'created', '{}', '{"x-relay-index": 99}'), ('order', 'o-2', 'created', '{}', '{}'),
+			('order', 'o-3', 'created', '{}', '{}')
+		RETURNING id`
+	insertTxn := func(e *env) []string {
+		rows, err := e.db.Query(t.Context(), insert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var ids []string
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		return ids
+	}
+	t.Run("kafka", func(t *testing.T) {
+		t.Parallel()
+		e := newKafkaEnv(t)
+		e.extraVars = map[string]string{"RELAY_FORMAT": "cloudevents", "RELAY_CLOUDEVENTS_SOURCE": "/orders"}
+		c := e.consumeKafka()
+		e.startRelay()
+		ids := insertTxn(e)
+		recs := c.waitDistinct(len(ids), 30*time.Second)
+		lsns := map[string]bool{}
+		for _, r := range recs {
+			i := slices.Index(ids, r.id())
+			lsn, _ := r.header("x-relay-lsn")
+			lsns[lsn] = true
+			index, n := "", 0
+			for _, h := range r.Headers {
+				if h.Key == "x-relay-index" {
+					index, n = string(h.Value), n+1
+				}
+			}
+			ceLSN, _ := r.header("ce_relaylsn")
+			ceIndex, _ := r.header("ce_relayindex")
+			if n != 1 || index != strconv.Itoa(i) || ceIndex != index || ceLSN != lsn {
+				t.Errorf("record %s (row %d): x-relay-index %q (%d times), ce_relayindex %q, x-relay-lsn %q, ce_relaylsn %q", r.id(), i, index, n, ceIndex, lsn, ceLSN)
+			}
+		}
+		if len(lsns) != 1 {
+			t.Errorf("one transaction's records carry commit LSNs %v", lsns)
+		}
+	})
+	t.Run("rabbitmq", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		e.extraVars = map[string]string{"RELAY_FORMAT": "cloudevents", "RELAY_CLOUDEVENTS_SOURCE": "/orders"}
+		q := e.bindQueue("#")
+		e.startRelay()
+		ids := insertTxn(e)
+		lsns := map[any]bool{}
+		for _, m := range q.waitDistinct(len(ids), 30*time.Second) {
+			i := slices.Index(ids, m.MessageId)
+			lsns[m.Headers["x-relay-lsn"]] = true
+			if m.Headers["x-relay-index"] != int64(i) || m.Headers["cloudEvents:relayindex"] != strconv.Itoa(i) ||
+				m.Headers["cloudEvents:relaylsn"] != m.Headers["x-relay-lsn"] {
+				t.Errorf("message %s (row %d): headers %v", m.MessageId, i, m.Headers)
+			}
+		}
+		if len(lsns) != 1 {
+			t.Errorf("one transaction's messages carry commit LSNs %v", lsns)
+		}
+	})
+	t.Run("rabbitmq-stream", func(t *testing.T) {
+		t.Parallel()
+		e, node, name := newStreamEnv(t)
+		e.startRelay()
+		ids := insertTxn(e)
+		r := readStream(t, node, name)
+		eventually(t, 30*time.Second, func() error {
+			if n := len(r.messages()); n < len(ids) {
+				return fmt.Errorf("%d messages of %d", n, len(ids))
+			}
+			return nil
+		})
+		lsns := map[string]bool{}
+		for _, m := range r.messages() {
+			i := slices.Index(ids, m.id)
+			lsns[m.lsn] = true
+			if m.index != int64(i) {
+				t.Errorf("message %s (row %d): x-relay-index %#v", m.id, i, m.index)
+			}
+		}
+		if len(lsns) != 1 {
+			t.Errorf("one transaction's messages carry commit LSNs %v", lsns)
+		}
+	})
 }

@@ -76,6 +76,7 @@ type streamMessage struct {
 	agg    string
 	seq    int
 	lsn    string
+	index  any // x-relay-index as it arrived
 }
 
 // streamReader consumes a stream from its first offset through AMQP 0-9-1
@@ -122,6 +123,7 @@ func readStream(t *testing.T, node *services.Rabbit, name string) *streamReader 
 			sm := streamMessage{id: d.MessageId}
 			sm.offset, _ = d.Headers["x-stream-offset"].(int64)
 			sm.lsn, _ = d.Headers["x-relay-lsn"].(string)
+			sm.index = d.Headers["x-relay-index"]
 			var p struct {
 				Agg string `json:"agg"`
 				Seq int    `json:"seq"`

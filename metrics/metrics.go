@@ -44,6 +44,7 @@ type Metrics struct {
 	safeWAL         prometheus.Gauge
 	commitToAck     prometheus.Histogram
 	transactions    prometheus.Counter
+	splits          prometheus.Counter
 	lastPublish     prometheus.Gauge
 	leader          prometheus.Gauge
 	heartbeats      prometheus.Counter
@@ -106,6 +107,10 @@ func New(reg prometheus.Registerer, sink string) *Metrics {
 			Name: "relay_transactions_total",
 			Help: "Source transactions with outbox rows that were streamed.",
 		}),
+		splits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "relay_transactions_split_total",
+			Help: "Source transactions too large for one Kafka transaction (RELAY_KAFKA_MAX_TRANSACTION_EVENTS or the in-flight window) that read_committed consumers saw in parts.",
+		}),
 		lastPublish: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "relay_last_publish_timestamp_seconds",
 			Help: "Unix time of the last broker acknowledgement.",
@@ -142,7 +147,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		m.published, m.publishErrors, m.retries, m.inFlight, m.deadLettered,
 		m.confirmedLSN, m.walEnd, m.lagBytes, m.retainedWAL, m.safeWAL, m.commitToAck,
-		m.transactions, m.lastPublish, m.leader, m.heartbeats, m.blocked,
+		m.transactions, m.splits, m.lastPublish, m.leader, m.heartbeats, m.blocked,
 		m.sessionRestarts, m.headersDropped,
 	}
 }
@@ -304,6 +309,15 @@ func (m *Metrics) Transaction() {
 		return
 	}
 	m.transactions.Inc()
+}
+
+// TransactionSplit counts a source transaction whose events went out in
+// more than one Kafka transaction.
+func (m *Metrics) TransactionSplit() {
+	if m == nil {
+		return
+	}
+	m.splits.Inc()
 }
 
 // Leader records whether this instance streams.

@@ -17,6 +17,7 @@ func TestNamesListsTheContract(t *testing.T) {
 		"relay_events_in_flight", "relay_dead_lettered_total", "relay_confirmed_lsn",
 		"relay_server_wal_end_lsn", "relay_replication_lag_bytes", "relay_slot_retained_wal_bytes",
 		"relay_commit_to_ack_seconds", "relay_commit_to_ack_seconds_bucket", "relay_transactions_total",
+		"relay_transactions_split_total",
 		"relay_last_publish_timestamp_seconds", "relay_leader",
 	} {
 		if !slices.Contains(names, want) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 )
 
@@ -52,6 +53,14 @@ const (
 	ContentTypeCloudEventsJSON = "application/cloudevents+json"
 )
 
+// The relay's CloudEvents extension attributes: the row's position, as
+// HeaderLSN and HeaderIndex carry it (extension names are a-z and 0-9,
+// at most 20 characters).
+const (
+	CloudEventsLSN   = "relaylsn"
+	CloudEventsIndex = "relayindex"
+)
+
 // Keys of the headers column with a meaning beyond "copy me into a header".
 const (
 	// HeaderTraceparent and HeaderTracestate are W3C Trace Context, which
@@ -75,9 +84,11 @@ func (e *Event) Header(key string) (string, bool) {
 
 // CloudEventAttributes returns ev's CloudEvents context attributes by their
 // spec names, for the binary content mode: specversion, id, source, type,
-// subject (the aggregate id), time (created_at, RFC 3339 in UTC), and the
+// subject (the aggregate id), time (created_at, RFC 3339 in UTC), the
 // distributed tracing extension (traceparent, tracestate) when the headers
-// column has those keys. datacontenttype is left out: both bindings carry
+// column has those keys, and the relay's extension: relaylsn and
+// relayindex, the row's position, by which consumers group the events of
+// one database transaction (HeaderLSN, HeaderIndex). datacontenttype is left out: both bindings carry
 // it in the message's own content type. An event CloudEvents cannot
 // express (an empty id or event type) is an error.
 func CloudEventAttributes(ev *Event, source string) ([]Header, error) {
@@ -103,6 +114,10 @@ func CloudEventAttributes(ev *Event, source string) ([]Header, error) {
 			attrs = append(attrs, Header{Key: k, Value: v})
 		}
 	}
+	attrs = append(attrs,
+		Header{Key: CloudEventsLSN, Value: ev.CommitLSN.String()},
+		Header{Key: CloudEventsIndex, Value: strconv.Itoa(ev.Index)},
+	)
 	return attrs, nil
 }
 
@@ -127,6 +142,8 @@ func StructuredCloudEvent(ev *Event, source string) ([]byte, error) {
 		DataContentType string          `json:"datacontenttype,omitempty"`
 		Traceparent     string          `json:"traceparent,omitempty"`
 		Tracestate      string          `json:"tracestate,omitempty"`
+		RelayLSN        string          `json:"relaylsn"`
+		RelayIndex      int             `json:"relayindex"`
 		Data            json.RawMessage `json:"data,omitempty"`
 		DataBase64      []byte          `json:"data_base64,omitempty"`
 	}
@@ -148,8 +165,11 @@ func StructuredCloudEvent(ev *Event, source string) ([]byte, error) {
 			env.Traceparent = a.Value
 		case HeaderTracestate:
 			env.Tracestate = a.Value
+		case CloudEventsLSN:
+			env.RelayLSN = a.Value
 		}
 	}
+	env.RelayIndex = ev.Index // an Integer in the JSON format
 	env.DataContentType = ev.ContentType
 	switch {
 	case len(ev.Payload) == 0:

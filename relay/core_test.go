@@ -587,3 +587,59 @@ func TestNothingGoesOutPastARowLeftOutAtTheSessionsEnd(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// boundarySink is a fakeSink that holds every verdict until the core tells
+// it that it must not (Stalled), and records Publish and Boundary calls in
+// order.
+type boundarySink struct {
+	fakeSink
+	calls []string // under fakeSink.mu
+}
+
+func (s *boundarySink) Publish(ctx context.Context, ev *Event) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, ev.ID)
+	s.mu.Unlock()
+	return s.fakeSink.Publish(ctx, ev)
+}
+
+func (s *boundarySink) Boundary(_ context.Context, b Boundary) {
+	s.mu.Lock()
+	s.calls = append(s.calls, map[Boundary]string{TransactionEnd: "end", Idle: "idle", Stalled: "stalled"}[b])
+	s.mu.Unlock()
+	if b == Stalled {
+		s.release(nil, nil)
+	}
+}
+
+func (s *boundarySink) recorded() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+// TestABoundarySinkIsToldWhereTransactionsEnd: every mark is a
+// TransactionEnd before the next row; the last, with nothing after it, is
+// Idle; and a row the full window cannot admit makes the core say Stalled
+// once, since only the sink can make room.
+func TestABoundarySinkIsToldWhereTransactionsEnd(t *testing.T) {
+	src := &fakeSource{events: rows("a", "b", "c", "d", "e"), positions: make(chan LSN, 100)}
+	sink := &boundarySink{fakeSink: fakeSink{hold: true}}
+	r := New(Config{Source: src, Sink: sink, MaxInFlight: 3})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	want := []string{"a", "end", "b", "end", "c", "end", "stalled", "d", "end", "e", "idle"}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(sink.recorded()) < len(want) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	sink.release(t, nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := sink.recorded(); !slices.Equal(got, want) {
+		t.Errorf("the sink saw %v, want %v", got, want)
+	}
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -9,6 +10,56 @@ import (
 // HeaderPrefix starts the name of every header the relay adds for itself
 // (x-relay-lsn, x-relay-error, ...), on every broker.
 const HeaderPrefix = "x-relay-"
+
+// The relay's own headers, the same on every broker (OwnHeaders).
+const (
+	// HeaderLSN is the commit LSN of the row's transaction, e.g. 0/16B3748.
+	HeaderLSN = "x-relay-lsn"
+	// HeaderIndex is the row's index within its transaction, from 0; with
+	// HeaderLSN the row's position, by which consumers group a
+	// transaction's events.
+	HeaderIndex = "x-relay-index"
+	// HeaderReplay is the id of the relay replay that published the row
+	// again.
+	HeaderReplay = "x-relay-replay"
+	// HeaderError, HeaderTable and HeaderPayloadOmitted are a dead
+	// letter's: why the row could not be published, its table, and the
+	// size of a payload left out.
+	HeaderError          = "x-relay-error"
+	HeaderTable          = "x-relay-table"
+	HeaderPayloadOmitted = "x-relay-payload-omitted"
+)
+
+// OwnHeaders appends the relay's own headers of ev to dst, in the order
+// every sink sends them, last: HeaderLSN, HeaderIndex (JSON, a number),
+// HeaderReplay in a replayed message, and in a dead letter HeaderError,
+// HeaderTable and HeaderPayloadOmitted. A sink only converts them into
+// its client's type, so that every broker carries the same headers. The
+// position's two values share one allocation: this runs for every event.
+func OwnHeaders(dst []Header, ev *Event) []Header {
+	var scratch [maxLSNLen + 20]byte
+	b := AppendLSN(scratch[:0], ev.CommitLSN)
+	n := len(b)
+	b = strconv.AppendInt(b, int64(ev.Index), 10)
+	pos := string(b)
+	dst = append(dst,
+		Header{Key: HeaderLSN, Value: pos[:n]},
+		Header{Key: HeaderIndex, Value: pos[n:], JSON: true},
+	)
+	if ev.Replay != "" {
+		dst = append(dst, Header{Key: HeaderReplay, Value: ev.Replay})
+	}
+	if ev.DeadLetter != "" {
+		dst = append(dst,
+			Header{Key: HeaderError, Value: ev.DeadLetter},
+			Header{Key: HeaderTable, Value: ev.Table},
+		)
+		if ev.OmittedPayload > 0 {
+			dst = append(dst, Header{Key: HeaderPayloadOmitted, Value: strconv.Itoa(ev.OmittedPayload) + " bytes"})
+		}
+	}
+	return dst
+}
 
 // HeaderGuard keeps a headers column from repeating or forging a sink's
 // own headers: a key a consumer could mistake for the relay's (the dedup

@@ -14,6 +14,28 @@ func (l LSN) String() string {
 	return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l))
 }
 
+// maxLSNLen is the longest text of an LSN: FFFFFFFF/FFFFFFFF.
+const maxLSNLen = 17
+
+// AppendLSN appends String's text of l to b without formatting through
+// fmt, for paths that run for every event.
+func AppendLSN(b []byte, l LSN) []byte {
+	b = appendUpperHex(b, uint64(l>>32))
+	b = append(b, '/')
+	return appendUpperHex(b, uint64(uint32(l)))
+}
+
+func appendUpperHex(b []byte, v uint64) []byte {
+	start := len(b)
+	b = strconv.AppendUint(b, v, 16)
+	for i := start; i < len(b); i++ {
+		if c := b[i]; c >= 'a' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return b
+}
+
 // ParseLSN parses the textual form PostgreSQL prints, e.g. 0/16B3748.
 func ParseLSN(s string) (LSN, error) {
 	hi, lo, ok := strings.Cut(s, "/")

@@ -223,6 +223,8 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 	defer gauge.Stop()
 	failed := s.tr.Failed()
 	var waiting *Event // a row waiting for room in the window
+	bs, _ := s.cfg.Sink.(BoundarySink)
+	stalled := false // bs was told that waiting cannot be admitted
 	for n := 0; ; n++ {
 		var (
 			it       Item
@@ -257,6 +259,7 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 				if failed != nil && !s.publishOne(ctx, dl) {
 					failed, waiting = nil, nil
 				}
+				stalled = false
 				continue
 			case <-failed:
 				failed, waiting = nil, nil
@@ -274,12 +277,29 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 			}
 			if it.Mark != 0 {
 				s.tr.Mark(it.Mark)
+				if bs != nil {
+					b := TransactionEnd
+					if it.Event == nil && len(items) == 0 {
+						b = Idle
+					}
+					bs.Boundary(ctx, b)
+				}
 			}
 			waiting = it.Event
 		}
-		if waiting != nil && s.tr.Add(waiting) {
+		if waiting != nil && !s.tr.Add(waiting) {
+			if bs != nil && !stalled {
+				// The sink's open group holds what the window waits
+				// for: only ending it can make room.
+				stalled = true
+				bs.Boundary(ctx, Stalled)
+			}
+			continue
+		}
+		if waiting != nil {
 			ev := waiting
 			waiting = nil
+			stalled = false
 			if ev.Invalid != nil {
 				// Its dead letter takes its place in the stream.
 				ev = s.refused(ev, ev.Invalid)

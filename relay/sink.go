@@ -56,3 +56,34 @@ func IsPermanent(err error) bool {
 	var re *RowError
 	return errors.As(err, &p) || errors.As(err, &re)
 }
+
+// BoundarySink is a Sink that makes events visible to consumers in groups
+// of its own (Kafka transactions) and must end a group only where a
+// source transaction ends, so that consumers see each source transaction
+// whole or not at all. The core calls Boundary from the goroutine that
+// calls Publish, between Publish calls; it must not block for longer than
+// ending a group takes. What ending a group does to the events reaches
+// them, as always, through Event.Done.
+type BoundarySink interface {
+	Sink
+	Boundary(ctx context.Context, b Boundary)
+}
+
+// Boundary is what the core tells a BoundarySink about the events it
+// handed over so far.
+type Boundary uint8
+
+const (
+	// TransactionEnd: every event handed to the sink so far belongs to a
+	// source transaction that has ended; a group may end here.
+	TransactionEnd Boundary = iota + 1
+	// Idle is a TransactionEnd after which the source sent nothing more:
+	// a group waiting for more events would only wait, so it should end
+	// now.
+	Idle
+	// Stalled: the in-flight window is full, so the core can hand over
+	// nothing more until some of what the sink holds is confirmed. The
+	// sink must end its group now, even inside a source transaction, or
+	// the stream stops for good.
+	Stalled
+)

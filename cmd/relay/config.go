@@ -56,6 +56,7 @@ type config struct {
 	KafkaValueFormat       string   `env:"RELAY_KAFKA_VALUE_FORMAT" envDefault:"raw" help:"record value encoding with RELAY_FORMAT=raw: raw (the payload's bytes) or json-string (the payload as one JSON string, a NULL payload as null, as JsonConverter with schemas.enable=false writes Debezium's outbox payload); dead letters stay raw"`
 	KafkaExactlyOnce       bool     `env:"RELAY_KAFKA_EXACTLY_ONCE" envDefault:"false" help:"produce in Kafka transactions with a checkpoint, so read_committed consumers see each event exactly once"`
 	KafkaTransactionalID   string   `env:"RELAY_KAFKA_TRANSACTIONAL_ID" help:"transactional id for exactly-once; one relay per id (default relay-<RELAY_SLOT>)"`
+	KafkaMaxTxnEvents      int      `env:"RELAY_KAFKA_MAX_TRANSACTION_EVENTS" envDefault:"4096" help:"with RELAY_KAFKA_EXACTLY_ONCE, the most events of one Kafka transaction, capped at RELAY_MAX_IN_FLIGHT; a Kafka transaction commits only where a database transaction ends, so that read_committed consumers see each one whole, except one of more events than this, which is split into parts of at most this many (logged, relay_transactions_split_total)"`
 	KafkaCheckpointTopic   string   `env:"RELAY_KAFKA_CHECKPOINT_TOPIC" envDefault:"relay.checkpoints" help:"compacted topic of exactly-once checkpoints, created when missing"`
 	KafkaTLS               bool     `env:"RELAY_KAFKA_TLS" envDefault:"false" help:"connect with TLS, trusting the system roots unless RELAY_KAFKA_TLS_CA_FILE is set (implied by the TLS file variables)"`
 	KafkaTLSCAFile         string   `env:"RELAY_KAFKA_TLS_CA_FILE" help:"PEM file of the CAs to trust instead of the system roots"`
@@ -382,6 +383,9 @@ func (c *config) validateKafka() []string {
 	if f, err := relay.ParseFormat(c.Format); err == nil && f != relay.FormatRaw && c.KafkaValueFormat == kafka.EncodingJSONString {
 		add("RELAY_KAFKA_VALUE_FORMAT", "%s cannot be combined with RELAY_FORMAT=%s: the CloudEvents value would become a JSON string; set RELAY_KAFKA_VALUE_FORMAT=%s or RELAY_FORMAT=raw",
 			kafka.EncodingJSONString, c.Format, kafka.EncodingRaw)
+	}
+	if c.KafkaMaxTxnEvents < 1 {
+		add("RELAY_KAFKA_MAX_TRANSACTION_EVENTS", "%d: must be at least 1", c.KafkaMaxTxnEvents)
 	}
 	if c.KafkaPartitions == 0 || c.KafkaPartitions < -1 {
 		add("RELAY_KAFKA_PARTITIONS", "%d: want -1 (the broker's default) or at least 1", c.KafkaPartitions)

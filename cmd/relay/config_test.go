@@ -50,6 +50,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		AMQPConfirmWindow:      2048,
 		Stream:                 "outbox",
 		KafkaTopic:             "outbox.event.{aggregate_type}",
+		KafkaMaxTxnEvents:      4096,
 		KafkaCheckpointTopic:   "relay.checkpoints",
 		KafkaPartitions:        -1,
 		KafkaReplicationFactor: -1,

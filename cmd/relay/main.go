@@ -333,8 +333,8 @@ func newSink(ctx context.Context, cfg config, log *slog.Logger, m *metrics.Metri
 			TransactionalID:   cfg.transactionalID(),
 			CheckpointTopic:   cfg.KafkaCheckpointTopic,
 			// A transaction cannot hold more events than the relay lets
-			// into flight; half keeps the next one filling meanwhile.
-			TransactionMaxEvents: max(cfg.MaxInFlight/2, 1),
+			// into flight: none is confirmed before it commits.
+			TransactionMaxEvents: min(cfg.KafkaMaxTxnEvents, cfg.MaxInFlight),
 			DeadLetter:           cfg.DeadLetter,
 			Format:               cfg.format(),
 			CloudEventsSource:    cfg.CloudEventsSource,

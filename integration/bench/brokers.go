@@ -22,10 +22,13 @@ import (
 
 // The sinks the bench measures.
 const (
-	sinkKafka   = "kafka"
-	sinkClassic = "rabbitmq_classic"
-	sinkQuorum  = "rabbitmq_quorum"
-	sinkStream  = "rabbitmq_stream"
+	sinkKafka = "kafka"
+	// sinkKafkaEOS is Kafka in exactly-once mode (RELAY_KAFKA_EXACTLY_ONCE),
+	// counted by a read_committed consumer: only committed rows are there.
+	sinkKafkaEOS = "kafka_eos"
+	sinkClassic  = "rabbitmq_classic"
+	sinkQuorum   = "rabbitmq_quorum"
+	sinkStream   = "rabbitmq_stream"
 	// sinkRawDecode stands for no sink at all in the live scenario: the
 	// raw decoder receives the rows from a slot of its own, the floor of
 	// any relay's latency.
@@ -76,7 +79,15 @@ type target struct {
 	streamURL string
 	env       *stream.Environment
 	ctl       func(ctx context.Context, args ...string) (string, error)
+	// committed counts what a read_committed consumer read (kafka_eos):
+	// offsets count transaction markers and aborted records too.
+	committed    atomic.Int64
+	stopConsumer context.CancelFunc
+	consumerDone chan struct{}
 }
+
+// isKafka reports whether sink is Kafka, in either mode.
+func isKafka(sink string) bool { return sink == sinkKafka || sink == sinkKafkaEOS }
 
 func newTarget(ctx context.Context, sink, name string, b *bench) (*target, error) {
 	t := &target{sink: sink, name: name, brokers: b.kafka.Brokers(), amqpURL: b.rabbit.URL()}
@@ -93,7 +104,7 @@ func newTarget(ctx context.Context, sink, name string, b *bench) (*target, error
 		t.env = env
 		return t, nil
 	}
-	if sink == sinkKafka {
+	if isKafka(sink) {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(t.brokers))
 		if err != nil {
 			return nil, err
@@ -102,6 +113,12 @@ func newTarget(ctx context.Context, sink, name string, b *bench) (*target, error
 		if err := t.createTopic(ctx); err != nil {
 			cl.Close()
 			return nil, err
+		}
+		if sink == sinkKafkaEOS {
+			if err := t.countCommitted(); err != nil {
+				cl.Close()
+				return nil, err
+			}
 		}
 		return t, nil
 	}
@@ -133,11 +150,42 @@ func newTarget(ctx context.Context, sink, name string, b *bench) (*target, error
 	return t, nil
 }
 
+// countCommitted counts, in the background, the records a read_committed
+// consumer of t's topic reads.
+func (t *target) countCommitted() error {
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(t.brokers),
+		kgo.ConsumeTopics(t.name),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.stopConsumer, t.consumerDone = cancel, make(chan struct{})
+	go func() {
+		defer close(t.consumerDone)
+		defer cl.Close()
+		for {
+			fs := cl.PollFetches(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			t.committed.Add(int64(fs.NumRecords()))
+		}
+	}()
+	return nil
+}
+
 // vars are the relay's variables for publishing to t.
 func (t *target) vars() []string {
 	switch t.sink {
 	case sinkKafka:
 		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name}
+	case sinkKafkaEOS:
+		return []string{"RELAY_SINK=kafka", "RELAY_KAFKA_BROKERS=" + t.brokers, "RELAY_KAFKA_TOPIC=" + t.name,
+			"RELAY_KAFKA_EXACTLY_ONCE=true", "RELAY_KAFKA_TRANSACTIONAL_ID=" + t.name, "RELAY_KAFKA_CHECKPOINT_TOPIC=" + t.name + ".checkpoints"}
 	case sinkStream:
 		return []string{"RELAY_SINK=rabbitmq-stream", "RELAY_RABBITMQ_STREAM_URL=" + t.streamURL, "RELAY_RABBITMQ_STREAM=" + t.name}
 	}
@@ -151,6 +199,10 @@ func (t *target) vars() []string {
 // close deletes the topic or queue and exchange, so finished scenarios
 // do not weigh on the next.
 func (t *target) close(ctx context.Context) {
+	if t.stopConsumer != nil {
+		t.stopConsumer()
+		<-t.consumerDone
+	}
 	if t.admin != nil {
 		req := kmsg.NewPtrDeleteTopicsRequest()
 		rt := kmsg.NewDeleteTopicsRequestTopic()
@@ -196,6 +248,9 @@ func (t *target) createTopic(ctx context.Context) error {
 func (t *target) count(ctx context.Context) (int64, error) {
 	if t.env != nil {
 		return t.streamCount(ctx)
+	}
+	if t.sink == sinkKafkaEOS {
+		return t.committed.Load(), nil
 	}
 	if t.admin == nil {
 		q, err := t.ch.QueueDeclarePassive(t.name, true, false, false, false, nil)
@@ -265,10 +320,10 @@ func (t *target) waitCount(ctx context.Context, want int64, alive func() error) 
 func (t *target) rawPublish(ctx context.Context, msgs []message) (time.Duration, error) {
 	start := time.Now()
 	var err error
-	switch t.sink {
-	case sinkKafka:
+	switch {
+	case isKafka(t.sink):
 		err = t.rawKafka(ctx, msgs)
-	case sinkStream:
+	case t.sink == sinkStream:
 		// Every message confirmed is every message stored.
 		err = t.rawStream(ctx, msgs)
 		return time.Since(start), err
@@ -528,11 +583,16 @@ func (t *target) receive(ctx context.Context) (*receiver, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	r := &receiver{stop: cancel, done: make(chan error, 1)}
-	if t.sink == sinkKafka {
+	if isKafka(t.sink) {
+		isolation := kgo.ReadUncommitted()
+		if t.sink == sinkKafkaEOS {
+			isolation = kgo.ReadCommitted()
+		}
 		cl, err := kgo.NewClient(
 			kgo.SeedBrokers(t.brokers),
 			kgo.ConsumeTopics(t.name),
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.FetchIsolationLevel(isolation),
 		)
 		if err != nil {
 			cancel()

@@ -713,7 +713,7 @@ func (b *bench) live(ctx context.Context, sink string) error {
 func (b *bench) brokerCPU(sink string) time.Duration {
 	pid := 0
 	switch sink {
-	case sinkKafka:
+	case sinkKafka, sinkKafkaEOS:
 		pid = b.kafka.Pid()
 	case sinkClassic, sinkQuorum, sinkStream:
 		pid = b.rabbit.Pid()

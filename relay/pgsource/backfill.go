@@ -166,7 +166,7 @@ func (s *Source) backfill(ctx context.Context, states []backfillState, base int6
 		}
 		s.log.Info("backfilling existing rows", "table", st.table.String(), "from_row", st.rows, "snapshot", snapshot != "")
 		began, before := time.Now(), st.rows
-		if err := s.backfillTable(ctx, tx, writer, &st, &index, out, pos, &sent); err != nil {
+		if err := s.backfillTable(ctx, tx, writer, &st, &index, start, out, pos, &sent); err != nil {
 			return sent, err
 		}
 		s.log.Info("backfilled", "table", st.table.String(), "rows", st.rows-before, "seconds", time.Since(began).Seconds())
@@ -174,7 +174,12 @@ func (s *Source) backfill(ctx context.Context, states []backfillState, base int6
 	return sent, nil
 }
 
-func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn, st *backfillState, index *int64, out chan<- relay.Item, pos *relay.Progress, sent *uint64) error {
+// backfillTable publishes the rows of st.table in batches. Each batch
+// ends with a mark at mark, the slot's position, which the slot already
+// has: backfilled rows are no transaction of their own, so a sink that
+// groups events by source transaction (Kafka transactions) may end a
+// group there, and the backfill waits for them.
+func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn, st *backfillState, index *int64, mark relay.LSN, out chan<- relay.Item, pos *relay.Progress, sent *uint64) error {
 	cols, typeNames, err := tableColumns(ctx, tx, st.table)
 	if err != nil {
 		return err
@@ -284,6 +289,9 @@ func (s *Source) backfillTable(ctx context.Context, tx pgx.Tx, writer *pgx.Conn,
 				return err
 			}
 			*sent++
+		}
+		if err := send(ctx, out, relay.Item{Mark: mark}, nil); err != nil {
+			return err
 		}
 		// The batch is recorded only once the broker has every row of it.
 		if err := pos.Wait(ctx, *sent); err != nil {

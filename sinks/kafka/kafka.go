@@ -65,8 +65,14 @@ type Config struct {
 	Compression string
 	// ExactlyOnce produces in Kafka transactions under TransactionalID,
 	// each also writing its end position to CheckpointTopic (created
-	// compacted when missing); see txn.go. A transaction ends after
-	// TransactionMaxEvents events or TransactionLinger, whichever is first.
+	// compacted when missing); see txn.go. A transaction ends only where a
+	// database transaction ends (see Boundary), once it holds half of
+	// TransactionMaxEvents or has lingered TransactionLinger (default
+	// 100 ms), or at once when the stream is idle. It never holds more
+	// than TransactionMaxEvents (default DefaultTransactionMaxEvents): a
+	// database transaction that reaches it alone is split there, as it is
+	// when the relay's in-flight window fills, which the caller should
+	// keep at least as large.
 	ExactlyOnce          bool
 	TransactionalID      string
 	CheckpointTopic      string
@@ -127,6 +133,11 @@ type Sink struct {
 // defaultBatchMax is kgo's default batch limit, just under Kafka's default
 // message.max.bytes; it applies when a topic's limit cannot be read.
 const defaultBatchMax = 1000012
+
+// DefaultTransactionMaxEvents is the most events of one Kafka transaction
+// when Config.TransactionMaxEvents is not set: the relay's default
+// in-flight window, which bounds it anyway.
+const DefaultTransactionMaxEvents = 4096
 
 // maxBuffered bounds the records produced and not yet acknowledged.
 const maxBuffered = 10000
@@ -293,9 +304,11 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Op
 		// is and the relay recognises its own claim.
 		owner:     strings.ToValidUTF8(fmt.Sprintf("%s/%d/%x", host, os.Getpid(), rand.Uint32()), "?"),
 		topic:     cfg.CheckpointTopic,
-		maxEvents: cmp.Or(cfg.TransactionMaxEvents, 1000),
+		maxEvents: cmp.Or(cfg.TransactionMaxEvents, DefaultTransactionMaxEvents),
 		linger:    cmp.Or(cfg.TransactionLinger, 100*time.Millisecond),
+		split:     cfg.Metrics.TransactionSplit,
 	}
+	t.target = max(t.maxEvents/2, 1)
 	producer = append(slices.Clip(producer), kgo.TransactionalID(cfg.TransactionalID))
 	t.newClient = func() (*kgo.Client, error) { return kgo.NewClient(producer...) }
 	t.readCommit = func(ctx context.Context) (position, string, bool, error) {
@@ -320,7 +333,7 @@ func (s *Sink) startTxn(ctx context.Context, cfg Config, conn, producer []kgo.Op
 		cl.Close()
 		return err
 	}
-	s.log.Info("exactly-once producing", "transactional_id", t.id, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
+	s.log.Info("exactly-once producing", "transactional_id", t.id, "max_transaction_events", t.maxEvents, "checkpoint_topic", t.topic, "checkpoint", t.committed.LSN.String(), "checkpoint_index", t.committed.Index)
 	s.txn = t
 	s.wg.Add(1)
 	go func() {
@@ -389,6 +402,18 @@ func (s *Sink) Publish(ctx context.Context, ev *relay.Event) error {
 	return nil
 }
 
+// Boundary implements relay.BoundarySink: in exactly-once mode a Kafka
+// transaction ends only where the core says a database transaction ended,
+// or where it must (txn.go). Otherwise each record stands alone and there
+// is nothing to do.
+func (s *Sink) Boundary(ctx context.Context, b relay.Boundary) {
+	if s.txn != nil {
+		s.txn.boundary(ctx, b)
+	}
+}
+
+var _ relay.BoundarySink = (*Sink)(nil)
+
 // topicOf is the topic template of ev's table.
 func (s *Sink) topicOf(ev *relay.Event) *relay.Template {
 	if t, ok := s.topics[ev.Table]; ok {
@@ -427,21 +452,18 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 	}
 	// The record with its headers, and every byte slice the sink makes,
 	// are two allocations, not one per value: this runs for every event.
-	n := len(ev.Headers) + len(fheaders) + 4
-	size := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType) + maxLSNLen
+	var ownArr [6]relay.Header
+	own := relay.OwnHeaders(ownArr[:0], ev)
+	n := len(ev.Headers) + len(fheaders) + 3 + len(own)
+	size := len(ev.AggregateID) + len(ev.ID) + len(ev.EventType) + len(ev.AggregateType)
 	if f.jsonKey {
 		size += 2 + len(ev.AggregateID)/8 // quotes, some escapes
 	}
 	for _, h := range ev.Headers {
 		size += len(h.Value)
 	}
-	if ev.DeadLetter != "" {
-		n += 4
-		size += len(ev.DeadLetter) + len(ev.Table) + 40
-	}
-	if ev.Replay != "" {
-		n++
-		size += len(ev.Replay)
+	for _, h := range own {
+		size += len(h.Value)
 	}
 	buf := make([]byte, 0, size)
 	bytesOf := func(s string) []byte {
@@ -464,27 +486,14 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: bytesOf(h.Value)})
 	}
 	headers = append(headers, fheaders...)
-	start := len(buf)
-	buf = appendLSN(buf, ev.CommitLSN)
-	lsn := buf[start:len(buf):len(buf)]
 	headers = append(headers,
 		kgo.RecordHeader{Key: "id", Value: bytesOf(ev.ID)},
 		kgo.RecordHeader{Key: "event_type", Value: bytesOf(ev.EventType)},
 		kgo.RecordHeader{Key: "aggregate_type", Value: bytesOf(ev.AggregateType)},
-		kgo.RecordHeader{Key: "x-relay-lsn", Value: lsn},
 	)
-	if ev.Replay != "" {
-		headers = append(headers, kgo.RecordHeader{Key: "x-relay-replay", Value: bytesOf(ev.Replay)})
-	}
-	if ev.DeadLetter != "" {
-		headers = append(headers,
-			kgo.RecordHeader{Key: "x-relay-error", Value: bytesOf(ev.DeadLetter)},
-			kgo.RecordHeader{Key: "x-relay-table", Value: bytesOf(ev.Table)},
-			kgo.RecordHeader{Key: "x-relay-index", Value: bytesOf(strconv.Itoa(ev.Index))},
-		)
-		if ev.OmittedPayload > 0 {
-			headers = append(headers, kgo.RecordHeader{Key: "x-relay-payload-omitted", Value: bytesOf(fmt.Sprintf("%d bytes", ev.OmittedPayload))})
-		}
+	for _, h := range own {
+		// Text, as every other header: Kafka headers have no types.
+		headers = append(headers, kgo.RecordHeader{Key: h.Key, Value: bytesOf(h.Value)})
 	}
 	var key []byte
 	if f.jsonKey {
@@ -507,32 +516,11 @@ func record(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 }
 
 // recordWithHeaders allocates a record together with room for the headers
-// of a typical event.
+// of a typical event: two of its own (traceparent, tracestate), the three
+// the sink adds, and the position.
 type recordWithHeaders struct {
 	kgo.Record
-	headers [6]kgo.RecordHeader
-}
-
-// maxLSNLen is the longest text of an LSN: FFFFFFFF/FFFFFFFF.
-const maxLSNLen = 17
-
-// appendLSN appends relay.LSN.String's text of l without formatting
-// through fmt.
-func appendLSN(b []byte, l relay.LSN) []byte {
-	b = appendUpperHex(b, uint64(l>>32))
-	b = append(b, '/')
-	return appendUpperHex(b, uint64(uint32(l)))
-}
-
-func appendUpperHex(b []byte, v uint64) []byte {
-	start := len(b)
-	b = strconv.AppendUint(b, v, 16)
-	for i := start; i < len(b); i++ {
-		if c := b[i]; c >= 'a' {
-			b[i] = c - 'a' + 'A'
-		}
-	}
-	return b
+	headers [7]kgo.RecordHeader
 }
 
 // produceError classifies a failed record. kgo retries retriable errors

@@ -58,6 +58,7 @@ func TestCloudEventsBinaryModeHeaderNames(t *testing.T) {
 		Format: relay.FormatCloudEvents, CloudEventsSource: "/orders"})
 	o := newOutcome(1)
 	ev := tracedEvent(o, "ce-1")
+	ev.Index = 3
 	publishAll(t, s, o, ev)
 
 	r := consume(t, brokers, "outbox.event.order", 1)[0]
@@ -67,8 +68,9 @@ func TestCloudEventsBinaryModeHeaderNames(t *testing.T) {
 		"tenant=acme", "traceparent=" + traceparent, "tracestate=" + tracestate,
 		"ce_specversion=1.0", "ce_id=ce-1", "ce_source=/orders", "ce_type=order.placed", "ce_subject=o-42",
 		"ce_time=2026-11-23T12:00:00.123Z", "ce_traceparent=" + traceparent, "ce_tracestate=" + tracestate,
+		"ce_relaylsn=0/16B3748", "ce_relayindex=3",
 		"content-type=application/json",
-		"id=ce-1", "event_type=order.placed", "aggregate_type=order", "x-relay-lsn=0/16B3748",
+		"id=ce-1", "event_type=order.placed", "aggregate_type=order", "x-relay-lsn=0/16B3748", "x-relay-index=3",
 	}
 	if got := headerList(r); !slices.Equal(got, want) {
 		t.Errorf("headers\n got %q\nwant %q", got, want)
@@ -84,13 +86,14 @@ func TestCloudEventsStructuredModeValue(t *testing.T) {
 		Format: relay.FormatCloudEventsStructured, CloudEventsSource: "/orders"})
 	o := newOutcome(1)
 	ev := tracedEvent(o, "ces-1")
+	ev.Index = 3
 	publishAll(t, s, o, ev)
 
 	r := consume(t, brokers, "outbox.event.order", 1)[0]
 	want := []string{
 		"tenant=acme", "traceparent=" + traceparent, "tracestate=" + tracestate,
 		"content-type=application/cloudevents+json",
-		"id=ces-1", "event_type=order.placed", "aggregate_type=order", "x-relay-lsn=0/16B3748",
+		"id=ces-1", "event_type=order.placed", "aggregate_type=order", "x-relay-lsn=0/16B3748", "x-relay-index=3",
 	}
 	if got := headerList(r); !slices.Equal(got, want) {
 		t.Errorf("headers\n got %q\nwant %q", got, want)
@@ -103,6 +106,7 @@ func TestCloudEventsStructuredModeValue(t *testing.T) {
 		"specversion": "1.0", "id": "ces-1", "source": "/orders", "type": "order.placed", "subject": "o-42",
 		"time": "2026-11-23T12:00:00.123Z", "datacontenttype": "application/json",
 		"traceparent": traceparent, "tracestate": tracestate, "data": map[string]any{"n": float64(1)},
+		"relaylsn": "0/16B3748", "relayindex": float64(3),
 	}
 	if !maps.EqualFunc(body, wantBody, func(a, b any) bool { return fmt.Sprint(a) == fmt.Sprint(b) }) {
 		t.Errorf("value %v, want %v", body, wantBody)

@@ -36,13 +36,19 @@ func naiveRecord(ev *relay.Event, topic string, f format) (*kgo.Record, error) {
 		kgo.RecordHeader{Key: "event_type", Value: []byte(ev.EventType)},
 		kgo.RecordHeader{Key: "aggregate_type", Value: []byte(ev.AggregateType)},
 		kgo.RecordHeader{Key: "x-relay-lsn", Value: []byte(ev.CommitLSN.String())},
+		kgo.RecordHeader{Key: "x-relay-index", Value: []byte(strconv.Itoa(ev.Index))},
 	)
+	if ev.Replay != "" {
+		headers = append(headers, kgo.RecordHeader{Key: "x-relay-replay", Value: []byte(ev.Replay)})
+	}
 	if ev.DeadLetter != "" {
 		headers = append(headers,
 			kgo.RecordHeader{Key: "x-relay-error", Value: []byte(ev.DeadLetter)},
 			kgo.RecordHeader{Key: "x-relay-table", Value: []byte(ev.Table)},
-			kgo.RecordHeader{Key: "x-relay-index", Value: []byte(strconv.Itoa(ev.Index))},
 		)
+		if ev.OmittedPayload > 0 {
+			headers = append(headers, kgo.RecordHeader{Key: "x-relay-payload-omitted", Value: []byte(strconv.Itoa(ev.OmittedPayload) + " bytes")})
+		}
 	}
 	return &kgo.Record{Topic: topic, Key: []byte(ev.AggregateID), Value: value, Headers: headers, Timestamp: ev.CreatedAt}, nil
 }
@@ -67,6 +73,10 @@ func TestRecordMatchesTheEventExactly(t *testing.T) {
 	deadDest := base()
 	deadDest.Headers, deadDest.DeadLetter = dest.Headers, "bad"
 	empty := &relay.Event{}
+	replayed := base()
+	replayed.Replay, replayed.Index = "r-1", 123456
+	omitted := base()
+	omitted.DeadLetter, omitted.Payload, omitted.OmittedPayload = "too large", nil, 2<<20
 	tests := []struct {
 		name string
 		ev   *relay.Event
@@ -78,6 +88,8 @@ func TestRecordMatchesTheEventExactly(t *testing.T) {
 		{"destination header dropped", dest, format{}},
 		{"destination header kept in a dead letter", deadDest, format{}},
 		{"empty event", empty, format{}},
+		{"replayed, a large index", replayed, format{}},
+		{"dead letter without its payload", omitted, format{}},
 		{"cloudevents", base(), format{mode: relay.FormatCloudEvents, source: "/relay/test"}},
 		{"cloudevents structured", base(), format{mode: relay.FormatCloudEventsStructured, source: "/relay/test"}},
 	}

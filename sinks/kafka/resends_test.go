@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/relay-dev/relay/metrics"
+	"github.com/relay-dev/relay/relay"
 )
 
 // retriesTotal reads relay_publish_retries_total from reg.
@@ -139,6 +140,7 @@ func TestKafkaRetriesInTransactionsAreCounted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	s.Boundary(t.Context(), relay.Idle)
 	o.wait(t)
 	for id, err := range o.errs {
 		if err != nil {

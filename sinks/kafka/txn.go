@@ -74,17 +74,27 @@ func parseCheckpoint(b []byte) (position, string, error) {
 	return position{lsn, *c.Index}, c.Owner, nil
 }
 
-// txn is the state of exactly-once producing. Publish and the linger timer
-// both end transactions, so mu serialises them; Publish waits while a
-// transaction commits, which is what bounds the stream to one open
+// txn is the state of exactly-once producing. Publish, Boundary and the
+// linger timer all end transactions, so mu serialises them; Publish waits
+// while a transaction commits, which is what bounds the stream to one open
 // transaction, as Kafka requires of a transactional id.
+//
+// A Kafka transaction ends only where a database transaction ends (the
+// core's Boundary), so that a read_committed consumer sees each database
+// transaction whole or not at all. It holds whole database transactions
+// until it has target events or has lingered, or the stream is idle; one
+// database transaction that reaches maxEvents on its own, or fills the
+// relay's in-flight window (Stalled), is split there: the window cannot
+// admit the rest until the part before is confirmed.
 type txn struct {
 	s          *Sink
 	id         string
 	owner      string // this process, in the checkpoints it writes
 	topic      string // checkpoint topic
 	maxEvents  int
+	target     int
 	linger     time.Duration
+	split      func() // counts a database transaction split
 	readCommit func(ctx context.Context) (position, string, bool, error)
 	// newClient makes a transactional producer. The one in use, cl, is
 	// replaced when the coordinator fenced it without another relay
@@ -102,14 +112,33 @@ type txn struct {
 	// that did not wait for it would confirm an event that is not there.
 	unsettled atomic.Int64
 
-	mu        sync.Mutex
-	open      bool
-	started   time.Time
+	mu      sync.Mutex
+	open    bool
+	started time.Time
+	from    position // the open transaction's first event
+	// gap: the transaction from gapFrom failed; nothing after gapFrom is
+	// produced until the core replays it (a new session starts).
+	gap       bool
+	gapFrom   position
 	events    []*relay.Event // produced in the open transaction
 	waiters   []*relay.Event // replays of events in the open transaction
 	last      position       // last event produced, committed or not
 	committed position       // covered by the last committed checkpoint
 	stale     bool           // a commit's outcome is unknown: reread the checkpoint
+
+	// seen is the last event Publish was given, produced or not: a
+	// boundary after it ends last's database transaction only when it is
+	// last, not a replayed event before it.
+	seen position
+	// ended: last's database transaction has ended, so the open
+	// transaction may commit.
+	ended bool
+	// cut: the last commit may have ended inside the database
+	// transaction at committed; parts counts the parts of the one at
+	// splitLSN so far, once an event after a cut showed it was split.
+	cut      bool
+	splitLSN relay.LSN
+	parts    int
 }
 
 // publish produces ev in the open transaction, beginning one if needed.
@@ -122,18 +151,45 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		}
 	}
 	pos := positionOf(ev)
+	t.seen = pos
 	switch {
 	case !pos.after(t.committed):
 		// Committed before (by this process or one before a crash).
 		t.mu.Unlock()
 		ev.Done(nil)
 		return nil
-	case !pos.after(t.last):
+	case t.gap && pos.after(t.gapFrom):
+		// A transaction before ev failed, and the core has not yet
+		// heard: producing ev, and committing it, would confirm it
+		// ahead of the failed events, which a replay then skips as
+		// committed. It goes again after them.
+		t.mu.Unlock()
+		ev.Done(errAfterFailure)
+		return nil
+	case !pos.after(t.last) && !t.from.after(pos):
 		// In the open transaction already: the relay replays the
 		// stream after a session restart. It is done when that is.
 		t.waiters = append(t.waiters, ev)
 		t.mu.Unlock()
 		return nil
+	}
+	t.gap = false // the replay is back at the failed transaction's first event
+	var done []func()
+	defer func() {
+		for _, f := range done {
+			f()
+		}
+	}()
+	if t.open && !pos.after(t.last) {
+		// Before the open transaction's first event and after the last
+		// commit: a replay of events whose transaction failed, while
+		// the open one holds later events of the failed session, which
+		// went on publishing until it heard. Those go again after ev.
+		done = t.abandonLocked(ctx, errors.New("kafka: a transaction before this one failed; the events after it are published again"))
+		if t.stale {
+			t.mu.Unlock()
+			return errors.New("kafka: aborting the transaction of a failed session left its outcome unknown; the session starts again")
+		}
 	}
 	if size, limit := recordSize(r), t.s.batchMax(r.Topic); size > int(limit) {
 		// Failing in the transaction would abort its other events
@@ -141,13 +197,31 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		t.mu.Unlock()
 		return relay.BadRow(ev, fmt.Errorf("%w: a record of about %d bytes exceeds the max.message.bytes of topic %s (%d)", relay.ErrTooLarge, size, r.Topic, limit))
 	}
+	if pos.LSN != t.last.LSN {
+		// Events come in commit order: last's transaction is over. The
+		// core said so already (Boundary), which is where a transaction
+		// commits: committing here, before ev, would produce ev into
+		// the next transaction before the core heard that this one
+		// failed, and a replay would take the failed events for ev's
+		// companions.
+		t.endedLocked()
+	}
+	if t.cut {
+		t.cut = false
+		if pos.LSN == t.committed.LSN {
+			if t.splitLSN != pos.LSN {
+				t.splitLSN, t.parts = pos.LSN, 1
+			}
+			t.parts++
+		}
+	}
 	if !t.open {
 		if err := t.cl.BeginTransaction(); err != nil {
 			err = t.replaceLocked(ctx, t.classify(fmt.Errorf("kafka: begin transaction: %w", err)))
 			t.mu.Unlock()
 			return err
 		}
-		t.open, t.started = true, time.Now()
+		t.open, t.started, t.from = true, time.Now(), pos
 	}
 	if err := t.s.acquire(ctx); err != nil {
 		t.mu.Unlock()
@@ -155,6 +229,7 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 	}
 	t.events = append(t.events, ev)
 	t.last = pos
+	t.ended = false
 	t.unsettled.Add(1)
 	t.cl.Produce(t.s.life, r, func(r *kgo.Record, err error) {
 		defer t.unsettled.Add(-1)
@@ -168,15 +243,63 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 		}
 		t.failMu.Unlock()
 	})
-	var done []func()
 	if len(t.events) >= t.maxEvents {
+		done = append(done, t.endLocked(ctx)...)
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+// abandonLocked aborts the open transaction for cause and returns the
+// Done calls of its events.
+func (t *txn) abandonLocked(ctx context.Context, cause error) []func() {
+	t.open = false
+	events := append(t.events, t.waiters...)
+	t.events, t.waiters = nil, nil
+	err := t.abortLocked(ctx, cause)
+	t.failMu.Lock()
+	t.failed = nil // its records' failures are this abort's
+	t.failMu.Unlock()
+	t.last = t.committed
+	return doneAll(events, err)
+}
+
+// boundary is relay.BoundarySink's Boundary: see txn.
+func (t *txn) boundary(ctx context.Context, b relay.Boundary) {
+	t.mu.Lock()
+	if b != relay.Stalled && t.seen == t.last {
+		t.endedLocked()
+	}
+	var done []func()
+	switch {
+	case !t.open:
+	case b == relay.Stalled, t.ended && (b == relay.Idle || t.due()):
 		done = t.endLocked(ctx)
 	}
 	t.mu.Unlock()
 	for _, f := range done {
 		f()
 	}
-	return nil
+}
+
+// due reports whether the open transaction, at a boundary, should commit
+// rather than take in the next database transaction.
+func (t *txn) due() bool {
+	return len(t.events) >= t.target || time.Since(t.started) >= t.linger
+}
+
+// endedLocked records that last's database transaction has ended, and
+// reports it if it was split.
+func (t *txn) endedLocked() {
+	t.ended, t.cut = true, false
+	if t.parts > 0 && t.splitLSN == t.last.LSN {
+		t.s.log.Info("a database transaction was too large for one Kafka transaction; read_committed consumers saw it in parts",
+			"commit_lsn", t.splitLSN.String(), "parts", t.parts, "max_transaction_events", t.maxEvents)
+		if t.split != nil {
+			t.split()
+		}
+	}
+	t.parts = 0
 }
 
 // endLocked commits the open transaction together with its checkpoint, or
@@ -193,11 +316,17 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 	err := t.commitLocked(ctx)
 	if err == nil {
 		t.committed = t.last
+		t.cut = !t.ended
 		return doneAll(events, nil)
 	}
 	t.last = t.committed
+	t.gap, t.gapFrom = true, t.from
 	return doneAll(events, err)
 }
+
+// errAfterFailure fails an event that came after a failed transaction and
+// before the replay of its events.
+var errAfterFailure = errors.New("kafka: a transaction before this event failed; it is published again after that transaction's events")
 
 func (t *txn) commitLocked(ctx context.Context) error {
 	cp := &kgo.Record{Topic: t.topic, Key: []byte(t.id), Value: t.last.checkpoint(t.owner)}
@@ -376,13 +505,17 @@ func (t *txn) reloadLocked(ctx context.Context) error {
 	if ok {
 		t.committed = pos
 	}
+	if t.gap && !t.gapFrom.after(t.committed) {
+		t.gap = false // the commit whose outcome was unknown happened
+	}
 	t.last = t.committed
 	t.stale = false
 	return nil
 }
 
-// run ends transactions that have lingered, so that a quiet outbox still
-// gets its events committed promptly.
+// run ends transactions that have lingered at a database transaction's
+// end, so that a quiet outbox still gets its events committed promptly
+// when the core's Idle did not come (a source that stopped).
 func (t *txn) run(life context.Context) {
 	tick := time.NewTicker(max(t.linger/4, time.Millisecond))
 	defer tick.Stop()
@@ -394,7 +527,7 @@ func (t *txn) run(life context.Context) {
 		}
 		t.mu.Lock()
 		var done []func()
-		if t.open && time.Since(t.started) >= t.linger {
+		if t.open && t.ended && time.Since(t.started) >= t.linger {
 			done = t.endLocked(life)
 		}
 		t.mu.Unlock()
@@ -404,10 +537,17 @@ func (t *txn) run(life context.Context) {
 	}
 }
 
-// close commits the open transaction and closes the producer.
+// close commits the open transaction and closes the producer; one that
+// ends inside a database transaction is aborted instead, so that no
+// consumer sees part of it: a restart publishes it again.
 func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
-	done := t.endLocked(ctx)
+	var done []func()
+	if t.open && !t.ended {
+		done = t.abandonLocked(ctx, errors.New("kafka: the relay stopped inside a database transaction; its Kafka transaction is aborted and published again on restart"))
+	} else {
+		done = t.endLocked(ctx)
+	}
 	t.cl.Close()
 	t.mu.Unlock()
 	for _, f := range done {

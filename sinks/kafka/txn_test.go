@@ -202,13 +202,14 @@ func TestExactlyOnceSkipsWhatACheckpointCovers(t *testing.T) {
 	cfg := eosConfig(t, brokers)
 
 	s1 := newSink(t, cfg)
-	const first = 1000
+	const first = 1001 // 143 whole transactions
 	o1 := newOutcome(first)
 	for i := range first {
 		if err := s1.Publish(t.Context(), o1.positioned(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	s1.Boundary(t.Context(), relay.Idle)
 	if err := s1.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -222,13 +223,14 @@ func TestExactlyOnceSkipsWhatACheckpointCovers(t *testing.T) {
 	// A restart replays from an older slot position: the covered events
 	// are done without being produced again.
 	s2 := newSink(t, cfg)
-	const total = 1500
+	const total = 1505
 	o2 := newOutcome(total - 500)
 	for i := 500; i < total; i++ {
 		if err := s2.Publish(t.Context(), o2.positioned(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	s2.Boundary(t.Context(), relay.Idle)
 	if err := s2.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -72,8 +72,8 @@ func publishConfirmed(t *testing.T, ctx context.Context, s *rabbitmq.Sink, evs .
 }
 
 // checkHeaders compares a delivery's headers with want exactly: names,
-// string type, values.
-func checkHeaders(t *testing.T, d amqp.Delivery, want map[string]string) {
+// string type, values; and x-relay-index, a long, with index.
+func checkHeaders(t *testing.T, d amqp.Delivery, want map[string]string, index int) {
 	t.Helper()
 	for k, v := range want {
 		got, ok := d.Headers[k].(string)
@@ -81,8 +81,11 @@ func checkHeaders(t *testing.T, d amqp.Delivery, want map[string]string) {
 			t.Errorf("header %q = %#v, want string %q", k, d.Headers[k], v)
 		}
 	}
+	if got, ok := d.Headers[relay.HeaderIndex].(int64); !ok || got != int64(index) {
+		t.Errorf("header %s = %#v, want int64 %d", relay.HeaderIndex, d.Headers[relay.HeaderIndex], index)
+	}
 	for k := range d.Headers {
-		if _, ok := want[k]; !ok {
+		if _, ok := want[k]; !ok && k != relay.HeaderIndex {
 			t.Errorf("unexpected header %q = %#v", k, d.Headers[k])
 		}
 	}
@@ -95,6 +98,7 @@ func TestCloudEventsBinaryModeHeaderNames(t *testing.T) {
 	b := dialBroker(t)
 	queue := b.queue(exchange)
 	ev := tracedEvent("ce-binary-1")
+	ev.Index = 3
 	publishConfirmed(t, ctx, s, ev)
 
 	d := b.drain(ctx, queue, 1)[0]
@@ -107,6 +111,8 @@ func TestCloudEventsBinaryModeHeaderNames(t *testing.T) {
 		"cloudEvents:time":        "2026-03-04T05:06:07.123456Z",
 		"cloudEvents:traceparent": traceparent,
 		"cloudEvents:tracestate":  tracestate,
+		"cloudEvents:relaylsn":    ev.CommitLSN.String(),
+		"cloudEvents:relayindex":  "3",
 		// The protocol's own trace headers stay, for OpenTelemetry.
 		"traceparent": traceparent,
 		"tracestate":  tracestate,
@@ -115,7 +121,7 @@ func TestCloudEventsBinaryModeHeaderNames(t *testing.T) {
 		"aggregate_type": ev.AggregateType,
 		"aggregate_id":   ev.AggregateID,
 		"x-relay-lsn":    ev.CommitLSN.String(),
-	})
+	}, 3)
 	// datacontenttype is the AMQP content-type property; the body is the
 	// payload unchanged.
 	if d.ContentType != relay.ContentTypeJSON || string(d.Body) != string(ev.Payload) || d.MessageId != ev.ID || d.Type != ev.EventType {
@@ -141,11 +147,13 @@ func TestCloudEventsStructuredModeBody(t *testing.T) {
 			"specversion": "1.0", "id": "ce-structured-1", "source": "urn:acme:orders", "type": ev.EventType,
 			"subject": ev.AggregateID, "time": "2026-03-04T05:06:07.123456Z", "datacontenttype": "application/json",
 			"traceparent": traceparent, "tracestate": tracestate, "data": map[string]any{"n": float64(1)},
+			"relaylsn": ev.CommitLSN.String(), "relayindex": float64(ev.Index),
 		},
 		{
 			"specversion": "1.0", "id": "ce-structured-2", "source": "urn:acme:orders", "type": bin.EventType,
 			"subject": bin.AggregateID, "time": "2026-03-04T05:06:07.123456Z",
 			"traceparent": traceparent, "tracestate": tracestate, "data_base64": "/wB/",
+			"relaylsn": bin.CommitLSN.String(), "relayindex": float64(bin.Index),
 		},
 	} {
 		d := got[i]

@@ -437,7 +437,7 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 		Timestamp:    ev.CreatedAt,
 		Body:         body,
 	}
-	headers := make(amqp.Table, len(ev.Headers)+4)
+	headers := make(amqp.Table, len(ev.Headers)+5)
 	// A dead letter must always be publishable: it leaves out whatever
 	// AMQP or the broker would refuse, and says so, instead of failing.
 	var leftOut []string
@@ -495,20 +495,16 @@ func (s *Sink) pending(ev *relay.Event) (*pending, error) {
 	// The built-ins come last so a header column cannot forge them.
 	headers["aggregate_type"] = ev.AggregateType
 	headers["aggregate_id"] = ev.AggregateID
-	headers["x-relay-lsn"] = ev.CommitLSN.String()
-	if ev.Replay != "" {
-		headers["x-relay-replay"] = ev.Replay
-	}
-	if ev.DeadLetter != "" {
-		reason := ev.DeadLetter
-		if len(leftOut) > 0 {
-			reason += "; left out of the dead letter: " + strings.Join(leftOut, "; ")
+	var own [6]relay.Header
+	for _, h := range relay.OwnHeaders(own[:0], ev) {
+		v, err := headerValue(h) // the index is a long
+		if err != nil {
+			return nil, relay.BadRow(ev, err)
 		}
-		headers["x-relay-error"] = reason
-		headers["x-relay-index"] = int64(ev.Index)
-		if ev.OmittedPayload > 0 {
-			headers["x-relay-payload-omitted"] = fmt.Sprintf("%d bytes", ev.OmittedPayload)
+		if h.Key == relay.HeaderError && len(leftOut) > 0 {
+			v = h.Value + "; left out of the dead letter: " + strings.Join(leftOut, "; ")
 		}
+		headers[h.Key] = v
 	}
 	if err := headers.Validate(); err != nil {
 		// The library would fail the publish, and recovery would repeat it.

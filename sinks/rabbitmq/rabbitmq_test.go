@@ -439,7 +439,8 @@ func checkMessage(t *testing.T, d amqp.Delivery, ev *relay.Event, exchange strin
 	check("content type", d.ContentType, ev.ContentType)
 	check("timestamp", d.Timestamp.Unix(), ev.CreatedAt.Unix())
 	check("body", string(d.Body), string(ev.Payload))
-	check("header count", len(d.Headers), len(wantHeaders))
+	check("header count", len(d.Headers), len(wantHeaders)+1)
+	check("x-relay-index", fmt.Sprintf("%T %v", d.Headers[relay.HeaderIndex], d.Headers[relay.HeaderIndex]), fmt.Sprintf("int64 %d", ev.Index))
 	for k, want := range wantHeaders {
 		got, ok := d.Headers[k].(string)
 		if !ok || got != want {

@@ -3,7 +3,6 @@ package rabbitmqstream
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 
@@ -16,8 +15,8 @@ import (
 // an event's position and the publishing id it was stored under, which a
 // restarted relay reads back from the stream's tail (tail.go).
 const (
-	propLSN          = "x-relay-lsn"
-	propIndex        = "x-relay-index"
+	propLSN          = relay.HeaderLSN
+	propIndex        = relay.HeaderIndex
 	propProducer     = "x-relay-producer"
 	propPublishingID = "x-relay-publishing-id"
 )
@@ -68,18 +67,11 @@ func (s *Sink) message(ev *relay.Event) (*amqp.AMQP10, error) {
 	// The subject again: RabbitMQ (3.10) drops subject when it hands a
 	// stream message to an AMQP 0-9-1 consumer.
 	props["event_type"] = ev.EventType
-	props[propLSN] = ev.CommitLSN.String()
-	props[propIndex] = int64(ev.Index)
+	var own [6]relay.Header
+	for _, h := range relay.OwnHeaders(own[:0], ev) {
+		props[h.Key] = propertyValue(h) // the index is a long
+	}
 	props[propProducer] = s.producer
-	if ev.Replay != "" {
-		props["x-relay-replay"] = ev.Replay
-	}
-	if ev.DeadLetter != "" {
-		props["x-relay-error"] = ev.DeadLetter
-		if ev.OmittedPayload > 0 {
-			props["x-relay-payload-omitted"] = fmt.Sprintf("%d bytes", ev.OmittedPayload)
-		}
-	}
 	msg.ApplicationProperties = props
 	return msg, nil
 }
