@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"regexp"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relay-dev/relay/integration/services"
@@ -368,4 +370,47 @@ func TestKafkaOversizedDatabaseTransactionIsSplitAtTheBound(t *testing.T) {
 		return nil
 	})
 	t.Logf("%d rows in one transaction (%s): %d Kafka transactions of at most %d; read_committed %d records, %d duplicates", n, lsn, len(cuts), bound, rc.records, rc.duplicates)
+}
+
+// TestKafkaSIGTERMInsideADatabaseTransactionStopsAtOnce: SIGTERMed while
+// its open Kafka transaction holds part of a database transaction, an
+// exactly-once relay aborts that part at once and exits, rather than wait
+// out RELAY_SHUTDOWN_TIMEOUT for an end the stopped source never sends;
+// the next relay publishes the rest, and every row is there once.
+func TestKafkaSIGTERMInsideADatabaseTransactionStopsAtOnce(t *testing.T) {
+	e, _, _ := newExactlyOnceEnv(t)
+	e.extraVars["RELAY_SHUTDOWN_TIMEOUT"] = "10m"
+	p := e.startRelay()
+	const n = 100000
+	rows, err := e.db.Query(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+		SELECT 'order', 'agg-' || (g % 50), 'order.created', jsonb_build_object('agg', 'agg-' || (g % 50), 'seq', g / 50 + 1)
+		FROM generate_series(0, $1 - 1) AS g ORDER BY g
+		RETURNING id::text`, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first parts are committed (the window splits the transaction):
+	// the relay is inside it.
+	eventually(t, time.Minute, func() error {
+		if v, ok := p.metric("relay_events_published_total"); !ok || v == 0 {
+			return errors.New("nothing published yet")
+		}
+		return nil
+	})
+	if code := p.stop(2 * time.Minute); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM, want 0; log:\n%s", code, p.log.String())
+	}
+	ends := settledEnds(t, e.kafkaBrokers, topicPattern(e.kafkaTopic), 30*time.Second)
+	if got := len(readUpTo(t, e.kafkaBrokers, ends, kgo.ReadCommitted(), 30*time.Second)); got >= n {
+		t.Fatalf("the relay committed all %d rows before SIGTERM: the test did not stop it inside the transaction", got)
+	} else {
+		t.Logf("stopped with %d of %d rows committed", got, n)
+	}
+	e.startRelay()
+	e.waitSlotAtWALEnd(2 * time.Minute)
+	checkExactlyOnce(t, e, ids)
 }

@@ -620,10 +620,22 @@ func checkExactlyOnceAs(t *testing.T, e *env, ids []string, byMarkers bool) (com
 	}
 	if committedCount.duplicates != 0 {
 		report := t.Errorf
+		cpTopic := e.extraVars["RELAY_KAFKA_CHECKPOINT_TOPIC"]
+		if cpTopic == "" {
+			cpTopic = "relay.checkpoints"
+		}
+		if byMarkers {
+			// A commit whose marker kfake lost in the checkpoint's
+			// partition alone looks uncommitted to the relay, which then
+			// rightly produces its events again: only then are
+			// duplicates the broker's.
+			cpEnds := settledEnds(t, e.kafkaBrokers, "^"+regexp.QuoteMeta(cpTopic)+"$", 30*time.Second)
+			if open := unterminatedTransactions(t, e.kafkaBrokers, cpEnds); len(open) > 0 {
+				t.Logf("the checkpoint topic holds %d transactions with no marker (kfake's lapse):\n  %s", len(open), strings.Join(open[:min(10, len(open))], "\n  "))
+				lapse = true
+			}
+		}
 		if lapse {
-			// A commit whose markers kfake lost in the checkpoint's
-			// partition looks uncommitted to the relay, which then
-			// rightly produces its events again.
 			report = t.Logf
 		}
 		report("read_committed: %d duplicates among %d records (%d distinct ids, %d inserted):%s",

@@ -605,7 +605,7 @@ func (s *boundarySink) Publish(ctx context.Context, ev *Event) error {
 
 func (s *boundarySink) Boundary(_ context.Context, b Boundary) {
 	s.mu.Lock()
-	s.calls = append(s.calls, map[Boundary]string{TransactionEnd: "end", Idle: "idle", Stalled: "stalled"}[b])
+	s.calls = append(s.calls, map[Boundary]string{TransactionEnd: "end", Idle: "idle", Stalled: "stalled", Stopping: "stopping"}[b])
 	s.mu.Unlock()
 	if b == Stalled {
 		s.release(nil, nil)
@@ -620,8 +620,8 @@ func (s *boundarySink) recorded() []string {
 
 // TestABoundarySinkIsToldWhereTransactionsEnd: every mark is a
 // TransactionEnd before the next row; the last, with nothing after it, is
-// Idle; and a row the full window cannot admit makes the core say Stalled
-// once, since only the sink can make room.
+// Idle; a row the full window cannot admit makes the core say Stalled
+// once, since only the sink can make room; and a shutdown is Stopping.
 func TestABoundarySinkIsToldWhereTransactionsEnd(t *testing.T) {
 	src := &fakeSource{events: rows("a", "b", "c", "d", "e"), positions: make(chan LSN, 100)}
 	sink := &boundarySink{fakeSink: fakeSink{hold: true}}
@@ -639,6 +639,8 @@ func TestABoundarySinkIsToldWhereTransactionsEnd(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// Shutting down, it says Stopping once.
+	want = append(want, "stopping")
 	if got := sink.recorded(); !slices.Equal(got, want) {
 		t.Errorf("the sink saw %v, want %v", got, want)
 	}

@@ -194,7 +194,7 @@ func (r *Relay) session(ctx context.Context) error {
 		return r.cfg.Source.Stream(srcCtx, items, &Progress{tr: s.tr})
 	})
 	g.Go(func() error {
-		s.publish(pubCtx, items)
+		s.publish(pubCtx, ctx.Done(), items)
 		return nil
 	})
 	g.Go(func() error {
@@ -217,13 +217,17 @@ func (r *Relay) session(ctx context.Context) error {
 }
 
 // publish admits the source's rows into the window, in order, and hands
-// them and dead letters to the sink, until ctx ends.
-func (s *session) publish(ctx context.Context, items <-chan Item) {
+// them and dead letters to the sink, until ctx ends. stopping closes when
+// the relay shuts down, which a BoundarySink is told.
+func (s *session) publish(ctx context.Context, stopping <-chan struct{}, items <-chan Item) {
 	gauge := time.NewTicker(time.Second)
 	defer gauge.Stop()
 	failed := s.tr.Failed()
 	var waiting *Event // a row waiting for room in the window
 	bs, _ := s.cfg.Sink.(BoundarySink)
+	if bs == nil {
+		stopping = nil
+	}
 	stalled := false // bs was told that waiting cannot be admitted
 	for n := 0; ; n++ {
 		var (
@@ -266,6 +270,10 @@ func (s *session) publish(ctx context.Context, items <-chan Item) {
 				continue
 			case <-gauge.C:
 				s.obs.InFlight(s.tr.InFlight())
+				continue
+			case <-stopping:
+				stopping = nil
+				bs.Boundary(ctx, Stopping)
 				continue
 			case <-ctx.Done():
 				return

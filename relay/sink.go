@@ -86,4 +86,12 @@ const (
 	// sink must end its group now, even inside a source transaction, or
 	// the stream stops for good.
 	Stalled
+	// Stopping: the relay is shutting down, and the source sends at most
+	// what it has read already. The sink ends its open group now: as a
+	// TransactionEnd would if the group ends where a source transaction
+	// ends, else by discarding it (its events fail, and a restart
+	// publishes them again); what it is handed afterwards it fails at
+	// once. Otherwise a group inside a source transaction, whose end will
+	// never come, holds the shutdown until its timeout.
+	Stopping
 )

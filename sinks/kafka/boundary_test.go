@@ -262,3 +262,41 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 func newTestLogger(w io.Writer, mu *sync.Mutex) *slog.Logger {
 	return slog.New(slog.NewTextHandler(lockedWriter{mu, w}, nil))
 }
+
+// TestStoppingEndsTheOpenTransactionAtOnce: told the relay is stopping,
+// the sink commits an open transaction that ends where a database
+// transaction ends, aborts one inside a database transaction at once
+// (not at Close, which a shutdown reaches only after waiting for every
+// event's Done), and fails what it is handed afterwards.
+func TestStoppingEndsTheOpenTransactionAtOnce(t *testing.T) {
+	brokers := cluster(t)
+	s := newSink(t, boundaryConfig(t, brokers))
+	d := &dones{}
+	publishTxn(t, s, d, 0, 0, 3)
+	s.Boundary(t.Context(), relay.TransactionEnd) // 3 events: not due
+	s.Boundary(t.Context(), relay.Stopping)
+	if got, want := d.done(), ids(0, 0, 3); !slices.Equal(got, want) {
+		t.Fatalf("whole transaction at Stopping: done %v, want %v", got, want)
+	}
+
+	s2 := newSink(t, boundaryConfig(t, brokers))
+	d2 := &dones{}
+	publishTxn(t, s2, d2, 1, 0, 4) // its end never comes
+	s2.Boundary(t.Context(), relay.Stopping)
+	d2.mu.Lock()
+	failed := len(d2.errs)
+	d2.mu.Unlock()
+	if len(d2.done()) != 0 || failed != 4 {
+		t.Fatalf("partial transaction at Stopping: done %v and %d failed, want all 4 failed before Close", d2.done(), failed)
+	}
+	publishTxn(t, s2, d2, 1, 4, 6)
+	d2.mu.Lock()
+	failed = len(d2.errs)
+	d2.mu.Unlock()
+	if failed != 6 {
+		t.Fatalf("after Stopping: %d failed, want the 2 handed over later failed too", failed)
+	}
+	if recs := readCommitted(t, brokers, "eos.order"); len(recs) != 3 {
+		t.Fatalf("a read_committed consumer sees %d records, want the 3 of the whole transaction", len(recs))
+	}
+}

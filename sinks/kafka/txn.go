@@ -133,6 +133,8 @@ type txn struct {
 	// ended: last's database transaction has ended, so the open
 	// transaction may commit.
 	ended bool
+	// stopping: the relay is shutting down (relay.Stopping).
+	stopping bool
 	// cut: the last commit may have ended inside the database
 	// transaction at committed; parts counts the parts of the one at
 	// splitLSN so far, once an event after a cut showed it was split.
@@ -149,6 +151,13 @@ func (t *txn) publish(ctx context.Context, ev *relay.Event, r *kgo.Record) error
 			t.mu.Unlock()
 			return err
 		}
+	}
+	if t.stopping {
+		// Nothing begun now could commit: the database transaction it
+		// belongs to may never end in this session.
+		t.mu.Unlock()
+		ev.Done(errStopping)
+		return nil
 	}
 	pos := positionOf(ev)
 	t.seen = pos
@@ -267,6 +276,20 @@ func (t *txn) abandonLocked(ctx context.Context, cause error) []func() {
 // boundary is relay.BoundarySink's Boundary: see txn.
 func (t *txn) boundary(ctx context.Context, b relay.Boundary) {
 	t.mu.Lock()
+	if b == relay.Stopping {
+		t.stopping = true
+		var done []func()
+		if t.open && !t.ended {
+			done = t.abandonLocked(ctx, errStopping)
+		} else {
+			done = t.endLocked(ctx)
+		}
+		t.mu.Unlock()
+		for _, f := range done {
+			f()
+		}
+		return
+	}
 	if b != relay.Stalled && t.seen == t.last {
 		t.endedLocked()
 	}
@@ -323,6 +346,11 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 	t.gap, t.gapFrom = true, t.from
 	return doneAll(events, err)
 }
+
+// errStopping fails the events of a Kafka transaction the relay ended
+// inside a database transaction because it is shutting down, and those it
+// is handed afterwards.
+var errStopping = errors.New("kafka: the relay is stopping inside a database transaction; its Kafka transaction is aborted and published again on restart")
 
 // errAfterFailure fails an event that came after a failed transaction and
 // before the replay of its events.
@@ -544,7 +572,7 @@ func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
 	var done []func()
 	if t.open && !t.ended {
-		done = t.abandonLocked(ctx, errors.New("kafka: the relay stopped inside a database transaction; its Kafka transaction is aborted and published again on restart"))
+		done = t.abandonLocked(ctx, errStopping)
 	} else {
 		done = t.endLocked(ctx)
 	}
