@@ -53,16 +53,7 @@ func (w *txnWorkload) commit(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	ids := make([]string, 0, size)
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // txnWatcher is a read_committed consumer that checks at every poll that
@@ -314,24 +305,7 @@ func TestKafkaOversizedDatabaseTransactionIsSplitAtTheBound(t *testing.T) {
 	p := e.startRelay() // streaming: the rows below are not a backfill
 
 	const n, bound = 200000, 4096
-	rows, err := e.db.Query(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-		SELECT 'order', 'agg-' || (g % 50), 'order.created', jsonb_build_object('agg', 'agg-' || (g % 50), 'seq', g / 50 + 1)
-		FROM generate_series(0, $1 - 1) AS g ORDER BY g
-		RETURNING id::text`, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	ids := queryStrings(t, e.db, oneBigTransaction, n)
 	end := e.currentLSN()
 	e.waitSlotAt(end, 120*time.Second)
 
@@ -372,6 +346,13 @@ func TestKafkaOversizedDatabaseTransactionIsSplitAtTheBound(t *testing.T) {
 	t.Logf("%d rows in one transaction (%s): %d Kafka transactions of at most %d; read_committed %d records, %d duplicates", n, lsn, len(cuts), bound, rc.records, rc.duplicates)
 }
 
+// oneBigTransaction inserts $1 rows of 50 aggregates in one statement, each
+// payload {agg, seq} as checkOrder reads it, and returns their ids.
+const oneBigTransaction = `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+	SELECT 'order', 'agg-' || (g % 50), 'order.created', jsonb_build_object('agg', 'agg-' || (g % 50), 'seq', g / 50 + 1)
+	FROM generate_series(0, $1 - 1) AS g ORDER BY g
+	RETURNING id::text`
+
 // TestKafkaSIGTERMInsideADatabaseTransactionStopsAtOnce: SIGTERMed while
 // its open Kafka transaction holds part of a database transaction, an
 // exactly-once relay aborts that part at once and exits, rather than wait
@@ -382,17 +363,7 @@ func TestKafkaSIGTERMInsideADatabaseTransactionStopsAtOnce(t *testing.T) {
 	e.extraVars["RELAY_SHUTDOWN_TIMEOUT"] = "10m"
 	p := e.startRelay()
 	const n = 100000
-	rows, err := e.db.Query(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-		SELECT 'order', 'agg-' || (g % 50), 'order.created', jsonb_build_object('agg', 'agg-' || (g % 50), 'seq', g / 50 + 1)
-		FROM generate_series(0, $1 - 1) AS g ORDER BY g
-		RETURNING id::text`, n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := queryStrings(t, e.db, oneBigTransaction, n)
 	// The first parts are committed (the window splits the transaction):
 	// the relay is inside it.
 	eventually(t, time.Minute, func() error {

@@ -26,19 +26,7 @@ func TestBackfillSurvivesSIGKILL(t *testing.T) {
 		SELECT 'order', 'old-' || (i %% %[1]d), 'order.created',
 		       jsonb_build_object('agg', 'old-' || (i %% %[1]d), 'seq', i / %[1]d + 1)
 		FROM generate_series(0, %[2]d - 1) i`, aggregates, existing))
-	var old []string
-	rows, err := e.db.Query(t.Context(), "SELECT id::text FROM outbox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		old = append(old, id)
-	}
-	rows.Close()
+	old := queryStrings(t, e.db, "SELECT id::text FROM outbox")
 	if len(old) != existing {
 		t.Fatalf("%d rows inserted, want %d", len(old), existing)
 	}

@@ -283,20 +283,7 @@ func TestEveryMessageCarriesItsTransaction(t *testing.T) {
 			('order', 'o-3', 'created', '{}', '{}')
 		RETURNING id`
 	insertTxn := func(e *env) []string {
-		rows, err := e.db.Query(t.Context(), insert)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var ids []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, id)
-		}
-		return ids
+		return queryStrings(t, e.db, insert)
 	}
 	t.Run("kafka", func(t *testing.T) {
 		t.Parallel()

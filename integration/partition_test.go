@@ -335,20 +335,7 @@ func TestRetentionBlockDropsOnlyDeliveredPartitions(t *testing.T) {
 	}
 	partitions := func() []string {
 		t.Helper()
-		rows, err := e.db.Query(t.Context(), "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'outbox'::regclass ORDER BY c.relname")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var names []string
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, n)
-		}
-		return names
+		return queryStrings(t, e.db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'outbox'::regclass ORDER BY c.relname")
 	}
 	q := e.bindQueue("#")
 	p := e.startRelay()

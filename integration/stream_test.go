@@ -445,19 +445,7 @@ func TestStreamBackfillSurvivesSIGKILL(t *testing.T) {
 		SELECT 'order', 'old-' || (i %% %[1]d), 'order.created',
 		       jsonb_build_object('agg', 'old-' || (i %% %[1]d), 'seq', i / %[1]d + 1)
 		FROM generate_series(0, %[2]d - 1) i`, aggregates, existing))
-	var ids []string
-	rows, err := e.db.Query(t.Context(), "SELECT id::text FROM outbox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
+	ids := queryStrings(t, e.db, "SELECT id::text FROM outbox")
 
 	live := readStream(t, node, name)
 	p := startRelayWith(t, e.vars())

@@ -441,13 +441,8 @@ func (t *target) rawAMQP(ctx context.Context, msgs []message) error {
 			return err
 		}
 	}
-	// Owning every token means every publish was confirmed.
-	for range amqpWindow {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if err := ownWindow(ctx, sem); err != nil {
+		return err
 	}
 	ch.Close()
 	wg.Wait()
@@ -511,15 +506,25 @@ func (t *target) rawStream(ctx context.Context, msgs []message) error {
 			return err
 		}
 	}
-	for range streamWindow {
+	if err := ownWindow(ctx, sem); err != nil {
+		return err
+	}
+	if n := nacks.Load(); n > 0 {
+		return fmt.Errorf("raw stream publish: %d messages not confirmed", n)
+	}
+	return nil
+}
+
+// ownWindow takes every token of sem, a window of unconfirmed publishes
+// whose confirms give tokens back: owning them all means every publish was
+// confirmed.
+func ownWindow(ctx context.Context, sem chan struct{}) error {
+	for range cap(sem) {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	}
-	if n := nacks.Load(); n > 0 {
-		return fmt.Errorf("raw stream publish: %d messages not confirmed", n)
 	}
 	return nil
 }

@@ -147,30 +147,20 @@ func decodeInsert(data []byte, rels map[uint32]*relation) (*relay.Event, error) 
 		case 'n':
 			// NULL: values[i] stays nil.
 		case 't':
-			if p+4 > len(data) {
+			v, next, ok := lengthPrefixed(data, p)
+			if !ok {
 				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
 			}
-			l := int(binary.BigEndian.Uint32(data[p:]))
-			p += 4
-			if l < 0 || p+l > len(data) {
-				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
-			}
-			values[i] = data[p : p+l : p+l]
-			p += l
+			values[i], p = v, next
 		case 'b':
 			if !rel.binary {
 				return nil, fmt.Errorf("insert into %s: column %s has tuple data kind 'b' in a text session", rel.table, rel.names[i])
 			}
-			if p+4 > len(data) {
+			v, next, ok := lengthPrefixed(data, p)
+			if !ok {
 				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
 			}
-			l := int(binary.BigEndian.Uint32(data[p:]))
-			p += 4
-			if l < 0 || p+l > len(data) {
-				return nil, fmt.Errorf("insert into %s: truncated tuple", rel.table)
-			}
-			v := data[p : p+l : p+l]
-			p += l
+			p = next
 			typ := rel.types[i]
 			if i == rel.createdAt && (typ == oidTimestamptz || typ == oidTimestamp) {
 				// fill leaves a created_at already set alone: the
@@ -367,4 +357,19 @@ func decodeTimestampLayouts(b []byte) (time.Time, error) {
 		}
 	}
 	return time.Time{}, fmt.Errorf("cannot parse timestamp %q", s)
+}
+
+// lengthPrefixed reads the value at data[p:], a 4-byte length and that
+// many bytes, and returns it (capped, so appending copies) and the offset
+// after it; ok is false when data ends first.
+func lengthPrefixed(data []byte, p int) (v []byte, next int, ok bool) {
+	if p+4 > len(data) {
+		return nil, p, false
+	}
+	l := int(binary.BigEndian.Uint32(data[p:]))
+	p += 4
+	if l < 0 || p+l > len(data) {
+		return nil, p, false
+	}
+	return data[p : p+l : p+l], p + l, true
 }

@@ -278,12 +278,7 @@ func (t *txn) boundary(ctx context.Context, b relay.Boundary) {
 	t.mu.Lock()
 	if b == relay.Stopping {
 		t.stopping = true
-		var done []func()
-		if t.open && !t.ended {
-			done = t.abandonLocked(ctx, errStopping)
-		} else {
-			done = t.endLocked(ctx)
-		}
+		done := t.stopLocked(ctx)
 		t.mu.Unlock()
 		for _, f := range done {
 			f()
@@ -345,6 +340,17 @@ func (t *txn) endLocked(ctx context.Context) []func() {
 	t.last = t.committed
 	t.gap, t.gapFrom = true, t.from
 	return doneAll(events, err)
+}
+
+// stopLocked ends the open transaction for a relay that stops: commits it
+// if it ends where a database transaction ends, else aborts it, since the
+// rest of that database transaction will not come. It returns the Done
+// calls to make once mu is released.
+func (t *txn) stopLocked(ctx context.Context) []func() {
+	if t.open && !t.ended {
+		return t.abandonLocked(ctx, errStopping)
+	}
+	return t.endLocked(ctx)
 }
 
 // errStopping fails the events of a Kafka transaction the relay ended
@@ -570,12 +576,7 @@ func (t *txn) run(life context.Context) {
 // consumer sees part of it: a restart publishes it again.
 func (t *txn) close(ctx context.Context) {
 	t.mu.Lock()
-	var done []func()
-	if t.open && !t.ended {
-		done = t.abandonLocked(ctx, errStopping)
-	} else {
-		done = t.endLocked(ctx)
-	}
+	done := t.stopLocked(ctx)
 	t.cl.Close()
 	t.mu.Unlock()
 	for _, f := range done {
