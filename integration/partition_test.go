@@ -237,6 +237,13 @@ func TestPartitionedOutboxWhilePartitionsComeAndGo(t *testing.T) {
 	}
 }
 
+// leftRows describes up to 10 rows the outbox still holds: id, partition,
+// created_at and the transaction that inserted them, for a cleanup test
+// that finds rows left.
+func (e *env) leftRows() []string {
+	return queryStrings(e.t, e.db, `SELECT format('%s in %s at %s (xmin %s)', id, tableoid::regclass, created_at, xmin) FROM outbox ORDER BY created_at LIMIT 10`)
+}
+
 // TestCleanupOnAPartitionedOutbox: RELAY_CLEANUP=after-publish deletes the
 // confirmed rows of a partitioned outbox from every partition, plain and
 // sub-partitioned, through the partitioned table; a partition detached in
@@ -263,7 +270,7 @@ func TestCleanupOnAPartitionedOutbox(t *testing.T) {
 	checkAll(t, ids, msgs)
 	eventually(t, time.Minute, func() error {
 		if n := e.outboxCount(); n > 0 {
-			return fmt.Errorf("%d rows left in the partitioned outbox after every row was confirmed", n)
+			return fmt.Errorf("%d rows left in the partitioned outbox after every row was confirmed: %s", n, strings.Join(e.leftRows(), "; "))
 		}
 		return nil
 	})
@@ -279,7 +286,7 @@ func TestCleanupOnAPartitionedOutbox(t *testing.T) {
 	checkAll(t, append(append(ids, more...), after...), msgs)
 	eventually(t, time.Minute, func() error {
 		if n := e.outboxCount(); n > 0 {
-			return fmt.Errorf("%d rows left in the partitioned outbox after every row was confirmed", n)
+			return fmt.Errorf("%d rows left in the partitioned outbox after every row was confirmed: %s", n, strings.Join(e.leftRows(), "; "))
 		}
 		return nil
 	})
