@@ -22,6 +22,12 @@ import (
 // them, so they are never published again, only left behind, and the
 // insert-and-delete pattern or a periodic DELETE by age covers that case.
 // The publication publishes inserts only, so the deletes are not events.
+//
+// A row the DELETE does not find is looked for again for a while: the
+// walsender sends a transaction once its commit record is flushed, which is
+// a moment before the transaction becomes visible to other sessions, and on
+// a busy machine the relay can publish it, and hear the broker's confirm,
+// within that moment.
 type Cleaner struct {
 	connString   string
 	columns      pgsource.Columns
@@ -31,10 +37,18 @@ type Cleaner struct {
 	mu      sync.Mutex
 	pending map[string][]string // table → confirmed ids
 	wake    chan struct{}
+	// missed holds, by table and id, the rows a DELETE did not find and
+	// how many more times to look for them; only Run uses it.
+	missed map[string]map[string]int
 }
 
 // cleanBatch is the most rows one DELETE removes.
 const cleanBatch = 500
+
+// cleanRetries is how many more sweeps (half a second apart) look for a
+// confirmed row that a DELETE did not find before it is taken as deleted
+// by someone else.
+const cleanRetries = 20
 
 // NewCleaner returns a Cleaner for the tables' id column in columns, or
 // in tableColumns for the tables it names, as in pgsource.Config.
@@ -43,7 +57,7 @@ func NewCleaner(connString string, columns pgsource.Columns, tableColumns map[pg
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Cleaner{connString: connString, columns: columns, tableColumns: tableColumns, log: log.With("component", "cleanup"),
-		pending: map[string][]string{}, wake: make(chan struct{}, 1)}
+		pending: map[string][]string{}, wake: make(chan struct{}, 1), missed: map[string]map[string]int{}}
 }
 
 // Published records a confirmed event; it never blocks.
@@ -85,6 +99,11 @@ func (c *Cleaner) Run(ctx context.Context) error {
 		work := c.pending
 		c.pending = map[string][]string{}
 		c.mu.Unlock()
+		for table, m := range c.missed {
+			for id := range m {
+				work[table] = append(work[table], id)
+			}
+		}
 		for table, ids := range work {
 			if conn == nil {
 				var err error
@@ -94,7 +113,11 @@ func (c *Cleaner) Run(ctx context.Context) error {
 					continue
 				}
 			}
-			if err := c.delete(ctx, conn, types, table, ids); err != nil {
+			deleted, err := c.delete(ctx, conn, types, table, ids)
+			if err == nil {
+				c.recordMissed(table, ids, deleted)
+			}
+			if err != nil {
 				c.requeue(table, ids)
 				if ctx.Err() != nil {
 					return nil
@@ -107,16 +130,45 @@ func (c *Cleaner) Run(ctx context.Context) error {
 	}
 }
 
+// recordMissed notes which of ids the DELETE did not find, for the next
+// sweeps, and forgets those found or looked for often enough.
+func (c *Cleaner) recordMissed(table string, ids []string, deleted map[string]bool) {
+	m := c.missed[table]
+	for _, id := range ids {
+		if deleted[id] {
+			delete(m, id)
+			continue
+		}
+		left, again := m[id]
+		if !again {
+			left = cleanRetries
+		}
+		if left == 0 {
+			delete(m, id)
+			continue
+		}
+		if m == nil {
+			m = map[string]int{}
+			c.missed[table] = m
+		}
+		m[id] = left - 1
+	}
+	if len(m) == 0 {
+		delete(c.missed, table)
+	}
+}
+
 func (c *Cleaner) requeue(table string, ids []string) {
 	c.mu.Lock()
 	c.pending[table] = append(c.pending[table], ids...)
 	c.mu.Unlock()
 }
 
-func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]string, table string, ids []string) error {
+// delete deletes the rows of ids from table and returns the ids it found.
+func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]string, table string, ids []string) (map[string]bool, error) {
 	t, err := pgsource.ParseTable(table)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	id := c.columns.ID
 	if m, ok := c.tableColumns[t]; ok {
@@ -127,20 +179,30 @@ func (c *Cleaner) delete(ctx context.Context, conn *pgx.Conn, types map[string]s
 		err := conn.QueryRow(ctx, `SELECT format_type(atttypid, atttypmod) FROM pg_attribute
 			WHERE attrelid = $1::regclass AND attname = $2 AND NOT attisdropped`, t.Ident(), id).Scan(&typ)
 		if err != nil {
-			return fmt.Errorf("type of %s.%s: %w", table, id, err)
+			return nil, fmt.Errorf("type of %s.%s: %w", table, id, err)
 		}
 		types[table] = typ
 	}
-	// Compared in the column's own type, so the primary key index serves.
-	query := fmt.Sprintf("DELETE FROM %s WHERE %s = ANY($1::text[]::%s[])", t.Ident(), pgx.Identifier{id}.Sanitize(), typ)
+	// Compared in the column's own type, so the primary key index serves;
+	// each deleted row returns the id as the relay gave it.
+	query := fmt.Sprintf("DELETE FROM %s AS o USING unnest($1::text[]) AS u(id) WHERE o.%s = u.id::%s RETURNING u.id", t.Ident(), pgx.Identifier{id}.Sanitize(), typ)
+	deleted := make(map[string]bool, len(ids))
 	for len(ids) > 0 {
 		n := min(len(ids), cleanBatch)
-		if _, err := conn.Exec(ctx, query, ids[:n]); err != nil {
-			return pgerr.Classify(fmt.Errorf("delete published rows from %s: %w", table, err))
+		rows, err := conn.Query(ctx, query, ids[:n])
+		if err == nil {
+			var found []string
+			found, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			for _, f := range found {
+				deleted[f] = true
+			}
+		}
+		if err != nil {
+			return nil, pgerr.Classify(fmt.Errorf("delete published rows from %s: %w", table, err))
 		}
 		ids = ids[n:]
 	}
-	return nil
+	return deleted, nil
 }
 
 // RetainConfig configures a Retainer.

@@ -146,3 +146,45 @@ func TestCleanerDeletesEachTableByItsOwnIDColumn(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestCleanerFindsARowVisibleOnlyAfterItsConfirm: the walsender sends a
+// transaction once its commit record is flushed, a moment before other
+// sessions see it, so the relay can hear a row confirmed before a DELETE
+// can find it. A row the cleaner is told of while its transaction is still
+// open, and that becomes visible a sweep or two later, is deleted all the
+// same; before, the first DELETE found nothing and the row stayed for good.
+func TestCleanerFindsARowVisibleOnlyAfterItsConfirm(t *testing.T) {
+	f := newFixture(t, standardDDL)
+	cleaner := pgops.NewCleaner(f.url, pgsource.StandardColumns, nil, nil)
+	runCleaner(t, cleaner)
+	tx, err := f.db.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	var id string
+	if err := tx.QueryRow(t.Context(), `INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+		VALUES ('order', 'o-1', 'placed', '{}') RETURNING id::text`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	cleaner.Published(&relay.Event{Table: "public.outbox", ID: id})
+	// Two sweeps (half a second apart) miss it while it is invisible.
+	time.Sleep(1200 * time.Millisecond)
+	if err := tx.Commit(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var n int
+		if err := f.db.QueryRow(t.Context(), "SELECT count(*) FROM outbox WHERE id = $1", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("row %s is still in the outbox 20 s after it became visible", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
