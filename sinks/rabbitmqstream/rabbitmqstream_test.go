@@ -70,14 +70,15 @@ func newSink(t *testing.T, streamName, producer string, window int) *rabbitmqstr
 	if err != nil {
 		t.Fatal(err)
 	}
+	return openSink(t, rabbitmqstream.Config{URL: streamURL, Stream: tmpl, Producer: producer, Window: window})
+}
+
+// openSink is a sink of cfg, closed when the test ends.
+func openSink(t *testing.T, cfg rabbitmqstream.Config) *rabbitmqstream.Sink {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{
-		URL:      streamURL,
-		Stream:   tmpl,
-		Producer: producer,
-		Window:   window,
-	})
+	s, err := rabbitmqstream.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -219,6 +220,21 @@ func publish(t *testing.T, s relay.Sink, evs []*relay.Event) {
 	}
 }
 
+// requireStream requires the stream to hold the events of want, each once,
+// in their order, and nothing else.
+func requireStream(t *testing.T, name string, want []*relay.Event) {
+	t.Helper()
+	ids := readIDs(t, name, len(want))
+	if len(ids) != len(want) {
+		t.Fatalf("stream holds %d messages, want %d", len(ids), len(want))
+	}
+	for i, id := range ids {
+		if id != want[i].ID {
+			t.Fatalf("message %d is %s, want %s", i, id, want[i].ID)
+		}
+	}
+}
+
 // readIDs reads the stream from its start until it has seen want
 // messages, or no message came for quiet, and returns their ids.
 func readIDs(t *testing.T, name string, want int) []string {
@@ -264,15 +280,7 @@ func TestRestartedSinkDuplicatesNothing(t *testing.T) {
 	// And a session restart within the same sink replays some again.
 	publish(t, second, events(300, 1<<32)[250:])
 
-	ids := readIDs(t, name, 300)
-	if len(ids) != 300 {
-		t.Fatalf("stream holds %d messages, want 300", len(ids))
-	}
-	for i, id := range ids {
-		if want := all[i].ID; id != want {
-			t.Fatalf("message %d is %s, want %s", i, id, want)
-		}
-	}
+	requireStream(t, name, all)
 }
 
 func TestCheck(t *testing.T) {
@@ -452,15 +460,7 @@ func TestDeadRelaysLateFramesAreDropped(t *testing.T) {
 	}
 	publish(t, second, again[101:])
 
-	ids := readIDs(t, name, 300)
-	if len(ids) != 300 {
-		t.Fatalf("stream holds %d messages, want 300", len(ids))
-	}
-	for i, id := range ids {
-		if want := all[i].ID; id != want {
-			t.Fatalf("message %d is %s, want %s", i, id, want)
-		}
-	}
+	requireStream(t, name, all)
 }
 
 // TestEachTableGoesToItsOwnStream: a table with a template of its own
@@ -471,16 +471,12 @@ func TestEachTableGoesToItsOwnStream(t *testing.T) {
 	own, _ := relay.ParseTemplate(billing)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{
+	s := openSink(t, rabbitmqstream.Config{
 		URL:      streamURL,
 		Stream:   tmpl,
 		Streams:  map[string]*relay.Template{"billing.outbox": own},
 		Producer: "relaytest-" + suffix(),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
 	evs := events(6, 0x1000)
 	for _, ev := range evs[3:] {
 		ev.Table = "billing.outbox"
@@ -562,11 +558,7 @@ func TestWithoutWritePermission(t *testing.T) {
 		t.Errorf("closed stream: %+v, want FAIL naming the write permission", f)
 	}
 
-	s, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{URL: url, Stream: tmplClosed, Producer: "relaytest-" + suffix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close(context.Background())
+	s := openSink(t, rabbitmqstream.Config{URL: url, Stream: tmplClosed, Producer: "relaytest-" + suffix()})
 	evs := events(1, 0x1000)
 	err = s.Publish(ctx, evs[0])
 	if !relay.IsPermanent(err) || !strings.Contains(err.Error(), "write permission") || !strings.Contains(err.Error(), closed) {
@@ -574,11 +566,7 @@ func TestWithoutWritePermission(t *testing.T) {
 	}
 
 	byRow, _ := relay.ParseTemplate("relaytest.{aggregate_type}." + suffix())
-	s2, err := rabbitmqstream.New(ctx, rabbitmqstream.Config{URL: url, Stream: byRow, Producer: "relaytest-" + suffix()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close(context.Background())
+	s2 := openSink(t, rabbitmqstream.Config{URL: url, Stream: byRow, Producer: "relaytest-" + suffix()})
 	ev := events(1, 0x1000)[0]
 	ev.AggregateType = "closed"
 	err = s2.Publish(ctx, ev)
